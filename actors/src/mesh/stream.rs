@@ -1,0 +1,61 @@
+//! Reading and writing whole frames on QUIC streams, with the size limit checked before the body is
+//! allocated. Used by the transport for every exchange and by the join client.
+
+use klf_proto::{Frame, HEADER_LEN, Limits, ProtoError};
+use quinn::{RecvStream, SendStream};
+
+use super::transport::TransportError;
+
+/// Reads one frame. A length over the limit fails before anything is allocated for the body.
+pub async fn read_frame(recv: &mut RecvStream, limits: &Limits) -> Result<Frame, TransportError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    let header = klf_proto::parse_header(header, limits)?;
+    let mut body = vec![0u8; header.body_len()];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    Ok(klf_proto::decode_body(header, &body)?)
+}
+
+/// Writes one frame and finishes the send side.
+pub async fn write_frame(
+    send: &mut SendStream,
+    frame: &Frame,
+    limits: &Limits,
+) -> Result<(), TransportError> {
+    let bytes = klf_proto::encode(frame, limits)?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    send.finish()
+        .map_err(|e| TransportError::Stream(e.to_string()))
+}
+
+/// Sends `frame` on a new bidirectional stream of `conn` and reads the answer. An `Error` frame from
+/// the peer becomes [`TransportError::Remote`].
+pub async fn exchange(
+    conn: &quinn::Connection,
+    frame: &Frame,
+    limits: &Limits,
+) -> Result<Frame, TransportError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransportError::Connection(e.to_string()))?;
+    write_frame(&mut send, frame, limits).await?;
+    match read_frame(&mut recv, limits).await? {
+        Frame::Error(e) => Err(TransportError::Remote {
+            code: e.code,
+            message: e.message,
+        }),
+        answer => Ok(answer),
+    }
+}
+
+/// The error frame that tells a peer why its frame was refused.
+pub fn error_frame_for(err: &ProtoError) -> Frame {
+    Frame::error(err.code(), err.to_string())
+}

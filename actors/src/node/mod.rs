@@ -1,0 +1,368 @@
+//! A running node: the actors of the mesh layer wired together over one data dir.
+//!
+//! The `klf` binary and the in-process tests both start nodes through [`Node::start`]; creating a
+//! mesh ([`init_mesh`]) and joining one ([`join_mesh`]) prepare the data dir beforehand.
+
+pub mod data_dir;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use klf_proto::{Ack, ErrorCode, Frame, JoinRequest, Limits};
+use ractor::{Actor, ActorRef};
+use tracing::{debug, info};
+
+pub use data_dir::{DataDir, NodeSettings};
+
+use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
+use crate::mesh::transport::BoxFuture;
+use crate::mesh::{
+    FrameHandler, MemberId, MemberView, Membership, MembershipArgs, MembershipConfig,
+    MembershipMsg, Transport, TransportArgs, TransportMsg,
+};
+use crate::security::{ApiToken, JoinToken, MeshCa, PeerIdentity, SecurityError, files};
+
+/// Errors of starting, joining or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("{0}")]
+    Config(String),
+    #[error("actor failed: {0}")]
+    Actor(String),
+}
+
+/// How to run a node (what `klf up` takes on its command line).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// UDP address to bind (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Address peers dial; defaults to the bound address when that is a specific IP.
+    pub advertise: Option<String>,
+    /// The HTTP API address, as peers and `klf members` should show it.
+    pub api: String,
+    pub membership: MembershipConfig,
+    pub limits: Limits,
+}
+
+impl RunOptions {
+    /// Loopback on a free port, default timings: what tests and the demo use.
+    pub fn loopback() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            api: String::new(),
+            membership: MembershipConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Creates a new mesh in `dir`: the CA, this node's key and certificate, an admin API token.
+pub fn init_mesh(dir: &DataDir, name: &str, mesh_name: &str) -> Result<NodeSettings, NodeError> {
+    check_node_name(name).map_err(NodeError::Config)?;
+    if dir.is_initialized() {
+        return Err(NodeError::Config(format!(
+            "{} already holds a node; use another --data directory or `klf up --data {}` to run it",
+            dir.root().display(),
+            dir.root().display()
+        )));
+    }
+    dir.create()?;
+    let mesh_id = hex::encode(crate::security::random_bytes::<8>());
+    let (ca, ca_key_pem) = MeshCa::create(&mesh_id)?;
+    let key = rcgen::KeyPair::generate().map_err(SecurityError::from)?;
+    let (node_id, cert) = ca.issue_node_cert(&key, name)?;
+    files::write_private(&dir.ca_key(), ca_key_pem.as_bytes())?;
+    dir.save_certificate(&dir.ca_cert(), ca.cert_der())?;
+    files::write_private(&dir.node_key(), key.serialize_pem().as_bytes())?;
+    dir.save_certificate(&dir.node_cert(), &cert)?;
+    dir.create_admin_token()?;
+    let settings = NodeSettings {
+        name: name.to_string(),
+        node_id,
+        mesh_id,
+        mesh_name: mesh_name.to_string(),
+        listen: None,
+        advertise: None,
+        api: None,
+    };
+    dir.save_settings(&settings)?;
+    Ok(settings)
+}
+
+/// Joins the mesh a token names: redeems it at the seed and stores the new identity in `dir`.
+pub async fn join_mesh(
+    dir: &DataDir,
+    token_text: &str,
+    name: &str,
+    advertise: &str,
+    api: &str,
+) -> Result<NodeSettings, NodeError> {
+    if dir.is_initialized() {
+        return Err(NodeError::Config(format!(
+            "{} already holds a node identity; omit --join to restart it",
+            dir.root().display()
+        )));
+    }
+    let token = JoinToken::decode(token_text)?;
+    let outcome = crate::mesh::join::redeem(&token, name, advertise, api).await?;
+    dir.create()?;
+    files::write_private(&dir.node_key(), outcome.key_pem.as_bytes())?;
+    dir.save_certificate(&dir.node_cert(), &outcome.accept.cert_der)?;
+    dir.save_certificate(&dir.ca_cert(), &outcome.accept.ca_der)?;
+    // Refuse to keep credentials that do not fit together (a broken seed).
+    dir.load_credentials()?;
+    dir.create_admin_token()?;
+    let seeds: Vec<MemberId> = outcome
+        .accept
+        .seeds
+        .into_iter()
+        .map(member_of_seed)
+        .collect();
+    dir.save_peers(&seeds)?;
+    let settings = NodeSettings {
+        name: name.to_string(),
+        node_id: outcome.accept.node_id,
+        mesh_id: outcome.accept.mesh_id,
+        mesh_name: outcome.accept.mesh_name,
+        listen: None,
+        advertise: Some(advertise.to_string()),
+        api: Some(api.to_string()),
+    };
+    dir.save_settings(&settings)?;
+    Ok(settings)
+}
+
+/// Routes incoming frames to the actors that own them.
+struct NodeFrames {
+    membership: ActorRef<MembershipMsg>,
+    join: Arc<JoinService>,
+}
+
+impl NodeFrames {
+    fn membership_frame(&self, peer: &PeerIdentity, frame: Frame) -> Option<Frame> {
+        match frame {
+            Frame::Gossip(gossip) => {
+                let _ = self.membership.cast(MembershipMsg::Gossip(gossip.data));
+                None
+            }
+            // A node may only say that it itself is leaving.
+            Frame::Leave(notice) if notice.node_id == peer.node_id => {
+                let _ = self.membership.cast(MembershipMsg::PeerLeft {
+                    node_id: notice.node_id,
+                    generation: notice.generation,
+                });
+                None
+            }
+            Frame::Leave(notice) => Some(Frame::error(
+                ErrorCode::Unauthorized,
+                format!(
+                    "node {} cannot announce that {} leaves",
+                    peer.node_id, notice.node_id
+                ),
+            )),
+            other => Some(other),
+        }
+    }
+}
+
+impl FrameHandler for NodeFrames {
+    fn request(&self, peer: PeerIdentity, frame: Frame) -> BoxFuture<Frame> {
+        let answer = match self.membership_frame(&peer, frame) {
+            None => Frame::Ack(Ack {}),
+            Some(Frame::Error(e)) => Frame::Error(e),
+            Some(other) => Frame::error(
+                ErrorCode::Unsupported,
+                format!("{} frames are not served by this node", other.kind_name()),
+            ),
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn message(&self, peer: PeerIdentity, frame: Frame) {
+        if let Some(other) = self.membership_frame(&peer, frame) {
+            debug!(kind = other.kind_name(), node_id = %peer.node_id, "unhandled message");
+        }
+    }
+
+    fn join(&self, request: JoinRequest, remote: SocketAddr) -> BoxFuture<Frame> {
+        let join = self.join.clone();
+        Box::pin(async move { join.handle(request, remote).await })
+    }
+}
+
+/// A running node.
+pub struct Node {
+    settings: NodeSettings,
+    identity: MemberId,
+    local_addr: SocketAddr,
+    transport: ActorRef<TransportMsg>,
+    membership: ActorRef<MembershipMsg>,
+    join: Arc<JoinService>,
+    api_tokens: Vec<ApiToken>,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
+impl Node {
+    /// Starts the node stored in `dir`: transport, then membership, announcing to known peers.
+    pub async fn start(dir: &DataDir, options: RunOptions) -> Result<Self, NodeError> {
+        if !dir.is_initialized() {
+            return Err(NodeError::Config(format!(
+                "{} holds no node identity: run `klf init --data {0}` to create a mesh, or `klf up --join TOKEN` to join one",
+                dir.root().display()
+            )));
+        }
+        let mut settings = dir.load_settings()?;
+        let credentials = dir.load_credentials()?;
+        let api_tokens = dir.load_api_tokens()?;
+        let (transport, _) = Actor::spawn(
+            None,
+            Transport,
+            TransportArgs {
+                listen: options.listen,
+                credentials,
+                mesh_id: settings.mesh_id.clone(),
+                limits: options.limits,
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("transport on {}: {e}", options.listen)))?;
+        let local_addr = transport
+            .call(TransportMsg::LocalAddr, None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .ok_or_else(|| NodeError::Actor("transport did not report its address".into()))?;
+        let advertise = match &options.advertise {
+            Some(a) => a.clone(),
+            None if local_addr.ip().is_unspecified() => {
+                transport.stop(None);
+                return Err(NodeError::Config(format!(
+                    "--listen {} binds every interface; pass --advertise HOST:PORT so peers know where to reach this node",
+                    options.listen
+                )));
+            }
+            None => local_addr.to_string(),
+        };
+        let identity = MemberId {
+            node_id: settings.node_id.clone(),
+            name: settings.name.clone(),
+            addr: advertise.clone(),
+            api: options.api.clone(),
+            generation: now_millis(),
+        };
+        let (membership, _) = Actor::spawn(
+            None,
+            Membership,
+            MembershipArgs {
+                me: identity.clone(),
+                transport: transport.clone(),
+                seeds: dir.known_peers(),
+                config: options.membership.clone(),
+                peers_file: Some(dir.peers()),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("membership: {e}")))?;
+        let join = Arc::new(JoinService::new(
+            dir.load_ca()?,
+            dir.token_book()?,
+            settings.mesh_id.clone(),
+            settings.mesh_name.clone(),
+            membership.clone(),
+        ));
+        let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
+            membership: membership.clone(),
+            join: join.clone(),
+        })));
+        settings.listen = Some(options.listen.to_string());
+        settings.advertise = Some(advertise);
+        settings.api = Some(options.api.clone());
+        dir.save_settings(&settings)?;
+        info!(name = %settings.name, node_id = %settings.node_id, %local_addr, "node started");
+        Ok(Self {
+            settings,
+            identity,
+            local_addr,
+            transport,
+            membership,
+            join,
+            api_tokens,
+        })
+    }
+
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// This node's SWIM identity.
+    pub fn identity(&self) -> &MemberId {
+        &self.identity
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn transport(&self) -> &ActorRef<TransportMsg> {
+        &self.transport
+    }
+
+    /// The membership as this node sees it.
+    pub async fn members(&self) -> Result<Vec<MemberView>, NodeError> {
+        self.membership
+            .call(MembershipMsg::Members, Some(Duration::from_secs(2)))
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .success_or(())
+            .map_err(|_| NodeError::Actor("membership did not answer".into()))
+    }
+
+    /// Issues a one-time join token that new nodes redeem at this node.
+    pub fn create_join_token(&self, ttl: Duration) -> Result<JoinToken, NodeError> {
+        Ok(self.join.issue_token(&self.identity.addr, ttl)?)
+    }
+
+    /// Whether this node can admit new nodes.
+    pub fn holds_ca(&self) -> bool {
+        self.join.holds_ca()
+    }
+
+    /// The API token a bearer string belongs to, if any.
+    pub fn authenticate(&self, bearer: &str) -> Option<&ApiToken> {
+        self.api_tokens.iter().find(|t| t.matches(bearer))
+    }
+
+    /// Leaves the mesh gracefully (peers are told and acknowledge), then stops the actors.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .membership
+            .call(MembershipMsg::Leave, Some(Duration::from_secs(2)))
+            .await;
+        let _ = self
+            .transport
+            .call(TransportMsg::Shutdown, Some(Duration::from_secs(2)))
+            .await;
+        self.membership.stop(None);
+        self.transport.stop(None);
+        info!(name = %self.settings.name, "node stopped");
+    }
+
+    /// Stops the actors without telling anyone (as if the process died), for tests.
+    pub fn kill(&self) {
+        self.membership.stop(None);
+        self.transport.stop(None);
+    }
+}

@@ -1,0 +1,61 @@
+//! The security framework of the Broth layer: the mesh CA and node certificates, TLS set-up for the
+//! KLF endpoints, one-time join tokens and API tokens.
+//!
+//! Trust is rooted in the mesh CA created by `klf init`. Every mesh connection is mutual TLS against
+//! it and a peer's node id is read from its certificate, never from a frame.
+
+pub mod api_token;
+pub mod ca;
+pub mod credentials;
+pub mod files;
+pub mod join_token;
+pub mod tls;
+
+pub use api_token::ApiToken;
+pub use ca::MeshCa;
+pub use credentials::{NodeCredentials, PeerIdentity, node_id_of_public_key};
+pub use join_token::{JoinToken, TokenBook, TokenRejected};
+
+/// Errors of the security layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("certificate error: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS configuration error: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("certificate verifier error: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("{path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    BadFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("peer certificate: {0}")]
+    PeerCertificate(String),
+    #[error("invalid join token: {0}")]
+    InvalidToken(String),
+}
+
+/// SHA-256 of some DER bytes: the CA fingerprint that join tokens pin.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Fresh random bytes from the OS (ring's system RNG), for secrets and ids.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    // The system RNG only fails if the OS cannot provide randomness, in which case no key could be made either.
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .unwrap_or_else(|_| panic!("the operating system's random number generator failed"));
+    out
+}

@@ -1,0 +1,149 @@
+//! The command line: node commands (`init`, `up`) and client commands that talk to a node's API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use klf_actors::mesh::MemberView;
+use klf_actors::node::{DataDir, init_mesh};
+
+use crate::client::{ApiClient, ClientOptions};
+use crate::telemetry::LogFormat;
+
+/// KLF mesh: a secure mesh of nodes that host, route and generate functions.
+#[derive(Debug, Parser)]
+#[command(name = "klf", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new mesh: its CA, this node's identity and an admin API token.
+    Init {
+        /// Data directory of the node (created).
+        #[arg(long)]
+        data: PathBuf,
+        /// This node's name.
+        #[arg(long)]
+        name: String,
+        /// A human name for the mesh.
+        #[arg(long, default_value = "klf")]
+        mesh: String,
+    },
+    /// Run a node (joining a mesh first when given a token).
+    Up(crate::up::UpArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show the mesh's members and their state.
+    Members {
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a one-time join token (the last line of stdout).
+    Create {
+        /// How long the token stays valid (for example 10m, 1h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data, name, mesh } => {
+            let dir = DataDir::new(&data);
+            let settings = init_mesh(&dir, &name, &mesh)?;
+            println!(
+                "created mesh {} ({}) with node {} ({}) in {}",
+                settings.mesh_name,
+                settings.mesh_id,
+                settings.name,
+                settings.node_id,
+                data.display()
+            );
+            println!("run it with: klf up --data {}", data.display());
+            Ok(())
+        }
+        Command::Up(args) => crate::up::run(args, cli.log_format).await,
+        Command::Token(TokenCommand::Create { ttl, client }) => token_create(ttl, client).await,
+        Command::Members { client } => members(client).await,
+    }
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct JoinTokenResponse {
+    pub token: String,
+    pub mesh_id: String,
+    pub seed: String,
+    pub expires_at: u64,
+}
+
+async fn token_create(ttl: Duration, options: ClientOptions) -> anyhow::Result<()> {
+    let client = ApiClient::from_options(&options)?;
+    let created: JoinTokenResponse = client
+        .post_json(
+            "/v1/join-tokens",
+            &serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+        )
+        .await
+        .context("creating a join token")?;
+    if options.json {
+        println!("{}", serde_json::to_string(&created)?);
+        return Ok(());
+    }
+    println!(
+        "one-time join token for mesh {}, redeemed at {}, valid for {}:",
+        created.mesh_id,
+        created.seed,
+        humantime::format_duration(ttl)
+    );
+    println!(
+        "  klf up --data DIR --name NAME --listen ADDR:PORT --api ADDR:PORT --join <token below>"
+    );
+    println!("{}", created.token);
+    Ok(())
+}
+
+async fn members(options: ClientOptions) -> anyhow::Result<()> {
+    let client = ApiClient::from_options(&options)?;
+    let members: Vec<MemberView> = client.get_json("/v1/members").await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    let width = members
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:16}  {:7}  {:21}  API",
+        "NAME", "ID", "STATE", "ADDR"
+    );
+    for m in members {
+        let marker = if m.is_self { " (this node)" } else { "" };
+        println!(
+            "{:width$}  {:16}  {:7}  {:21}  {}{marker}",
+            m.name,
+            m.id,
+            m.state.to_string(),
+            m.addr,
+            m.api
+        );
+    }
+    Ok(())
+}

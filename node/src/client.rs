@@ -1,0 +1,107 @@
+//! The HTTP client behind every client command: finds the node's API and token from `--data DIR`,
+//! or takes them from `--api URL --token T`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use klf_actors::node::DataDir;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Options every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
+    /// Data directory of a local node (its API address and admin token are read from it).
+    #[arg(long, env = "KLF_DATA")]
+    pub data: Option<PathBuf>,
+    /// API base URL of a node, such as http://127.0.0.1:7401.
+    #[arg(long, env = "KLF_API", requires = "token")]
+    pub api: Option<String>,
+    /// Bearer token for --api.
+    #[arg(long, env = "KLF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A client of one node's API.
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// Turns `host:port` (as stored in node.json) into a URL, reaching a wildcard bind via loopback.
+fn base_url(api: &str) -> String {
+    if api.starts_with("http://") || api.starts_with("https://") {
+        return api.trim_end_matches('/').to_string();
+    }
+    let api = api
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    format!("http://{api}")
+}
+
+impl ApiClient {
+    pub fn from_options(options: &ClientOptions) -> anyhow::Result<Self> {
+        let (base, token) = match (&options.api, &options.token, &options.data) {
+            (Some(api), Some(token), _) => (base_url(api), token.clone()),
+            (None, _, Some(data)) => {
+                let dir = DataDir::new(data);
+                let settings = dir
+                    .load_settings()
+                    .with_context(|| format!("{} holds no node", data.display()))?;
+                let api = settings.api.ok_or_else(|| {
+                    anyhow!(
+                        "the node in {} has not run yet (no API address); start it with `klf up --data {}`",
+                        data.display(),
+                        data.display()
+                    )
+                })?;
+                (base_url(&api), dir.admin_bearer()?)
+            }
+            _ => bail!("say which node to talk to: --data DIR, or --api URL --token TOKEN"),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()?;
+        Ok(Self { base, token, http })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node's API at {}", self.base))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            bail!("{status}: {message}");
+        }
+        serde_json::from_slice(&body).context("the node's API answered with unexpected JSON")
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+}

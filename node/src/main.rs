@@ -1,0 +1,39 @@
+//! `klf`: the KLF mesh node and its command-line client.
+
+mod api;
+mod cli;
+mod client;
+mod telemetry;
+mod up;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The command runs on a spawned task, not the main thread: replies then avoid a cross-thread
+    // wake-up on every hop (see dependency notes).
+    let result = runtime.block_on(async { tokio::spawn(cli::run(cli)).await });
+    let code = match result {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: the command panicked: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    telemetry::shutdown();
+    code
+}

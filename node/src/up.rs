@@ -1,0 +1,170 @@
+//! `klf up`: join a mesh if given a token, then run the node and its HTTP API until SIGTERM/Ctrl-C,
+//! leaving the mesh gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use klf_actors::node::{DataDir, Node, RunOptions, join_mesh};
+use tracing::info;
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Data directory of the node.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// This node's name (needed to join; checked against the data dir on restart).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UDP address for KLF (QUIC). Defaults to the last one used, else 127.0.0.1:7400.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// TCP address for the HTTP API. Defaults to the last one used, else 127.0.0.1:7401.
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// Address peers use to reach this node (HOST:PORT), when --listen binds every interface.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Join the mesh this token names (first start only).
+    #[arg(long)]
+    pub join: Option<String>,
+}
+
+fn saved_addr(saved: Option<&String>, default: &str) -> anyhow::Result<SocketAddr> {
+    saved
+        .map(String::as_str)
+        .unwrap_or(default)
+        .parse()
+        .with_context(|| "the address saved in node.json is invalid; pass it explicitly")
+}
+
+pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    crate::telemetry::init(log_format)?;
+    let dir = DataDir::new(&args.data);
+    let saved = dir
+        .is_initialized()
+        .then(|| dir.load_settings())
+        .transpose()?;
+    let listen = match args.listen {
+        Some(l) => l,
+        None => saved_addr(
+            saved.as_ref().and_then(|s| s.listen.as_ref()),
+            "127.0.0.1:7400",
+        )?,
+    };
+    let api_addr = match args.api {
+        Some(a) => a,
+        None => saved_addr(
+            saved.as_ref().and_then(|s| s.api.as_ref()),
+            "127.0.0.1:7401",
+        )?,
+    };
+    // Bind the API first: its real address (port 0 allowed) is part of this node's identity.
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot bind the API on {api_addr}"))?;
+    let api_bound = api_listener.local_addr()?;
+    let advertise = args
+        .advertise
+        .clone()
+        .or_else(|| saved.as_ref().and_then(|s| s.advertise.clone()));
+
+    match (&saved, &args.join) {
+        (None, Some(token)) => {
+            let Some(name) = &args.name else {
+                bail!("--name is required to join a mesh");
+            };
+            if listen.port() == 0 {
+                bail!("a joining node needs a fixed --listen port (peers learn it at join time)");
+            }
+            let advertise = match &advertise {
+                Some(a) => a.clone(),
+                None if listen.ip().is_unspecified() => bail!(
+                    "--listen {listen} binds every interface; pass --advertise HOST:PORT so peers know where to reach this node"
+                ),
+                None => listen.to_string(),
+            };
+            let settings = join_mesh(&dir, token, name, &advertise, &api_bound.to_string())
+                .await
+                .context("cannot join the mesh")?;
+            println!(
+                "joined mesh {} ({}) as {} ({})",
+                settings.mesh_name, settings.mesh_id, settings.name, settings.node_id
+            );
+        }
+        (Some(_), Some(_)) => bail!(
+            "{} already holds a node identity; omit --join to restart it",
+            args.data.display()
+        ),
+        (Some(s), None) => {
+            if let Some(name) = &args.name
+                && name != &s.name
+            {
+                bail!(
+                    "{} holds node {:?}, not {name:?}",
+                    args.data.display(),
+                    s.name
+                );
+            }
+        }
+        (None, None) => bail!(
+            "{} holds no node: run `klf init --data {}` to create a mesh, or pass --join TOKEN to join one",
+            args.data.display(),
+            args.data.display()
+        ),
+    }
+
+    let options = RunOptions {
+        listen,
+        advertise,
+        api: api_bound.to_string(),
+        ..RunOptions::loopback()
+    };
+    let node = Arc::new(Node::start(&dir, options).await?);
+    let settings = node.settings();
+    println!(
+        "node {} ({}) of mesh {} ({}): klf on {}, api on http://{}",
+        settings.name,
+        settings.node_id,
+        settings.mesh_name,
+        settings.mesh_id,
+        node.local_addr(),
+        api_bound
+    );
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::api::serve(api_listener, node.clone(), async {
+        let _ = api_stopped.await;
+    }));
+    shutdown_signal().await;
+    info!("shutting down: leaving the mesh");
+    node.shutdown().await;
+    let _ = stop_api.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Several real nodes in one test process: fast checks of forming a mesh, failure detection,
+//! graceful leave and mesh isolation.
+
+use std::time::{Duration, Instant};
+
+use klf_actors::mesh::{MemberState, PeerAddr, TransportError, TransportMsg};
+use klf_proto::{Frame, Ping};
+use klf_tests::{InProcessMesh, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_in_one_process_form_a_mesh_and_see_leave_and_failure() {
+    let mesh = InProcessMesh::start(3).await.expect("mesh starts");
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
+            .await,
+        "every node should see three alive within 5 s"
+    );
+
+    // Graceful leave: peers are told, and show `left` at once.
+    mesh.nodes[2].shutdown().await;
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            mesh.state_of(0, "node2").await == Some(MemberState::Left)
+                && mesh.state_of(1, "node2").await == Some(MemberState::Left)
+        })
+        .await,
+        "peers should show the leaving node `left`"
+    );
+
+    // A node that dies silently is detected by failure detection.
+    mesh.nodes[1].kill();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mesh.state_of(0, "node1").await == Some(MemberState::Down)
+        })
+        .await,
+        "the survivor should see the killed node down within 10 s"
+    );
+    eprintln!(
+        "in-process: killed node seen down after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        mesh.count(0, MemberState::Alive).await,
+        1,
+        "only the survivor itself is alive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_of_another_mesh_cannot_connect() {
+    let a = InProcessMesh::start(1).await.expect("mesh a");
+    let b = InProcessMesh::start(1).await.expect("mesh b");
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let target = to.nodes[0].identity().addr.clone();
+        let answer = ractor::call!(from.nodes[0].transport(), |reply| TransportMsg::Request {
+            to: PeerAddr::addr(target.clone()),
+            frame: Frame::Ping(Ping { payload: vec![1] }),
+            reply,
+        })
+        .expect("transport answers");
+        match answer {
+            Err(TransportError::Unreachable { reason, .. }) => {
+                assert!(
+                    reason.to_lowercase().contains("certificate"),
+                    "reason: {reason}"
+                );
+            }
+            other => panic!("a node of another mesh must not connect, got {other:?}"),
+        }
+    }
+    // Neither learned of the other.
+    assert_eq!(a.nodes[0].members().await.expect("members").len(), 1);
+    assert_eq!(b.nodes[0].members().await.expect("members").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_peer_fails_fast_and_backs_off() {
+    let mesh = InProcessMesh::start(1).await.expect("mesh");
+    // Nothing listens on this port.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = dead.local_addr().expect("addr").to_string();
+    drop(dead);
+    let ping = || Frame::Ping(Ping { payload: vec![] });
+    let first = ractor::call!(mesh.nodes[0].transport(), |reply| TransportMsg::Request {
+        to: PeerAddr::addr(addr.clone()),
+        frame: ping(),
+        reply,
+    })
+    .expect("transport answers");
+    assert!(
+        matches!(first, Err(TransportError::Unreachable { .. })),
+        "{first:?}"
+    );
+    let second = ractor::call!(mesh.nodes[0].transport(), |reply| TransportMsg::Request {
+        to: PeerAddr::addr(addr.clone()),
+        frame: ping(),
+        reply,
+    })
+    .expect("transport answers");
+    assert!(
+        matches!(second, Err(TransportError::BackingOff { .. })),
+        "a second attempt right after a failed dial should back off: {second:?}"
+    );
+}
