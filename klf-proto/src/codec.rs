@@ -52,10 +52,10 @@ impl FrameHeader {
 pub fn parse_header(header: [u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader, ProtoError> {
     let [a, b, c, d, k0, k1] = header;
     let len = u32::from_be_bytes([a, b, c, d]);
-    if len > limits.max_frame_len {
+    if len > limits.effective_max() {
         return Err(ProtoError::FrameTooLarge {
             len: u64::from(len),
-            max: limits.max_frame_len,
+            max: limits.effective_max(),
         });
     }
     if len < KIND_LEN {
@@ -94,15 +94,15 @@ pub fn encode_into(frame: &Frame, limits: &Limits, out: &mut Vec<u8>) -> Result<
             kind: frame.kind_name(),
             reason: e.to_string(),
         }),
-        Ok(()) if len > limits.max_frame_len as usize => Err(ProtoError::FrameTooLarge {
+        Ok(()) if len > limits.effective_max() as usize => Err(ProtoError::FrameTooLarge {
             len: len as u64,
-            max: limits.max_frame_len,
+            max: limits.effective_max(),
         }),
         Ok(()) => Ok(()),
     };
     match result {
         Ok(()) => {
-            // `len` fits in u32: it is at most `max_frame_len`.
+            // `len` fits in u32: it is at most the effective maximum.
             out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
             Ok(())
         }
@@ -188,8 +188,8 @@ mod tests {
 
     #[test]
     fn claimed_collection_larger_than_the_frame_is_malformed() {
-        // A Ping whose payload claims u64::MAX bytes (varint 0xff + 8 bytes) inside a 11-byte frame.
-        let mut bytes = vec![0, 0, 0, 11, 0, 4, 0xff];
+        // A Ping whose payload claims u64::MAX bytes (varint tag 0xfd + 8 bytes) in an 11-byte frame.
+        let mut bytes = vec![0, 0, 0, 11, 0, 4, 0xfd];
         bytes.extend_from_slice(&[0xff; 8]);
         let err = decode(&bytes, &Limits::default()).unwrap_err();
         assert!(
