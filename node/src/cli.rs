@@ -41,6 +41,8 @@ pub enum Command {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run three local nodes and show them forming a mesh, leaving and failing.
+    Demo,
     /// Show the mesh's members and their state.
     Members {
         #[command(flatten)]
@@ -80,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => crate::up::run(args, cli.log_format).await,
         Command::Token(TokenCommand::Create { ttl, client }) => token_create(ttl, client).await,
         Command::Members { client } => members(client).await,
+        Command::Demo => crate::demo::run().await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod client;
+mod demo;
 mod telemetry;
 mod up;
 

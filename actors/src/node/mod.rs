@@ -4,6 +4,7 @@
 //! mesh ([`init_mesh`]) and joining one ([`join_mesh`]) prepare the data dir beforehand.
 
 pub mod data_dir;
+pub mod local_mesh;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use ractor::{Actor, ActorRef};
 use tracing::{debug, info};
 
 pub use data_dir::{DataDir, NodeSettings};
+pub use local_mesh::{LocalMesh, wait_until};
 
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
 use crate::mesh::transport::BoxFuture;

@@ -1,0 +1,99 @@
+//! Several nodes in one process, each with its own temporary data dir, joined by tokens exactly as
+//! separate machines would be. Used by `klf demo`, the in-process tests and the benchmarks.
+
+use std::time::Duration;
+
+use super::{DataDir, Node, NodeError, RunOptions, init_mesh, join_mesh};
+use crate::mesh::{MemberState, MembershipConfig};
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes; returns whether it did.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A mesh of nodes inside this process, on loopback with free ports.
+pub struct LocalMesh {
+    /// Holds every node's data dir (`node0`, `node1`, ...); removed when dropped.
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl LocalMesh {
+    /// Creates a mesh on the first node and joins `n - 1` more to it.
+    pub async fn start(n: usize) -> Result<Self, NodeError> {
+        Self::start_with(n, MembershipConfig::default()).await
+    }
+
+    /// Like [`LocalMesh::start`], with given membership timings.
+    pub async fn start_with(n: usize, membership: MembershipConfig) -> Result<Self, NodeError> {
+        let dir = tempfile::tempdir().map_err(|e| NodeError::Config(format!("temp dir: {e}")))?;
+        let options = RunOptions {
+            membership,
+            ..RunOptions::loopback()
+        };
+        let first = DataDir::new(dir.path().join("node0"));
+        init_mesh(&first, "node0", "local")?;
+        let mut nodes = vec![Node::start(&first, options.clone()).await?];
+        for i in 1..n {
+            let name = format!("node{i}");
+            let data = DataDir::new(dir.path().join(&name));
+            let token = nodes[0].create_join_token(Duration::from_secs(60))?;
+            // Local nodes bind port 0 and advertise the port they get when they start.
+            join_mesh(&data, &token.encode(), &name, "127.0.0.1:0", "").await?;
+            nodes.push(Node::start(&data, options.clone()).await?);
+        }
+        Ok(Self { dir, nodes })
+    }
+
+    /// How many members `node` sees in `state`.
+    pub async fn count(&self, node: usize, state: MemberState) -> usize {
+        match self.nodes[node].members().await {
+            Ok(members) => members.iter().filter(|m| m.state == state).count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// The state `observer` sees for the node named `name` (None if absent).
+    pub async fn state_of(&self, observer: usize, name: &str) -> Option<MemberState> {
+        self.nodes[observer]
+            .members()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.state)
+    }
+
+    /// Waits until every listed node sees `want` members alive.
+    pub async fn wait_all_alive(&self, nodes: &[usize], want: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || async {
+            for &i in nodes {
+                if self.count(i, MemberState::Alive).await != want {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    /// Leaves the mesh gracefully, node by node.
+    pub async fn shutdown(&self) {
+        for node in &self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
