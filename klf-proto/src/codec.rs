@@ -120,6 +120,25 @@ pub fn encode(frame: &Frame, limits: &Limits) -> Result<Vec<u8>, ProtoError> {
     Ok(out)
 }
 
+/// Encodes a value carried opaquely inside a frame body (for example a layer's own records), with
+/// the same bincode configuration as frames, so the format stays in this module.
+pub fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
+    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| ProtoError::Encode {
+        kind: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a value made by [`encode_value`]; never panics on any input.
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(value, _)| value)
+        .map_err(|e| ProtoError::Malformed {
+            kind: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        })
+}
+
 /// Decodes the first frame of `buf`, returning it and the number of bytes it used.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<(Frame, usize), ProtoError> {
     let Some(header_bytes) = buf.first_chunk::<HEADER_LEN>() else {

@@ -58,6 +58,14 @@ pub struct Gossip {
     pub data: Vec<u8>,
 }
 
+/// Push-pull anti-entropy of the membership view: the sender's whole SWIM state (encoded with
+/// [`crate::codec::encode_value`]); the answer carries the receiver's. It repairs what lost gossip
+/// left behind, such as a suspicion nobody could refute during a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipSync {
+    pub data: Vec<u8>,
+}
+
 /// Sent to every peer by a node that leaves gracefully, so peers show it `left` rather than `down`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaveNotice {
@@ -268,6 +276,8 @@ frames! {
     10 => Gossip(Gossip),
     /// Graceful leave.
     11 => Leave(LeaveNotice),
+    /// Membership push-pull sync.
+    12 => MembershipSync(MembershipSync),
     /// Catalog anti-entropy digest.
     20 => CatalogDigest(CatalogDigest),
     /// Catalog anti-entropy pull.

@@ -13,7 +13,10 @@ pub mod frame;
 pub mod limits;
 pub mod version;
 
-pub use codec::{FrameHeader, HEADER_LEN, decode, decode_body, encode, encode_into, parse_header};
+pub use codec::{
+    FrameHeader, HEADER_LEN, decode, decode_body, decode_value, encode, encode_into, encode_value,
+    parse_header,
+};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
 pub use limits::Limits;

@@ -88,6 +88,10 @@ fn ack() -> impl Strategy<Value = Ack> {
     Just(Ack {})
 }
 
+fn membership_sync() -> impl Strategy<Value = MembershipSync> {
+    bytes().prop_map(|data| MembershipSync { data })
+}
+
 fn gossip() -> impl Strategy<Value = Gossip> {
     bytes().prop_map(|data| Gossip { data })
 }
@@ -259,6 +263,10 @@ fn frame_strategies() -> Vec<(u16, BoxedStrategy<Frame>)> {
         (6, ack().prop_map(Frame::Ack).boxed()),
         (10, gossip().prop_map(Frame::Gossip).boxed()),
         (11, leave_notice().prop_map(Frame::Leave).boxed()),
+        (
+            12,
+            membership_sync().prop_map(Frame::MembershipSync).boxed(),
+        ),
         (20, catalog_digest().prop_map(Frame::CatalogDigest).boxed()),
         (21, catalog_pull().prop_map(Frame::CatalogPull).boxed()),
         (22, catalog_push().prop_map(Frame::CatalogPush).boxed()),
@@ -291,6 +299,7 @@ fn variant_is_generated(frame: &Frame) -> bool {
         | Frame::Ack(_)
         | Frame::Gossip(_)
         | Frame::Leave(_)
+        | Frame::MembershipSync(_)
         | Frame::CatalogDigest(_)
         | Frame::CatalogPull(_)
         | Frame::CatalogPush(_)

@@ -139,6 +139,18 @@ async fn malformed_frames_get_typed_errors_and_the_node_keeps_serving() {
         error_code(raw_request(&conn, &hello_of(&creds, &mesh_id)).await),
         Some(ErrorCode::Malformed)
     );
+    // A membership sync whose state does not decode is ignored; the node still answers with its own.
+    let junk_sync = klf_proto::encode(
+        &Frame::MembershipSync(klf_proto::MembershipSync {
+            data: vec![0xff; 64],
+        }),
+        &Limits::default(),
+    )
+    .expect("encode");
+    assert!(matches!(
+        raw_request(&conn, &junk_sync).await,
+        Some(Frame::MembershipSync(_))
+    ));
     // A frame cut short: the stream is closed without an answer.
     assert_eq!(raw_request(&conn, &[0, 0, 0, 50, 0, 4, 1, 2]).await, None);
     // Random bytes as datagrams are dropped.

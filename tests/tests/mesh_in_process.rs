@@ -104,3 +104,46 @@ async fn unreachable_peer_fails_fast_and_backs_off() {
         "a second attempt right after a failed dial should back off: {second:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_heals_the_view_by_itself() {
+    use std::collections::HashSet;
+    let mesh = InProcessMesh::start(3).await.expect("mesh starts");
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
+            .await
+    );
+    let id = |i: usize| mesh.nodes[i].identity().node_id.clone();
+    let cut = |i: usize, from: HashSet<String>| {
+        mesh.nodes[i]
+            .transport()
+            .cast(TransportMsg::SetPartitioned(from))
+            .expect("transport alive");
+    };
+    // node2 on one side, node0 and node1 on the other.
+    cut(2, HashSet::from([id(0), id(1)]));
+    cut(0, HashSet::from([id(2)]));
+    cut(1, HashSet::from([id(2)]));
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            mesh.state_of(0, "node2").await == Some(MemberState::Down)
+                && mesh.state_of(1, "node2").await == Some(MemberState::Down)
+                && mesh.count(2, MemberState::Alive).await == 1
+        })
+        .await,
+        "both sides should declare the other down during the partition"
+    );
+    for i in 0..3 {
+        cut(i, HashSet::new());
+    }
+    let healed = Instant::now();
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(15))
+            .await,
+        "after the partition heals, every node should see three alive again without help"
+    );
+    eprintln!(
+        "in-process: view healed {:?} after the partition ended",
+        healed.elapsed()
+    );
+}

@@ -37,6 +37,8 @@ pub struct MembershipConfig {
     pub announce_to_down_every: Duration,
     /// How often to check whether this node sees nobody alive and should announce to known peers.
     pub rejoin_every: Duration,
+    /// How often to exchange the whole view with one random alive member (push-pull anti-entropy).
+    pub sync_every: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -47,6 +49,7 @@ impl Default for MembershipConfig {
             suspect_to_down_after: Duration::from_secs(3),
             announce_to_down_every: Duration::from_secs(3),
             rejoin_every: Duration::from_secs(2),
+            sync_every: Duration::from_secs(5),
         }
     }
 }
@@ -95,8 +98,17 @@ pub enum MembershipMsg {
     Leave(RpcReplyPort<()>),
     /// Internal: a foca timer fired.
     Timer(Timer<MemberId>),
+    /// A peer's whole view (push-pull sync): applied, and answered with ours.
+    Sync {
+        data: Vec<u8>,
+        reply: RpcReplyPort<Vec<u8>>,
+    },
+    /// Internal: the answer to a sync this node started.
+    ApplySync(Vec<u8>),
     /// Internal: periodic check whether to re-announce.
     RejoinTick,
+    /// Internal: time to sync with a random member.
+    SyncTick,
 }
 
 /// The membership actor.
@@ -115,6 +127,7 @@ pub struct MembershipState {
     left: HashMap<String, u64>,
     peers_file: Option<PathBuf>,
     leaving: bool,
+    rng: StdRng,
 }
 
 impl Actor for Membership {
@@ -137,6 +150,7 @@ impl Actor for Membership {
             left: HashMap::new(),
             peers_file: args.peers_file,
             leaving: false,
+            rng: rand::make_rng(),
         };
         for seed in args.seeds {
             if seed.node_id != args.me.node_id {
@@ -145,6 +159,7 @@ impl Actor for Membership {
         }
         state.announce_to_known(&myself);
         myself.send_interval(args.config.rejoin_every, || MembershipMsg::RejoinTick);
+        myself.send_interval(args.config.sync_every, || MembershipMsg::SyncTick);
         info!(node_id = %args.me.node_id, generation = args.me.generation, "membership started");
         Ok(state)
     }
@@ -194,6 +209,12 @@ impl Actor for Membership {
             MembershipMsg::Leave(reply) => {
                 state.leave(reply);
             }
+            MembershipMsg::Sync { data, reply } => {
+                state.apply_sync(&data);
+                let _ = reply.send(state.encoded_state());
+            }
+            MembershipMsg::ApplySync(data) => state.apply_sync(&data),
+            MembershipMsg::SyncTick => state.start_sync(&myself),
             MembershipMsg::RejoinTick => {
                 if !state.leaving && state.foca.num_members() == 0 && !state.known.is_empty() {
                     debug!("no member alive; announcing to known peers");
@@ -345,6 +366,63 @@ impl MembershipState {
             });
             let _ = tokio::time::timeout(Duration::from_secs(1), join_all(notices)).await;
             let _ = reply.send(());
+        });
+    }
+
+    /// The whole SWIM state, for a push-pull sync.
+    fn encoded_state(&self) -> Vec<u8> {
+        let members: Vec<&foca::Member<MemberId>> = self.foca.iter_membership_state().collect();
+        klf_proto::encode_value(&members).unwrap_or_default()
+    }
+
+    /// Applies a peer's whole state: stale knowledge is ignored by foca, news is taken, and a
+    /// suspicion about this node is refuted.
+    fn apply_sync(&mut self, data: &[u8]) {
+        if self.leaving {
+            return;
+        }
+        match klf_proto::decode_value::<Vec<foca::Member<MemberId>>>(data) {
+            Ok(members) => {
+                if let Err(error) =
+                    self.foca
+                        .apply_many(members.into_iter(), true, &mut self.runtime)
+                {
+                    debug!(%error, "membership sync");
+                }
+            }
+            Err(error) => debug!(%error, "ignoring a malformed membership sync"),
+        }
+    }
+
+    /// Sends our state to one random alive member; its answer comes back as `ApplySync`.
+    fn start_sync(&mut self, myself: &ActorRef<MembershipMsg>) {
+        use rand::seq::IndexedRandom;
+        if self.leaving {
+            return;
+        }
+        let alive: Vec<MemberId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        let Some(peer) = alive.choose(&mut self.rng).cloned() else {
+            return;
+        };
+        let frame = Frame::MembershipSync(klf_proto::MembershipSync {
+            data: self.encoded_state(),
+        });
+        let transport = self.transport.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let to = PeerAddr {
+                addr: peer.addr,
+                node_id: Some(peer.node_id),
+            };
+            let answer = transport
+                .call(
+                    |reply| TransportMsg::Request { to, frame, reply },
+                    Some(Duration::from_secs(2)),
+                )
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(Ok(Frame::MembershipSync(sync)))) = answer {
+                let _ = myself.cast(MembershipMsg::ApplySync(sync.data));
+            }
         });
     }
 

@@ -10,7 +10,7 @@
 //! - Incoming frames go to the actor that owns them through the [`FrameHandler`] the node installs;
 //!   `Ping` is answered here. Bad frames get a typed `Error` frame and the connection goes on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -130,6 +130,9 @@ pub enum TransportMsg {
     },
     /// Installs the handler of incoming frames.
     SetHandler(Arc<dyn FrameHandler>),
+    /// Fault injection for tests and drills: drop all traffic to and from these node ids, as a
+    /// network partition would (connections stay open; frames are silently lost). Empty heals.
+    SetPartitioned(HashSet<String>),
     /// Live connections.
     Peers(RpcReplyPort<Vec<PeerInfo>>),
     /// The bound UDP address (useful with port 0).
@@ -168,6 +171,17 @@ struct Shared {
     mesh_id: String,
     node_id: String,
     handler: OnceLock<Arc<dyn FrameHandler>>,
+    /// Peers cut off by fault injection ([`TransportMsg::SetPartitioned`]).
+    partitioned: std::sync::RwLock<HashSet<String>>,
+}
+
+impl Shared {
+    fn is_partitioned(&self, node_id: &str) -> bool {
+        self.partitioned
+            .read()
+            .map(|set| set.contains(node_id))
+            .unwrap_or(false)
+    }
 }
 
 /// The transport actor.
@@ -219,6 +233,7 @@ impl Actor for Transport {
             mesh_id: args.mesh_id,
             node_id: args.credentials.node_id.clone(),
             handler: OnceLock::new(),
+            partitioned: std::sync::RwLock::new(HashSet::new()),
         });
         info!(addr = %endpoint.local_addr()?, node_id = %shared.node_id, "transport listening");
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), myself));
@@ -261,6 +276,12 @@ impl Actor for Transport {
             TransportMsg::SetHandler(handler) => {
                 if state.shared.handler.set(handler).is_err() {
                     warn!("frame handler already installed; ignoring the new one");
+                }
+            }
+            TransportMsg::SetPartitioned(node_ids) => {
+                warn!(?node_ids, "fault injection: partitioned from these peers");
+                if let Ok(mut set) = state.shared.partitioned.write() {
+                    *set = node_ids;
                 }
             }
             TransportMsg::Peers(reply) => {
@@ -324,6 +345,16 @@ impl TransportState {
         if self.shutting_down {
             if let Pending::Request(_, reply) = pending {
                 let _ = reply.send(Err(TransportError::ShuttingDown));
+            }
+            return;
+        }
+        let node_id = to.node_id.as_ref().or_else(|| self.addrs.get(&to.addr));
+        if node_id.is_some_and(|id| self.shared.is_partitioned(id)) {
+            if let Pending::Request(_, reply) = pending {
+                let _ = reply.send(Err(TransportError::Unreachable {
+                    addr: to.addr,
+                    reason: "partitioned (fault injection)".into(),
+                }));
             }
             return;
         }
@@ -727,6 +758,9 @@ async fn serve(
 }
 
 fn dispatch_message(shared: &Shared, peer: PeerIdentity, frame: Frame) {
+    if shared.is_partitioned(&peer.node_id) {
+        return;
+    }
     match shared.handler.get() {
         Some(handler) => handler.message(peer, frame),
         None => debug!(
@@ -742,6 +776,9 @@ async fn serve_request(
     peer: PeerIdentity,
     shared: Arc<Shared>,
 ) {
+    if shared.is_partitioned(&peer.node_id) {
+        return;
+    }
     let answer = match read_frame(&mut recv, &shared.limits).await {
         Ok(Frame::Ping(ping)) => Frame::Pong(klf_proto::Pong {
             payload: ping.payload,

@@ -175,6 +175,26 @@ impl NodeFrames {
 
 impl FrameHandler for NodeFrames {
     fn request(&self, peer: PeerIdentity, frame: Frame) -> BoxFuture<Frame> {
+        if let Frame::MembershipSync(sync) = frame {
+            let membership = self.membership.clone();
+            return Box::pin(async move {
+                let answer = membership
+                    .call(
+                        |reply| MembershipMsg::Sync {
+                            data: sync.data,
+                            reply,
+                        },
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await;
+                match answer {
+                    Ok(ractor::rpc::CallResult::Success(data)) => {
+                        Frame::MembershipSync(klf_proto::MembershipSync { data })
+                    }
+                    _ => Frame::error(ErrorCode::Unavailable, "membership did not answer"),
+                }
+            });
+        }
         let answer = match self.membership_frame(&peer, frame) {
             None => Frame::Ack(Ack {}),
             Some(Frame::Error(e)) => Frame::Error(e),
