@@ -4,6 +4,10 @@
 //! membership, join) → `security`. Later issues add registry, placement, functions, router, chef and
 //! ledger beside them.
 
+pub mod functions;
 pub mod mesh;
 pub mod node;
+pub mod placement;
+pub mod registry;
 pub mod security;
+pub mod store;

@@ -1,0 +1,4 @@
+//! Functions: packages, the sandbox, instances.
+
+pub mod package;
+pub mod sandbox;

@@ -1,0 +1,611 @@
+//! Function packages: a folder with `klf.toml` (the manifest), the JavaScript entry module and an
+//! optional `examples/` folder of sample inputs, as design §10 fixes the contract.
+//!
+//! Loading validates everything a deploy depends on and names the field (or file) at fault, so a
+//! person can fix a package from the error alone.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Host capabilities a manifest may grant. `config` and `now` are always available.
+pub const CAPABILITIES: &[&str] = &["call", "kv", "log"];
+
+/// Largest entry module accepted.
+pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// Largest example input accepted.
+pub const MAX_EXAMPLE_BYTES: usize = 256 * 1024;
+/// Bounds of the `[limits]` table.
+const MAX_MEMORY_MB: u64 = 1024;
+const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+const MAX_CONCURRENCY: u64 = 4096;
+
+/// What is wrong with a package, naming the field or file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageError {
+    #[error("{file}: missing required field `{field}`")]
+    MissingField { file: String, field: String },
+    #[error("{file}: field `{field}`: {message}")]
+    InvalidField {
+        file: String,
+        field: String,
+        message: String,
+    },
+    #[error("{file}: cannot be read as a manifest: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// `[limits]`: what the sandbox enforces for every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub timeout_ms: u64,
+    pub concurrency: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 32,
+            timeout_ms: 1000,
+            concurrency: 64,
+        }
+    }
+}
+
+/// A validated `klf.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: semver::Version,
+    /// Free-form kind, used by find-by-type (`type` in the file).
+    pub kind: String,
+    pub description: String,
+    pub entry: String,
+    pub idempotent: bool,
+    pub capabilities: Vec<String>,
+    /// Functions this one may `ctx.call`, with the semver range each must satisfy.
+    pub dependencies: BTreeMap<String, semver::VersionReq>,
+    pub limits: Limits,
+    pub config: serde_json::Value,
+    /// Declared value of one successful call, for ROI.
+    pub value_per_call: f64,
+}
+
+/// The raw file, every field optional so that validation can name what is missing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<toml::Value>,
+    version: Option<toml::Value>,
+    #[serde(rename = "type")]
+    kind: Option<toml::Value>,
+    description: Option<toml::Value>,
+    entry: Option<toml::Value>,
+    idempotent: Option<toml::Value>,
+    capabilities: Option<toml::Value>,
+    dependencies: Option<toml::Value>,
+    limits: Option<toml::Value>,
+    config: Option<toml::Value>,
+    value: Option<toml::Value>,
+}
+
+/// Whether `name` is a valid function name: 1 to 64 of `a-z 0-9 -`, starting with a letter.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+struct Fields<'a> {
+    file: &'a str,
+}
+
+impl Fields<'_> {
+    fn invalid(&self, field: &str, message: impl Into<String>) -> PackageError {
+        PackageError::InvalidField {
+            file: self.file.to_string(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn required<'v>(
+        &self,
+        field: &str,
+        value: &'v Option<toml::Value>,
+    ) -> Result<&'v toml::Value, PackageError> {
+        value.as_ref().ok_or_else(|| PackageError::MissingField {
+            file: self.file.to_string(),
+            field: field.to_string(),
+        })
+    }
+
+    fn string(&self, field: &str, value: &toml::Value) -> Result<String, PackageError> {
+        value.as_str().map(str::to_string).ok_or_else(|| {
+            self.invalid(
+                field,
+                format!("expected a string, found {}", value.type_str()),
+            )
+        })
+    }
+
+    fn bounded(
+        &self,
+        field: &str,
+        value: Option<&toml::Value>,
+        default: u64,
+        max: u64,
+    ) -> Result<u64, PackageError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match value.as_integer() {
+            Some(n) if n >= 1 && (n as u64) <= max => Ok(n as u64),
+            Some(n) => Err(self.invalid(field, format!("{n} is out of range (1 to {max})"))),
+            None => Err(self.invalid(
+                field,
+                format!("expected an integer, found {}", value.type_str()),
+            )),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, PackageError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| PackageError::Syntax {
+            file: file.to_string(),
+            message: e.message().to_string(),
+        })?;
+        let f = Fields { file };
+
+        let name = f.string("name", f.required("name", &raw.name)?)?;
+        if !is_valid_name(&name) {
+            return Err(f.invalid(
+                "name",
+                format!("{name:?} must be 1 to 64 characters of a-z, 0-9 and '-', starting with a letter"),
+            ));
+        }
+        let version_text = f.string("version", f.required("version", &raw.version)?)?;
+        let version = semver::Version::parse(&version_text).map_err(|e| {
+            f.invalid(
+                "version",
+                format!("{version_text:?} is not a semantic version like 1.2.0 ({e})"),
+            )
+        })?;
+        let kind = f.string("type", f.required("type", &raw.kind)?)?;
+        if kind.is_empty() {
+            return Err(f.invalid("type", "must not be empty"));
+        }
+        let description = match &raw.description {
+            Some(v) => f.string("description", v)?,
+            None => String::new(),
+        };
+        let entry = match &raw.entry {
+            Some(v) => f.string("entry", v)?,
+            None => "main.js".to_string(),
+        };
+        if !is_plain_relative(&entry) || !(entry.ends_with(".js") || entry.ends_with(".mjs")) {
+            return Err(f.invalid(
+                "entry",
+                format!(
+                    "{entry:?} must be a .js file inside the package (no absolute path, no `..`)"
+                ),
+            ));
+        }
+        let idempotent = match &raw.idempotent {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                f.invalid(
+                    "idempotent",
+                    format!("expected true or false, found {}", v.type_str()),
+                )
+            })?,
+            None => false,
+        };
+        let capabilities = match &raw.capabilities {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                let mut caps = Vec::new();
+                for item in items {
+                    let cap = f.string("capabilities", item)?;
+                    if !CAPABILITIES.contains(&cap.as_str()) {
+                        return Err(f.invalid(
+                            "capabilities",
+                            format!(
+                                "unknown capability {cap:?} (known: {})",
+                                CAPABILITIES.join(", ")
+                            ),
+                        ));
+                    }
+                    if !caps.contains(&cap) {
+                        caps.push(cap);
+                    }
+                }
+                caps
+            }
+            Some(other) => {
+                return Err(f.invalid(
+                    "capabilities",
+                    format!("expected an array of strings, found {}", other.type_str()),
+                ));
+            }
+        };
+        let dependencies = match &raw.dependencies {
+            None => BTreeMap::new(),
+            Some(toml::Value::Table(table)) => {
+                let mut deps = BTreeMap::new();
+                for (dep, range) in table {
+                    let field = format!("dependencies.{dep}");
+                    if !is_valid_name(dep) {
+                        return Err(
+                            f.invalid(&field, format!("{dep:?} is not a valid function name"))
+                        );
+                    }
+                    let range_text = f.string(&field, range)?;
+                    let req = semver::VersionReq::parse(&range_text).map_err(|e| {
+                        f.invalid(
+                            &field,
+                            format!("{range_text:?} is not a semver range like ^1.2 ({e})"),
+                        )
+                    })?;
+                    deps.insert(dep.clone(), req);
+                }
+                deps
+            }
+            Some(other) => {
+                return Err(f.invalid(
+                    "dependencies",
+                    format!(
+                        "expected a table of name = \"range\", found {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        if dependencies.contains_key(&name) {
+            return Err(f.invalid(
+                &format!("dependencies.{name}"),
+                "a function cannot depend on itself",
+            ));
+        }
+        if !dependencies.is_empty() && !capabilities.iter().any(|c| c == "call") {
+            return Err(f.invalid(
+                "capabilities",
+                "declares dependencies but does not grant \"call\"",
+            ));
+        }
+        let limits = match &raw.limits {
+            None => Limits::default(),
+            Some(toml::Value::Table(table)) => {
+                if let Some(unknown) = table
+                    .keys()
+                    .find(|k| !["memory_mb", "timeout_ms", "concurrency"].contains(&k.as_str()))
+                {
+                    return Err(f.invalid(
+                        &format!("limits.{unknown}"),
+                        "unknown limit (known: memory_mb, timeout_ms, concurrency)",
+                    ));
+                }
+                let d = Limits::default();
+                Limits {
+                    memory_mb: f.bounded(
+                        "limits.memory_mb",
+                        table.get("memory_mb"),
+                        d.memory_mb,
+                        MAX_MEMORY_MB,
+                    )?,
+                    timeout_ms: f.bounded(
+                        "limits.timeout_ms",
+                        table.get("timeout_ms"),
+                        d.timeout_ms,
+                        MAX_TIMEOUT_MS,
+                    )?,
+                    concurrency: f.bounded(
+                        "limits.concurrency",
+                        table.get("concurrency"),
+                        d.concurrency,
+                        MAX_CONCURRENCY,
+                    )?,
+                }
+            }
+            Some(other) => {
+                return Err(f.invalid(
+                    "limits",
+                    format!("expected a table, found {}", other.type_str()),
+                ));
+            }
+        };
+        let config = match &raw.config {
+            None => serde_json::Value::Object(Default::default()),
+            Some(v @ toml::Value::Table(_)) => serde_json::to_value(v)
+                .map_err(|e| f.invalid("config", format!("cannot be expressed as JSON: {e}")))?,
+            Some(other) => {
+                return Err(f.invalid(
+                    "config",
+                    format!("expected a table, found {}", other.type_str()),
+                ));
+            }
+        };
+        let value_per_call = match &raw.value {
+            None => 0.0,
+            Some(toml::Value::Table(table)) if table.keys().any(|k| k != "per_call") => {
+                let unknown = table
+                    .keys()
+                    .find(|k| *k != "per_call")
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(f.invalid(&format!("value.{unknown}"), "unknown key (known: per_call)"));
+            }
+            Some(toml::Value::Table(table)) => match table.get("per_call") {
+                None => 0.0,
+                Some(v) => {
+                    let n = v
+                        .as_float()
+                        .or_else(|| v.as_integer().map(|i| i as f64))
+                        .ok_or_else(|| {
+                            f.invalid(
+                                "value.per_call",
+                                format!("expected a number, found {}", v.type_str()),
+                            )
+                        })?;
+                    if !n.is_finite() || n < 0.0 {
+                        return Err(f.invalid("value.per_call", "must be a non-negative number"));
+                    }
+                    n
+                }
+            },
+            Some(other) => {
+                return Err(f.invalid(
+                    "value",
+                    format!("expected a table, found {}", other.type_str()),
+                ));
+            }
+        };
+        Ok(Self {
+            name,
+            version,
+            kind,
+            description,
+            entry,
+            idempotent,
+            capabilities,
+            dependencies,
+            limits,
+            config,
+            value_per_call,
+        })
+    }
+
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+fn is_plain_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// A sample input from `examples/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub name: String,
+    pub input: serde_json::Value,
+}
+
+/// A loaded, validated package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    pub manifest: Manifest,
+    /// The manifest text as written (kept so the artifact is what the author wrote).
+    pub manifest_text: String,
+    pub source: String,
+    pub examples: Vec<Example>,
+}
+
+impl Package {
+    /// Loads the package in `dir`, validating the manifest, the entry file and the examples.
+    pub fn load(dir: &Path) -> Result<Self, PackageError> {
+        let manifest_path = dir.join("klf.toml");
+        let manifest_text = read_text(&manifest_path, 64 * 1024)?;
+        let manifest = Manifest::parse(&manifest_text, &manifest_path.display().to_string())?;
+        let source = read_text(&dir.join(&manifest.entry), MAX_SOURCE_BYTES)?;
+        let mut examples = Vec::new();
+        let examples_dir = dir.join("examples");
+        if examples_dir.is_dir() {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&examples_dir)
+                .map_err(|e| file_error(&examples_dir, e.to_string()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let text = read_text(&path, MAX_EXAMPLE_BYTES)?;
+                let input = serde_json::from_str(&text)
+                    .map_err(|e| file_error(&path, format!("not valid JSON: {e}")))?;
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                examples.push(Example { name, input });
+            }
+        }
+        Ok(Self {
+            manifest,
+            manifest_text,
+            source,
+            examples,
+        })
+    }
+}
+
+fn file_error(path: &Path, message: String) -> PackageError {
+    PackageError::File {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+fn read_text(path: &Path, max: usize) -> Result<String, PackageError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    if meta.len() as usize > max {
+        return Err(file_error(
+            path,
+            format!("{} bytes exceeds the limit of {max}", meta.len()),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| file_error(path, "not UTF-8 text".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "moving-average"
+version = "1.2.0"
+type = "data-processor"
+description = "Moving average of a numeric series"
+entry = "main.js"
+idempotent = true
+capabilities = ["call", "kv", "log"]
+[dependencies]
+"series-cleaner" = "^1"
+[limits]
+memory_mb = 32
+timeout_ms = 1000
+concurrency = 64
+[config]
+window = 5
+[value]
+per_call = 0.001
+"#;
+
+    #[test]
+    fn the_design_example_parses() {
+        let m = Manifest::parse(GOOD, "klf.toml").unwrap();
+        assert_eq!(m.id(), "moving-average@1.2.0");
+        assert_eq!(m.kind, "data-processor");
+        assert!(m.idempotent);
+        assert_eq!(m.dependencies["series-cleaner"].to_string(), "^1");
+        assert_eq!(
+            m.limits,
+            Limits {
+                memory_mb: 32,
+                timeout_ms: 1000,
+                concurrency: 64
+            }
+        );
+        assert_eq!(m.config["window"], 5);
+        assert_eq!(m.value_per_call, 0.001);
+    }
+
+    fn error_of(text: &str) -> String {
+        Manifest::parse(text, "klf.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let without = |field: &str| {
+            GOOD.lines()
+                .filter(|l| !l.starts_with(&format!("{field} =")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            error_of(&without("name")),
+            "klf.toml: missing required field `name`"
+        );
+        assert_eq!(
+            error_of(&without("version")),
+            "klf.toml: missing required field `version`"
+        );
+        assert_eq!(
+            error_of(&without("type")),
+            "klf.toml: missing required field `type`"
+        );
+        let cases = [
+            (GOOD.replace("1.2.0", "1.x"), "field `version`"),
+            (
+                GOOD.replace("\"moving-average\"", "\"Moving Average\""),
+                "field `name`",
+            ),
+            (
+                GOOD.replace("\"^1\"", "\"one\""),
+                "field `dependencies.series-cleaner`",
+            ),
+            (
+                GOOD.replace("\"kv\"", "\"net\""),
+                "unknown capability \"net\"",
+            ),
+            (
+                GOOD.replace("memory_mb = 32", "memory_mb = 0"),
+                "field `limits.memory_mb`",
+            ),
+            (
+                GOOD.replace("timeout_ms = 1000", "timeout_ms = \"1s\""),
+                "field `limits.timeout_ms`",
+            ),
+            (
+                GOOD.replace("entry = \"main.js\"", "entry = \"../x.js\""),
+                "field `entry`",
+            ),
+            (
+                GOOD.replace("per_call = 0.001", "per_call = -1"),
+                "field `value.per_call`",
+            ),
+            (
+                GOOD.replace("idempotent = true", "idempotent = \"yes\""),
+                "field `idempotent`",
+            ),
+            (format!("{GOOD}\nextra = 1"), "field `value.extra`"),
+            (format!("extra = 1\n{GOOD}"), "unknown field `extra`"),
+            ("name = ".to_string(), "cannot be read as a manifest"),
+        ];
+        for (text, needle) in cases {
+            let err = error_of(&text);
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn dependencies_need_the_call_capability() {
+        let err = error_of(&GOOD.replace(
+            "capabilities = [\"call\", \"kv\", \"log\"]",
+            "capabilities = [\"log\"]",
+        ));
+        assert!(err.contains("does not grant \"call\""), "{err}");
+    }
+
+    #[test]
+    fn a_package_loads_with_examples_and_names_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("klf.toml"), GOOD).unwrap();
+        let err = Package::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("main.js") && err.contains("cannot read"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("main.js"), "export default class {}").unwrap();
+        std::fs::create_dir(dir.path().join("examples")).unwrap();
+        std::fs::write(dir.path().join("examples/a.json"), r#"{"xs":[1,2,3]}"#).unwrap();
+        let package = Package::load(dir.path()).unwrap();
+        assert_eq!(package.examples.len(), 1);
+        assert_eq!(package.examples[0].name, "a");
+        std::fs::write(dir.path().join("examples/b.json"), "{not json").unwrap();
+        let err = Package::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("b.json") && err.contains("not valid JSON"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The QuickJS sandbox of one function instance (being written).
