@@ -70,6 +70,7 @@ pub struct Manifest {
     /// Functions this one may `ctx.call`, with the semver range each must satisfy.
     pub dependencies: BTreeMap<String, semver::VersionReq>,
     pub limits: Limits,
+    #[serde(with = "json_text")]
     pub config: serde_json::Value,
     /// Declared value of one successful call, for ROI.
     pub value_per_call: f64,
@@ -397,7 +398,23 @@ fn is_plain_relative(path: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     pub name: String,
+    #[serde(with = "json_text")]
     pub input: serde_json::Value,
+}
+
+/// JSON values travel as JSON text inside binary encodings (bincode cannot carry a self-describing
+/// value), so manifests, releases and artifacts encode with the one codec of `klf-proto`.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A loaded, validated package.

@@ -1,5 +1,6 @@
 //! The registry: the replicated catalog of function releases and deployments.
 
+pub mod artifact;
 pub mod catalog;
 
 pub use catalog::{
