@@ -56,7 +56,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     println!("\nnode1 dies without a word (its actors are stopped)...");
     let killed = Instant::now();
-    mesh.nodes[1].kill();
+    mesh.nodes[1].kill().await;
     let detected = wait_until(Duration::from_secs(15), || async {
         mesh.state_of(0, "node1").await == Some(MemberState::Down)
     })

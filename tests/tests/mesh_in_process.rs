@@ -28,7 +28,7 @@ async fn three_nodes_in_one_process_form_a_mesh_and_see_leave_and_failure() {
     );
 
     // A node that dies silently is detected by failure detection.
-    mesh.nodes[1].kill();
+    mesh.nodes[1].kill().await;
     let killed = Instant::now();
     assert!(
         wait_until(Duration::from_secs(10), || async {

@@ -10,6 +10,7 @@
 //! api-tokens.json    hashes, principals and roles of the API tokens this node accepts, 0600
 //! join-tokens.json   join tokens this node issued (hashed secrets, expiry, used), 0600
 //! peers.json         members known at the last change, announced to on restart
+//! store.redb         the embedded store: catalog records, artifacts, function key-value data
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,9 @@ impl DataDir {
     }
     pub fn peers(&self) -> PathBuf {
         self.root.join("peers.json")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store.redb")
     }
 
     /// Whether a node identity exists here.

@@ -29,6 +29,7 @@ pub struct LocalMesh {
     /// Holds every node's data dir (`node0`, `node1`, ...); removed when dropped.
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    membership: MembershipConfig,
 }
 
 impl LocalMesh {
@@ -41,7 +42,7 @@ impl LocalMesh {
     pub async fn start_with(n: usize, membership: MembershipConfig) -> Result<Self, NodeError> {
         let dir = tempfile::tempdir().map_err(|e| NodeError::Config(format!("temp dir: {e}")))?;
         let options = RunOptions {
-            membership,
+            membership: membership.clone(),
             ..RunOptions::loopback()
         };
         let first = DataDir::new(dir.path().join("node0"));
@@ -55,7 +56,23 @@ impl LocalMesh {
             join_mesh(&data, &token.encode(), &name, "127.0.0.1:0", "").await?;
             nodes.push(Node::start(&data, options.clone()).await?);
         }
-        Ok(Self { dir, nodes })
+        Ok(Self {
+            dir,
+            nodes,
+            membership,
+        })
+    }
+
+    /// Starts node `i` again from its data dir (after [`Node::kill`] or [`Node::shutdown`]), on a
+    /// new free port, as a restarted process would.
+    pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
+        let data = DataDir::new(self.dir.path().join(format!("node{i}")));
+        let options = RunOptions {
+            membership: self.membership.clone(),
+            ..RunOptions::loopback()
+        };
+        self.nodes[i] = Node::start(&data, options).await?;
+        Ok(())
     }
 
     /// How many members `node` sees in `state`.

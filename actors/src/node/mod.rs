@@ -1,29 +1,35 @@
-//! A running node: the actors of the mesh layer wired together over one data dir.
+//! A running node: its actors (transport, membership, registry) wired together over one data dir.
 //!
 //! The `klf` binary and the in-process tests both start nodes through [`Node::start`]; creating a
 //! mesh ([`init_mesh`]) and joining one ([`join_mesh`]) prepare the data dir beforehand.
 
 pub mod data_dir;
+mod frames;
 pub mod local_mesh;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use klf_proto::{Ack, ErrorCode, Frame, JoinRequest, Limits};
+use klf_proto::Limits;
 use ractor::{Actor, ActorRef};
-use tracing::{debug, info};
+use tokio::sync::watch;
+use tracing::info;
 
 pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
 
+use self::frames::NodeFrames;
+use crate::functions::package::Package;
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
-use crate::mesh::transport::BoxFuture;
 use crate::mesh::{
-    FrameHandler, MemberId, MemberView, Membership, MembershipArgs, MembershipConfig,
-    MembershipMsg, Transport, TransportArgs, TransportMsg,
+    MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, Transport,
+    TransportArgs, TransportMsg,
 };
-use crate::security::{ApiToken, JoinToken, MeshCa, PeerIdentity, SecurityError, files};
+use crate::registry::artifact::Signer;
+use crate::registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
+use crate::security::{ApiToken, JoinToken, MeshCa, SecurityError, files};
+use crate::store::Store;
 
 /// Errors of starting, joining or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,8 @@ pub enum NodeError {
     Config(String),
     #[error("actor failed: {0}")]
     Actor(String),
+    #[error(transparent)]
+    Registry(RegistryError),
 }
 
 /// How to run a node (what `klf up` takes on its command line).
@@ -49,6 +57,8 @@ pub struct RunOptions {
     pub api: String,
     pub membership: MembershipConfig,
     pub limits: Limits,
+    /// How often the catalog is compared with one random peer.
+    pub anti_entropy_every: Duration,
 }
 
 impl RunOptions {
@@ -60,6 +70,7 @@ impl RunOptions {
             api: String::new(),
             membership: MembershipConfig::default(),
             limits: Limits::default(),
+            anti_entropy_every: Duration::from_secs(2),
         }
     }
 }
@@ -140,84 +151,6 @@ pub async fn join_mesh(
     Ok(settings)
 }
 
-/// Routes incoming frames to the actors that own them.
-struct NodeFrames {
-    membership: ActorRef<MembershipMsg>,
-    join: Arc<JoinService>,
-}
-
-impl NodeFrames {
-    fn membership_frame(&self, peer: &PeerIdentity, frame: Frame) -> Option<Frame> {
-        match frame {
-            Frame::Gossip(gossip) => {
-                let _ = self.membership.cast(MembershipMsg::Gossip(gossip.data));
-                None
-            }
-            // A node may only say that it itself is leaving.
-            Frame::Leave(notice) if notice.node_id == peer.node_id => {
-                let _ = self.membership.cast(MembershipMsg::PeerLeft {
-                    node_id: notice.node_id,
-                    generation: notice.generation,
-                });
-                None
-            }
-            Frame::Leave(notice) => Some(Frame::error(
-                ErrorCode::Unauthorized,
-                format!(
-                    "node {} cannot announce that {} leaves",
-                    peer.node_id, notice.node_id
-                ),
-            )),
-            other => Some(other),
-        }
-    }
-}
-
-impl FrameHandler for NodeFrames {
-    fn request(&self, peer: PeerIdentity, frame: Frame) -> BoxFuture<Frame> {
-        if let Frame::MembershipSync(sync) = frame {
-            let membership = self.membership.clone();
-            return Box::pin(async move {
-                let answer = membership
-                    .call(
-                        |reply| MembershipMsg::Sync {
-                            data: sync.data,
-                            reply,
-                        },
-                        Some(Duration::from_secs(2)),
-                    )
-                    .await;
-                match answer {
-                    Ok(ractor::rpc::CallResult::Success(data)) => {
-                        Frame::MembershipSync(klf_proto::MembershipSync { data })
-                    }
-                    _ => Frame::error(ErrorCode::Unavailable, "membership did not answer"),
-                }
-            });
-        }
-        let answer = match self.membership_frame(&peer, frame) {
-            None => Frame::Ack(Ack {}),
-            Some(Frame::Error(e)) => Frame::Error(e),
-            Some(other) => Frame::error(
-                ErrorCode::Unsupported,
-                format!("{} frames are not served by this node", other.kind_name()),
-            ),
-        };
-        Box::pin(std::future::ready(answer))
-    }
-
-    fn message(&self, peer: PeerIdentity, frame: Frame) {
-        if let Some(other) = self.membership_frame(&peer, frame) {
-            debug!(kind = other.kind_name(), node_id = %peer.node_id, "unhandled message");
-        }
-    }
-
-    fn join(&self, request: JoinRequest, remote: SocketAddr) -> BoxFuture<Frame> {
-        let join = self.join.clone();
-        Box::pin(async move { join.handle(request, remote).await })
-    }
-}
-
 /// A running node.
 pub struct Node {
     settings: NodeSettings,
@@ -225,6 +158,8 @@ pub struct Node {
     local_addr: SocketAddr,
     transport: ActorRef<TransportMsg>,
     membership: ActorRef<MembershipMsg>,
+    registry: ActorRef<RegistryMsg>,
+    catalog: watch::Receiver<Arc<Catalog>>,
     join: Arc<JoinService>,
     api_tokens: Vec<ApiToken>,
 }
@@ -304,8 +239,31 @@ impl Node {
             settings.mesh_name.clone(),
             membership.clone(),
         ));
+        let store = Arc::new(
+            Store::open(&dir.store())
+                .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
+        );
+        let credentials = dir.load_credentials()?;
+        let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
+        let (registry, _) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store: store.clone(),
+                node_id: settings.node_id.clone(),
+                signer: Signer::new(&credentials).map_err(|e| NodeError::Config(e.to_string()))?,
+                ca_der: credentials.ca_der.to_vec(),
+                transport: transport.clone(),
+                membership: membership.clone(),
+                anti_entropy_every: options.anti_entropy_every,
+                snapshots,
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("registry: {e}")))?;
         let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
             membership: membership.clone(),
+            registry: registry.clone(),
             join: join.clone(),
         })));
         settings.listen = Some(options.listen.to_string());
@@ -319,6 +277,8 @@ impl Node {
             local_addr,
             transport,
             membership,
+            registry,
+            catalog,
             join,
             api_tokens,
         })
@@ -367,6 +327,66 @@ impl Node {
         self.api_tokens.iter().find(|t| t.matches(bearer))
     }
 
+    /// The latest catalog snapshot (no actor round trip).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// Waits for the next catalog change (or returns at once if one happened unseen).
+    pub async fn catalog_changed(&mut self) {
+        let _ = self.catalog.changed().await;
+    }
+
+    pub fn registry(&self) -> &ActorRef<RegistryMsg> {
+        &self.registry
+    }
+
+    /// Registers a package and deploys it with `replicas` instances.
+    pub async fn publish(
+        &self,
+        package: Package,
+        replicas: u32,
+        owner: &str,
+    ) -> Result<Release, NodeError> {
+        self.registry
+            .call(
+                |reply| RegistryMsg::Publish {
+                    package: Box::new(package),
+                    replicas,
+                    owner: owner.to_string(),
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .success_or(())
+            .map_err(|_| NodeError::Actor("registry did not answer".into()))?
+            .map_err(NodeError::Registry)
+    }
+
+    /// Unregisters one version of a function, or all of it.
+    pub async fn unregister(
+        &self,
+        name: &str,
+        version: Option<semver::Version>,
+    ) -> Result<Vec<String>, NodeError> {
+        self.registry
+            .call(
+                |reply| RegistryMsg::Unregister {
+                    name: name.to_string(),
+                    version,
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .success_or(())
+            .map_err(|_| NodeError::Actor("registry did not answer".into()))?
+            .map_err(NodeError::Registry)
+    }
+
     /// Leaves the mesh gracefully (peers are told and acknowledge), then stops the actors.
     pub async fn shutdown(&self) {
         let _ = self
@@ -377,14 +397,20 @@ impl Node {
             .transport
             .call(TransportMsg::Shutdown, Some(Duration::from_secs(2)))
             .await;
-        self.membership.stop(None);
-        self.transport.stop(None);
+        self.stop_actors().await;
         info!(name = %self.settings.name, "node stopped");
     }
 
-    /// Stops the actors without telling anyone (as if the process died), for tests.
-    pub fn kill(&self) {
-        self.membership.stop(None);
-        self.transport.stop(None);
+    /// Stops the actors without telling anyone (as if the process died), for tests and drills.
+    pub async fn kill(&self) {
+        self.stop_actors().await;
+    }
+
+    /// Stops every actor and waits until each has released what it held (the store file, the port).
+    async fn stop_actors(&self) {
+        let wait = Some(Duration::from_secs(5));
+        let _ = self.registry.stop_and_wait(None, wait).await;
+        let _ = self.membership.stop_and_wait(None, wait).await;
+        let _ = self.transport.stop_and_wait(None, wait).await;
     }
 }

@@ -1,8 +1,10 @@
 //! The registry: the replicated catalog of function releases and deployments.
 
+pub mod actor;
 pub mod artifact;
 pub mod catalog;
 
+pub use actor::{Registry, RegistryArgs, RegistryError, RegistryMsg};
 pub use catalog::{
     Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
 };
