@@ -41,6 +41,9 @@ pub enum Command {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Functions: deploy, list, inspect, remove.
+    #[command(subcommand, name = "fn")]
+    Fn(crate::functions::FnCommand),
     /// Run three local nodes and show them forming a mesh, leaving and failing.
     Demo,
     /// Show the mesh's members and their state.
@@ -83,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Create { ttl, client }) => token_create(ttl, client).await,
         Command::Members { client } => members(client).await,
         Command::Demo => crate::demo::run().await,
+        Command::Fn(command) => crate::functions::run(command).await,
     }
 }
 

@@ -96,6 +96,11 @@ impl ApiClient {
             .await
     }
 
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     pub async fn post_json<T: DeserializeOwned>(
         &self,
         path: &str,

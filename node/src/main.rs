@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod client;
 mod demo;
+mod functions;
 mod telemetry;
 mod up;
 

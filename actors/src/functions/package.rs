@@ -14,6 +14,8 @@ pub const CAPABILITIES: &[&str] = &["call", "kv", "log"];
 
 /// Largest entry module accepted.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 /// Largest example input accepted.
 pub const MAX_EXAMPLE_BYTES: usize = 256 * 1024;
 /// Bounds of the `[limits]` table.
@@ -431,7 +433,8 @@ impl Package {
     /// Loads the package in `dir`, validating the manifest, the entry file and the examples.
     pub fn load(dir: &Path) -> Result<Self, PackageError> {
         let manifest_path = dir.join("klf.toml");
-        let manifest_text = read_text(&manifest_path, 64 * 1024)?;
+        let manifest_text = read_text(&manifest_path, MAX_MANIFEST_BYTES)?;
+        // Parse first: the manifest names the entry file.
         let manifest = Manifest::parse(&manifest_text, &manifest_path.display().to_string())?;
         let source = read_text(&dir.join(&manifest.entry), MAX_SOURCE_BYTES)?;
         let mut examples = Vec::new();
@@ -445,21 +448,104 @@ impl Package {
             paths.sort();
             for path in paths {
                 let text = read_text(&path, MAX_EXAMPLE_BYTES)?;
-                let input = serde_json::from_str(&text)
-                    .map_err(|e| file_error(&path, format!("not valid JSON: {e}")))?;
                 let name = path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                examples.push(Example { name, input });
+                examples.push((name, text));
             }
+        }
+        Self::from_parts(manifest_text, source, examples)
+            .map_err(|e| relabel(e, &manifest_path, &examples_dir))
+    }
+
+    /// Builds a package from the text of its files (as the API receives them): `klf.toml`, the entry
+    /// module, and `examples/NAME.json` contents by name.
+    pub fn from_parts(
+        manifest_text: String,
+        source: String,
+        examples: Vec<(String, String)>,
+    ) -> Result<Self, PackageError> {
+        if manifest_text.len() > MAX_MANIFEST_BYTES {
+            return Err(PackageError::File {
+                path: "klf.toml".into(),
+                message: format!(
+                    "{} bytes exceeds the limit of {MAX_MANIFEST_BYTES}",
+                    manifest_text.len()
+                ),
+            });
+        }
+        let manifest = Manifest::parse(&manifest_text, "klf.toml")?;
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(PackageError::File {
+                path: manifest.entry.clone(),
+                message: format!(
+                    "{} bytes exceeds the limit of {MAX_SOURCE_BYTES}",
+                    source.len()
+                ),
+            });
+        }
+        let mut parsed = Vec::new();
+        for (name, text) in examples {
+            let path = format!("examples/{name}.json");
+            if text.len() > MAX_EXAMPLE_BYTES {
+                return Err(PackageError::File {
+                    path,
+                    message: format!(
+                        "{} bytes exceeds the limit of {MAX_EXAMPLE_BYTES}",
+                        text.len()
+                    ),
+                });
+            }
+            let input = serde_json::from_str(&text).map_err(|e| PackageError::File {
+                path,
+                message: format!("not valid JSON: {e}"),
+            })?;
+            parsed.push(Example { name, input });
         }
         Ok(Self {
             manifest,
             manifest_text,
             source,
-            examples,
+            examples: parsed,
         })
+    }
+}
+
+/// Errors of [`Package::from_parts`] name files relative to the package; [`Package::load`] names
+/// them by their real paths.
+fn relabel(error: PackageError, manifest_path: &Path, examples_dir: &Path) -> PackageError {
+    let full = |file: String| {
+        if file == "klf.toml" {
+            manifest_path.display().to_string()
+        } else if let Some(rest) = file.strip_prefix("examples/") {
+            examples_dir.join(rest).display().to_string()
+        } else {
+            file
+        }
+    };
+    match error {
+        PackageError::MissingField { file, field } => PackageError::MissingField {
+            file: full(file),
+            field,
+        },
+        PackageError::InvalidField {
+            file,
+            field,
+            message,
+        } => PackageError::InvalidField {
+            file: full(file),
+            field,
+            message,
+        },
+        PackageError::Syntax { file, message } => PackageError::Syntax {
+            file: full(file),
+            message,
+        },
+        PackageError::File { path, message } => PackageError::File {
+            path: full(path),
+            message,
+        },
     }
 }
 

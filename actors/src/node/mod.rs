@@ -341,6 +341,19 @@ impl Node {
         &self.registry
     }
 
+    /// Asks the registry actor something (a query or a command) and waits for the answer.
+    pub async fn ask_registry<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> RegistryMsg,
+    ) -> Result<T, NodeError> {
+        self.registry
+            .call(build, Some(Duration::from_secs(15)))
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .success_or(())
+            .map_err(|_| NodeError::Actor("the registry did not answer in time".into()))
+    }
+
     /// Registers a package and deploys it with `replicas` instances.
     pub async fn publish(
         &self,
@@ -348,21 +361,15 @@ impl Node {
         replicas: u32,
         owner: &str,
     ) -> Result<Release, NodeError> {
-        self.registry
-            .call(
-                |reply| RegistryMsg::Publish {
-                    package: Box::new(package),
-                    replicas,
-                    owner: owner.to_string(),
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?
-            .success_or(())
-            .map_err(|_| NodeError::Actor("registry did not answer".into()))?
-            .map_err(NodeError::Registry)
+        let owner = owner.to_string();
+        self.ask_registry(|reply| RegistryMsg::Publish {
+            package: Box::new(package),
+            replicas,
+            owner,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::Registry)
     }
 
     /// Unregisters one version of a function, or all of it.
@@ -371,20 +378,14 @@ impl Node {
         name: &str,
         version: Option<semver::Version>,
     ) -> Result<Vec<String>, NodeError> {
-        self.registry
-            .call(
-                |reply| RegistryMsg::Unregister {
-                    name: name.to_string(),
-                    version,
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?
-            .success_or(())
-            .map_err(|_| NodeError::Actor("registry did not answer".into()))?
-            .map_err(NodeError::Registry)
+        let name = name.to_string();
+        self.ask_registry(|reply| RegistryMsg::Unregister {
+            name,
+            version,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::Registry)
     }
 
     /// Leaves the mesh gracefully (peers are told and acknowledge), then stops the actors.

@@ -75,6 +75,24 @@ pub enum RegistryMsg {
         version: Option<semver::Version>,
         reply: RpcReplyPort<Result<Vec<String>, RegistryError>>,
     },
+    /// The highest live release of `name` matching `range` (the seed's `get`).
+    Get {
+        name: String,
+        range: semver::VersionReq,
+        reply: RpcReplyPort<Option<Release>>,
+    },
+    /// Every live release (the seed's `discover`).
+    Discover(RpcReplyPort<Vec<Release>>),
+    /// Live releases of a manifest `type` (the seed's `findByType`).
+    FindByType {
+        kind: String,
+        reply: RpcReplyPort<Vec<Release>>,
+    },
+    /// The concrete releases a manifest's dependencies resolve to, dependencies first.
+    ResolveDependencies {
+        manifest: Box<crate::functions::package::Manifest>,
+        reply: RpcReplyPort<Result<Vec<Release>, RegistryError>>,
+    },
     /// A peer's digest: answered with the records it lacks; keys it has that we lack are pulled.
     Digest {
         from: PeerAddr,
@@ -244,6 +262,23 @@ impl Actor for Registry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RegistryMsg::Get { name, range, reply } => {
+                let _ = reply.send(state.catalog.resolve(&name, &range).cloned());
+            }
+            RegistryMsg::Discover(reply) => {
+                let _ = reply.send(state.catalog.releases().cloned().collect());
+            }
+            RegistryMsg::FindByType { kind, reply } => {
+                let _ = reply.send(state.catalog.find_by_type(&kind).cloned().collect());
+            }
+            RegistryMsg::ResolveDependencies { manifest, reply } => {
+                let result = state
+                    .catalog
+                    .resolve_dependencies(&manifest)
+                    .map(|releases| releases.into_iter().cloned().collect())
+                    .map_err(RegistryError::Dependencies);
+                let _ = reply.send(result);
+            }
             RegistryMsg::Publish {
                 package,
                 replicas,

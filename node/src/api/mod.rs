@@ -1,5 +1,7 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
+pub mod functions;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -73,7 +75,12 @@ impl FromRequestParts<Arc<Node>> for Caller {
 }
 
 impl Caller {
-    fn require(&self, role: &str) -> Result<(), ApiError> {
+    /// Who is calling.
+    pub fn principal(&self) -> &str {
+        &self.0.principal
+    }
+
+    pub(crate) fn require(&self, role: &str) -> Result<(), ApiError> {
         if self.0.has_role(role) {
             Ok(())
         } else {
@@ -94,6 +101,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/node", get(node_info))
         .route("/v1/members", get(members))
         .route("/v1/join-tokens", post(create_join_token))
+        .route(
+            "/v1/functions",
+            get(functions::list).post(functions::deploy),
+        )
+        .route("/v1/functions/validate", post(functions::validate))
+        .route(
+            "/v1/functions/{target}",
+            get(functions::info).delete(functions::remove),
+        )
+        .route(
+            "/v1/functions/{target}/dependencies",
+            get(functions::dependencies),
+        )
         .with_state(node)
 }
 
