@@ -120,8 +120,9 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
 
     let options = RunOptions {
         listen,
+        api: shown_api(api_bound, advertise.as_deref()),
+        local_api: Some(api_bound.to_string()),
         advertise,
-        api: api_bound.to_string(),
         ..RunOptions::loopback()
     };
     let node = Arc::new(Node::start(&dir, options).await?);
@@ -147,6 +148,15 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The API address peers and `klf members` show: the bound one, unless it binds every interface;
+/// then the advertised host with the API port (what a peer can actually reach).
+fn shown_api(bound: SocketAddr, advertise: Option<&str>) -> String {
+    match advertise.and_then(|a| a.rsplit_once(':')) {
+        Some((host, _)) if bound.ip().is_unspecified() => format!("{host}:{}", bound.port()),
+        _ => bound.to_string(),
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -166,5 +176,19 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_api_is_shown_at_the_advertised_host() {
+        let wildcard: SocketAddr = "0.0.0.0:7401".parse().unwrap_or_else(|e| panic!("{e}"));
+        let specific: SocketAddr = "10.0.0.5:7401".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(shown_api(wildcard, Some("n1:7400")), "n1:7401");
+        assert_eq!(shown_api(wildcard, None), "0.0.0.0:7401");
+        assert_eq!(shown_api(specific, Some("n1:7400")), "10.0.0.5:7401");
     }
 }

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub advertise: Option<String>,
     /// The HTTP API address, as peers and `klf members` should show it.
     pub api: String,
+    /// Where local clients (`klf … --data DIR`) reach the API, saved in node.json; defaults to `api`.
+    pub local_api: Option<String>,
     pub membership: MembershipConfig,
     pub limits: Limits,
     /// How often the catalog is compared with one random peer.
@@ -68,6 +70,7 @@ impl RunOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             api: String::new(),
+            local_api: None,
             membership: MembershipConfig::default(),
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
@@ -268,7 +271,12 @@ impl Node {
         })));
         settings.listen = Some(options.listen.to_string());
         settings.advertise = Some(advertise);
-        settings.api = Some(options.api.clone());
+        settings.api = Some(
+            options
+                .local_api
+                .clone()
+                .unwrap_or_else(|| options.api.clone()),
+        );
         dir.save_settings(&settings)?;
         info!(name = %settings.name, node_id = %settings.node_id, %local_addr, "node started");
         Ok(Self {
