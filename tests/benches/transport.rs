@@ -5,21 +5,26 @@
 //!
 //! - floor A: raw quinn, a new bidirectional stream per request, 64 bytes each way (the stream
 //!   pattern the transport uses);
-//! - floor A+frames: the same, with KLF frames (`stream::exchange` on the client, `read_frame` /
-//!   `write_frame` on the server) but no actor: isolates framing and codec costs;
 //! - floor B: raw quinn, one long-lived bidirectional stream per caller, length-prefixed 64-byte
 //!   messages (what a pooled-stream design could reach at best);
+//! - floor A+frames: floor A with KLF frames (`stream::exchange` on the client, `read_frame` /
+//!   `write_frame` on the server) but no actor: adds framing and codec costs;
 //! - KLF: node0's transport actor sends `Ping` to node1 (`TransportMsg::Request`, `call!` without a
 //!   timeout) and gets `Pong` back;
-//! - floor A+frames with a `yield_now()` before each request (shows what letting quinn's
-//!   connection driver run between two requests costs);
-//! - two rows that split the KLF path in halves: a relay actor that, like the transport's
-//!   `deliver`, spawns one task per request running `stream::exchange` (against the floor A+frames
-//!   server), and a client without an actor calling `stream::exchange` on its own connection to
-//!   node1's real transport (after `Hello`);
-//! - two network-free rows that explain the gap: a `call!` to an actor that answers at once, and to
-//!   an actor that answers from a spawned task (what the transport does per request);
+//! - rows that explain the gap between KLF and the floor:
+//!   - floor A+frames with a `yield_now()` before each request (lets quinn's connection driver
+//!     run between two requests, as the transport's extra task hops do);
+//!   - a relay actor that, like the transport's `deliver`, spawns one task per request running
+//!     `stream::exchange` (against the floor A+frames server), with the time of each step;
+//!   - `stream::exchange` without an actor on a connection of its own to node1's real transport
+//!     (after `Hello`): the transport's server side alone;
+//!   - floor A+frames and the relay again, reading each received stream to its end (FIN) on both
+//!     sides, so that quinn sends no STOP_SENDING when the stream is dropped;
+//!   - a `call!` to an actor that answers at once, and to one that answers from a spawned task;
 //! - the cost of encoding and decoding the Ping and Pong frames.
+//!
+//! For the paths whose connection the bench holds, the client side's UDP datagrams sent and
+//! received per call are counted from quinn's connection statistics.
 //!
 //! Each path is measured sequentially (warm-up, then timed calls one after the other) and with 64
 //! requests in flight (64 tasks each making sequential calls; wall-clock throughput). The paths are
@@ -84,6 +89,8 @@ enum ServerMode {
     Raw,
     /// Read a KLF frame, answer `Ping` with `Pong` as the transport does (floor A+frames).
     Frames,
+    /// The same, reading the request stream to its end (FIN) before dropping it.
+    FramesDrained,
     /// Length-prefixed messages echoed until the client finishes the stream (floor B).
     LongLived,
 }
@@ -144,13 +151,18 @@ async fn serve_stream(
             send.write_all(&request).await?;
             send.finish()?;
         }
-        ServerMode::Frames => {
+        ServerMode::Frames | ServerMode::FramesDrained => {
             let answer = match read_frame(&mut recv, &limits).await? {
                 Frame::Ping(ping) => Frame::Pong(Pong {
                     payload: ping.payload,
                 }),
                 other => bail!("unexpected {} frame", other.kind_name()),
             };
+            if matches!(mode, ServerMode::FramesDrained) {
+                // Nothing may follow the frame: this only consumes the FIN, so that dropping the
+                // stream does not send STOP_SENDING.
+                recv.read_to_end(0).await?;
+            }
             write_frame(&mut send, &answer, &limits).await?;
         }
         ServerMode::LongLived => {
@@ -223,11 +235,33 @@ impl Actor for Echo {
     }
 }
 
+/// `stream::exchange`, reading the answer stream to its end (FIN) before dropping it: quinn sends
+/// STOP_SENDING for a receive stream dropped before its end was read, as `read_frame` leaves it.
+async fn exchange_drained(
+    conn: &Connection,
+    frame: &Frame,
+    limits: &Limits,
+) -> Result<Frame, TransportError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransportError::Connection(e.to_string()))?;
+    write_frame(&mut send, frame, limits).await?;
+    let answer = read_frame(&mut recv, limits).await?;
+    recv.read_to_end(0)
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    Ok(answer)
+}
+
 /// What the transport does per request, without its routing: a `call!` to an actor that spawns a
 /// task running `stream::exchange` on a connection and answering the reply port from it. The
 /// answer carries when the actor got the message, when the task started and when the exchange
 /// ended, to split the request's time into its steps.
-struct Relay;
+struct Relay {
+    /// Use [`exchange_drained`] instead of `stream::exchange`.
+    drained: bool,
+}
 
 type RelayAnswer = Result<(Frame, [Instant; 3]), TransportError>;
 
@@ -264,9 +298,14 @@ impl Actor for Relay {
         let RelayMsg(frame, reply) = msg;
         let received = Instant::now();
         let conn = conn.clone();
+        let drained = self.drained;
         tokio::spawn(async move {
             let started = Instant::now();
-            let answer = exchange(&conn, &frame, &Limits::default()).await;
+            let answer = if drained {
+                exchange_drained(&conn, &frame, &Limits::default()).await
+            } else {
+                exchange(&conn, &frame, &Limits::default()).await
+            };
             let done = Instant::now();
             let _ = reply.send(answer.map(|frame| (frame, [received, started, done])));
         });
@@ -302,6 +341,8 @@ enum Client {
     /// The same, yielding to the scheduler before each request (lets the connection driver run
     /// between two requests, as the transport's extra task hops do).
     FramesAfterYield(Connection),
+    /// [`exchange_drained`] against a server that also reads each request stream to its end.
+    FramesDrained(Connection),
     /// Floor B: this caller's own long-lived stream.
     LongLived {
         conn: Connection,
@@ -347,6 +388,7 @@ impl Client {
             Self::Raw(conn) => Self::Raw(conn.clone()),
             Self::Frames(conn, limits) => Self::Frames(conn.clone(), *limits),
             Self::FramesAfterYield(conn) => Self::FramesAfterYield(conn.clone()),
+            Self::FramesDrained(conn) => Self::FramesDrained(conn.clone()),
             Self::LongLived { conn, .. } => Self::long_lived(conn.clone()).await?,
             Self::Klf(transport, to) => Self::Klf(transport.clone(), to.clone()),
             Self::Actor(actor) => Self::Actor(actor.clone()),
@@ -371,7 +413,10 @@ impl Client {
     /// The QUIC connection this caller uses, when the bench holds it (for packet counts).
     fn connection(&self) -> Option<&Connection> {
         match self {
-            Self::Raw(conn) | Self::Frames(conn, _) | Self::FramesAfterYield(conn) => Some(conn),
+            Self::Raw(conn)
+            | Self::Frames(conn, _)
+            | Self::FramesAfterYield(conn)
+            | Self::FramesDrained(conn) => Some(conn),
             Self::LongLived { conn, .. } | Self::Relay { conn, .. } => Some(conn),
             Self::Klf(..) | Self::Actor(_) => None,
         }
@@ -398,6 +443,9 @@ impl Client {
             Self::FramesAfterYield(conn) => {
                 tokio::task::yield_now().await;
                 expect_pong(exchange(conn, &ping(), &Limits::default()).await?)?;
+            }
+            Self::FramesDrained(conn) => {
+                expect_pong(exchange_drained(conn, &ping(), &Limits::default()).await?)?;
             }
             Self::LongLived { send, recv, .. } => {
                 let mut message = [0u8; 4 + PAYLOAD];
@@ -754,7 +802,7 @@ fn print_report(paths: &[Path], workers: usize, codec_nanos: f64) {
         } = &p.client
         {
             println!();
-            println!("steps of a relay call (sequential), p50 / mean:");
+            println!("steps of a call, sequential, p50 / mean: {}", p.name);
             for (name, h) in RELAY_STEPS.iter().zip(steps.iter()) {
                 println!(
                     "  {name:<30} {:>6.1} µs / {:>6.1} µs",
@@ -792,6 +840,13 @@ fn print_report(paths: &[Path], workers: usize, codec_nanos: f64) {
             klf.p50() / frames.p50()
         );
     }
+    if let Some(fixed) = find("relay actor+spawn, FIN read") {
+        println!(
+            "  relay actor+spawn with FIN read / floor A seq p50 {:.2}x (the transport's pattern \
+             without STOP_SENDING)",
+            fixed.p50() / a.p50()
+        );
+    }
     println!();
     let ratio = klf.p50() / a.p50();
     println!(
@@ -825,6 +880,7 @@ async fn run(workers: usize) -> anyhow::Result<()> {
     let raw_server = FloorServer::start(&creds1, ServerMode::Raw)?;
     let frames_server = FloorServer::start(&creds1, ServerMode::Frames)?;
     let long_server = FloorServer::start(&creds1, ServerMode::LongLived)?;
+    let drained_server = FloorServer::start(&creds1, ServerMode::FramesDrained)?;
     let (raw_ep, raw_conn) = floor_client(&creds0, raw_server.addr).await?;
     let (frames_ep, frames_conn) = floor_client(&creds0, frames_server.addr).await?;
     let (long_ep, long_conn) = floor_client(&creds0, long_server.addr).await?;
@@ -837,7 +893,12 @@ async fn run(workers: usize) -> anyhow::Result<()> {
     .context("direct connection to node1's transport")?;
     let (relay_ep, relay_conn) = floor_client(&creds0, frames_server.addr).await?;
     let (yield_ep, yield_conn) = floor_client(&creds0, frames_server.addr).await?;
-    let (relay, relay_handle) = Actor::spawn(None, Relay, relay_conn.clone()).await?;
+    let (relay, relay_handle) =
+        Actor::spawn(None, Relay { drained: false }, relay_conn.clone()).await?;
+    let (drained_ep, drained_conn) = floor_client(&creds0, drained_server.addr).await?;
+    let (relay_drained_ep, relay_drained_conn) = floor_client(&creds0, drained_server.addr).await?;
+    let (relay_drained, relay_drained_handle) =
+        Actor::spawn(None, Relay { drained: true }, relay_drained_conn.clone()).await?;
 
     let node1 = &mesh.nodes[1];
     let to = PeerAddr {
@@ -885,6 +946,14 @@ async fn run(workers: usize) -> anyhow::Result<()> {
         ),
         Path::new("KLF: transport actor, Request Ping->Pong", klf),
         Path::new(
+            "floor A+frames, FIN read on both sides",
+            Client::FramesDrained(drained_conn.clone()),
+        ),
+        Path::new(
+            "relay actor+spawn, FIN read on both sides",
+            Client::relay(relay_drained.clone(), relay_drained_conn.clone()),
+        ),
+        Path::new(
             "no network: call! to actor, inline reply",
             Client::Actor(inline_echo.clone()),
         ),
@@ -907,9 +976,11 @@ async fn run(workers: usize) -> anyhow::Result<()> {
     inline_echo.stop(None);
     spawn_echo.stop(None);
     relay.stop(None);
+    relay_drained.stop(None);
     let _ = inline_handle.await;
     let _ = spawn_handle.await;
     let _ = relay_handle.await;
+    let _ = relay_drained_handle.await;
     for (endpoint, conn) in [
         (raw_ep, raw_conn),
         (frames_ep, frames_conn),
@@ -917,11 +988,13 @@ async fn run(workers: usize) -> anyhow::Result<()> {
         (direct_ep, direct_conn),
         (relay_ep, relay_conn),
         (yield_ep, yield_conn),
+        (drained_ep, drained_conn),
+        (relay_drained_ep, relay_drained_conn),
     ] {
         conn.close(VarInt::from_u32(0), b"bench done");
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     }
-    for server in [raw_server, frames_server, long_server] {
+    for server in [raw_server, frames_server, long_server, drained_server] {
         server.close().await;
     }
     for node in &mesh.nodes {
