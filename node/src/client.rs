@@ -31,6 +31,7 @@ pub struct ApiClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    timeout: std::time::Duration,
 }
 
 /// Turns `host:port` (as stored in node.json) into a URL, reaching a wildcard bind via loopback.
@@ -64,10 +65,19 @@ impl ApiClient {
             }
             _ => bail!("say which node to talk to: --data DIR, or --api URL --token TOKEN"),
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()?;
-        Ok(Self { base, token, http })
+        let http = reqwest::Client::builder().build()?;
+        Ok(Self {
+            base,
+            token,
+            http,
+            timeout: std::time::Duration::from_secs(15),
+        })
+    }
+
+    /// Waits up to `timeout` for each answer (default 15 s).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     async fn send<T: DeserializeOwned>(
@@ -75,6 +85,7 @@ impl ApiClient {
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let response = request
+            .timeout(self.timeout)
             .bearer_auth(&self.token)
             .send()
             .await

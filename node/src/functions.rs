@@ -41,6 +41,21 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Call a function: NAME or NAME@RANGE; prints the output JSON alone on stdout.
+    Invoke {
+        target: String,
+        /// The input JSON.
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// A file holding the input JSON.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// How long to wait, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Remove a function (NAME) or one version (NAME@VERSION).
     Rm {
         target: String,
@@ -168,6 +183,35 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                     println!("{}", d["id"].as_str().unwrap_or_default());
                 }
             }
+        }
+        FnCommand::Invoke {
+            target,
+            input,
+            input_file,
+            timeout_ms,
+            client,
+        } => {
+            let text = match (input, input_file) {
+                (Some(text), _) => text,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (None, None) => "{}".to_string(),
+            };
+            let input: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("the input is not JSON: {e}"))?;
+            let api = ApiClient::from_options(&client)?.with_timeout(
+                std::time::Duration::from_millis(timeout_ms) + std::time::Duration::from_secs(5),
+            );
+            let output: Value = api
+                .post_json(
+                    &format!(
+                        "/v1/functions/{}/invoke?timeout_ms={timeout_ms}",
+                        urlencode(&target)
+                    ),
+                    &input,
+                )
+                .await?;
+            println!("{}", serde_json::to_string(&output)?);
         }
         FnCommand::Rm { target, client } => {
             let api = ApiClient::from_options(&client)?;

@@ -5,3 +5,34 @@
 pub mod processes;
 
 pub use klf_actors::node::{LocalMesh, LocalMesh as InProcessMesh, wait_until};
+
+/// Writes a package folder under `dir` (a `klf.toml` with `name`, `version`, a `type`, and the
+/// `extra` manifest lines, plus `main.js` holding `source`) and loads it.
+pub fn write_package(
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    extra: &str,
+    source: &str,
+) -> klf_actors::functions::package::Package {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let folder = dir.join(format!("{name}-{version}-{n}"));
+    std::fs::create_dir_all(&folder).unwrap_or_else(|e| panic!("create {}: {e}", folder.display()));
+    let manifest =
+        format!("name = \"{name}\"\nversion = \"{version}\"\ntype = \"test\"\n{extra}\n");
+    std::fs::write(folder.join("klf.toml"), manifest)
+        .unwrap_or_else(|e| panic!("write manifest: {e}"));
+    std::fs::write(folder.join("main.js"), source).unwrap_or_else(|e| panic!("write source: {e}"));
+    klf_actors::functions::package::Package::load(&folder)
+        .unwrap_or_else(|e| panic!("package {name}: {e}"))
+}
+
+/// A package from one of the repository's `examples/` folders.
+pub fn example_package(name: &str) -> klf_actors::functions::package::Package {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    klf_actors::functions::package::Package::load(&dir)
+        .unwrap_or_else(|e| panic!("example {name}: {e}"))
+}

@@ -94,6 +94,52 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let deps = json(&["fn", "deps", "moving-average", "--json", "--data", &d2]);
     assert_eq!(deps[0]["id"], "series-cleaner@1.0.0");
 
+    // Invocation from the node that did not deploy: the output JSON alone on stdout.
+    let (ok, stdout, stderr) = run(&[
+        "fn",
+        "invoke",
+        "moving-average",
+        "--input",
+        r#"{"xs":[1,2,3,4,5,6]}"#,
+        "--data",
+        &d2,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).expect("json"),
+        serde_json::json!({"avg": 5, "n": 3})
+    );
+    let input_file = mesh.dir.path().join("input.json");
+    std::fs::write(&input_file, r#"{"xs":[10, "junk", 20]}"#).expect("write");
+    let out = json(&[
+        "fn",
+        "invoke",
+        "moving-average@^1",
+        "--input-file",
+        &input_file.to_string_lossy(),
+        "--data",
+        &d1,
+    ]);
+    assert_eq!(out, serde_json::json!({"avg": 15, "n": 2}));
+    let (ok, stdout, stderr) = run(&[
+        "fn",
+        "invoke",
+        "moving-average",
+        "--input",
+        "{not json",
+        "--data",
+        &d2,
+    ]);
+    assert!(
+        !ok && stdout.is_empty() && stderr.contains("not JSON"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["fn", "invoke", "ghost", "--input", "{}", "--data", &d2]);
+    assert!(
+        !ok && stderr.contains("no function named ghost"),
+        "{stderr}"
+    );
+
     // Clear refusals.
     let (ok, _, stderr) = run(&["fn", "info", "moving-average@^2", "--data", &d2]);
     assert!(

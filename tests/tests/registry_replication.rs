@@ -7,24 +7,17 @@ use std::time::{Duration, Instant};
 use klf_actors::functions::package::Package;
 use klf_actors::node::NodeError;
 use klf_actors::registry::{RegistryError, RegistryMsg};
-use klf_tests::{InProcessMesh, wait_until};
+use klf_tests::{InProcessMesh, wait_until, write_package};
 
 fn package(dir: &Path, name: &str, version: &str, deps: &[(&str, &str)], body: &str) -> Package {
-    let pkg = dir.join(format!("{name}-{version}-{}", body.len()));
-    std::fs::create_dir_all(&pkg).expect("dir");
-    let mut manifest = format!(
-        "name = \"{name}\"\nversion = \"{version}\"\ntype = \"test\"\ncapabilities = [\"call\"]\n[dependencies]\n"
-    );
+    let mut extra = String::from("capabilities = [\"call\"]\n[dependencies]\n");
     for (dep, range) in deps {
-        manifest.push_str(&format!("\"{dep}\" = \"{range}\"\n"));
+        extra.push_str(&format!("\"{dep}\" = \"{range}\"\n"));
     }
-    std::fs::write(pkg.join("klf.toml"), manifest).expect("manifest");
-    std::fs::write(
-        pkg.join("main.js"),
-        format!("import {{ BaseFunction }} from \"klf:base\";\nexport default class F extends BaseFunction {{ async execute(input) {{ {body} }} }}\n"),
-    )
-    .expect("source");
-    Package::load(&pkg).expect("package loads")
+    let source = format!(
+        "import {{ BaseFunction }} from \"klf:base\";\nexport default class F extends BaseFunction {{ async execute(input) {{ {body} }} }}\n"
+    );
+    write_package(dir, name, version, &extra, &source)
 }
 
 async fn lists_everywhere(mesh: &InProcessMesh, nodes: &[usize], name: &str) -> bool {

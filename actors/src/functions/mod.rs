@@ -1,4 +1,5 @@
 //! Functions: packages, the sandbox, instances.
 
+pub mod instances;
 pub mod package;
 pub mod sandbox;

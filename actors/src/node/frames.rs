@@ -1,5 +1,6 @@
 //! Routes incoming frames to the actors that own them: membership frames to the membership actor,
-//! catalog and artifact frames to the registry, join requests to the join service.
+//! catalog and artifact frames to the registry, invocations to the router, join requests to the join
+//! service.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::mesh::transport::BoxFuture;
 use crate::mesh::{FrameHandler, MembershipMsg, PeerAddr};
 use crate::registry::RegistryMsg;
 use crate::registry::actor::encode_records;
+use crate::router::Router;
 use crate::security::PeerIdentity;
 
 /// How long the owning actor may take to answer a peer's request.
@@ -42,6 +44,7 @@ where
 pub(super) struct NodeFrames {
     pub membership: ActorRef<MembershipMsg>,
     pub registry: ActorRef<RegistryMsg>,
+    pub router: Router,
     pub join: Arc<JoinService>,
 }
 
@@ -128,6 +131,10 @@ impl FrameHandler for NodeFrames {
                 )
                 .await
             }),
+            Frame::Invoke(invoke) => {
+                let router = self.router.clone();
+                Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
+            }
             Frame::ArtifactFetch(fetch) => Box::pin(async move {
                 ask(
                     &registry,

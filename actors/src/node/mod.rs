@@ -1,4 +1,5 @@
-//! A running node: its actors (transport, membership, registry) wired together over one data dir.
+//! A running node: its actors (transport, membership, registry, placer) and router wired together
+//! over one data dir.
 //!
 //! The `klf` binary and the in-process tests both start nodes through [`Node::start`]; creating a
 //! mesh ([`init_mesh`]) and joining one ([`join_mesh`]) prepare the data dir beforehand.
@@ -28,6 +29,8 @@ use crate::mesh::{
 };
 use crate::registry::artifact::Signer;
 use crate::registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
+use crate::router::placer::{Placer, PlacerArgs, PlacerMsg};
+use crate::router::{InvokeError, InvokeOutcome, InvokeRequest, Router};
 use crate::security::{ApiToken, JoinToken, MeshCa, SecurityError, files};
 use crate::store::Store;
 
@@ -162,6 +165,8 @@ pub struct Node {
     transport: ActorRef<TransportMsg>,
     membership: ActorRef<MembershipMsg>,
     registry: ActorRef<RegistryMsg>,
+    placer: ActorRef<PlacerMsg>,
+    router: Router,
     catalog: watch::Receiver<Arc<Catalog>>,
     join: Arc<JoinService>,
     api_tokens: Vec<ApiToken>,
@@ -243,7 +248,8 @@ impl Node {
             membership.clone(),
         ));
         let store = Arc::new(
-            Store::open(&dir.store())
+            Store::open_patiently(&dir.store(), Duration::from_secs(5))
+                .await
                 .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
         );
         let credentials = dir.load_credentials()?;
@@ -264,9 +270,33 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(format!("registry: {e}")))?;
+        let (alive_tx, alive) = watch::channel(Arc::new(Vec::new()));
+        let router = Router::new(
+            settings.node_id.clone(),
+            catalog.clone(),
+            alive,
+            registry.clone(),
+            transport.clone(),
+            store.clone(),
+        );
+        let (placer, _) = Actor::spawn(
+            None,
+            Placer,
+            PlacerArgs {
+                me: settings.node_id.clone(),
+                router: router.clone(),
+                membership: membership.clone(),
+                catalog: catalog.clone(),
+                alive: alive_tx,
+                every: Duration::from_secs(1),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
         let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
             membership: membership.clone(),
             registry: registry.clone(),
+            router: router.clone(),
             join: join.clone(),
         })));
         settings.listen = Some(options.listen.to_string());
@@ -286,6 +316,8 @@ impl Node {
             transport,
             membership,
             registry,
+            placer,
+            router,
             catalog,
             join,
             api_tokens,
@@ -362,6 +394,16 @@ impl Node {
             .map_err(|_| NodeError::Actor("the registry did not answer in time".into()))
     }
 
+    /// Routes one call to wherever the function runs.
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeOutcome, InvokeError> {
+        self.router.invoke(request).await
+    }
+
+    /// The router (instances running here, routing).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
     /// Registers a package and deploys it with `replicas` instances.
     pub async fn publish(
         &self,
@@ -418,6 +460,7 @@ impl Node {
     /// Stops every actor and waits until each has released what it held (the store file, the port).
     async fn stop_actors(&self) {
         let wait = Some(Duration::from_secs(5));
+        let _ = self.placer.stop_and_wait(None, wait).await;
         let _ = self.registry.stop_and_wait(None, wait).await;
         let _ = self.membership.stop_and_wait(None, wait).await;
         let _ = self.transport.stop_and_wait(None, wait).await;

@@ -329,12 +329,18 @@ impl Actor for Registry {
                     .collect();
                 let _ = reply.send(records);
             }
-            RegistryMsg::Merge(records) => state.merge(records),
+            RegistryMsg::Merge(records) => {
+                state.merge(records);
+                state.replicate_artifacts();
+            }
             RegistryMsg::Artifact { hash, reply } => {
                 let _ = reply.send(state.store.artifact(&hash).ok().flatten());
             }
             RegistryMsg::Package { release, reply } => state.package(*release, reply),
-            RegistryMsg::AntiEntropy { all } => state.anti_entropy(&myself, all),
+            RegistryMsg::AntiEntropy { all } => {
+                state.anti_entropy(&myself, all);
+                state.replicate_artifacts();
+            }
         }
         Ok(())
     }
@@ -475,6 +481,33 @@ impl RegistryState {
             let result = fetch_package(&release, &store, &ca, &transport, &membership, &me).await;
             let _ = reply.send(result);
         });
+    }
+
+    /// Fetches the artifacts of live releases this node lacks, a few per round, so every node holds
+    /// every artifact: a function survives the loss of the node that published it.
+    fn replicate_artifacts(&self) {
+        const PER_ROUND: usize = 4;
+        let missing: Vec<Release> = self
+            .catalog
+            .releases()
+            .filter(|r| matches!(self.store.artifact(&r.artifact), Ok(None)))
+            .take(PER_ROUND)
+            .cloned()
+            .collect();
+        for release in missing {
+            let store = self.store.clone();
+            let ca = self.ca_der.clone();
+            let transport = self.transport.clone();
+            let membership = self.membership.clone();
+            let me = self.signer.node_id.clone();
+            tokio::spawn(async move {
+                if let Err(error) =
+                    fetch_package(&release, &store, &ca, &transport, &membership, &me).await
+                {
+                    debug!(id = %release.manifest.id(), %error, "artifact not replicated yet");
+                }
+            });
+        }
     }
 
     fn anti_entropy(&self, _myself: &ActorRef<RegistryMsg>, all: bool) {

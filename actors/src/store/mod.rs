@@ -21,13 +21,23 @@ pub enum StoreError {
     Db(String),
     #[error("key-value: {0}")]
     Limit(String),
+    #[error("the store is open elsewhere (another klf process on the same data dir?)")]
+    AlreadyOpen,
 }
 
 macro_rules! db_err {
     ($($t:ty),*) => { $( impl From<$t> for StoreError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } } )* };
 }
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Self::AlreadyOpen,
+            other => Self::Db(other.to_string()),
+        }
+    }
+}
+
 db_err!(
-    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
@@ -44,6 +54,23 @@ fn kv_key(namespace: &str, key: &str) -> String {
 }
 
 impl Store {
+    /// Opens the store, waiting up to `patience` while another owner in this process (a node that
+    /// is still stopping) releases it.
+    pub async fn open_patiently(
+        path: &Path,
+        patience: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Self::open(path) {
+                Err(StoreError::AlreadyOpen) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens (or creates) the store file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)?;

@@ -1,5 +1,5 @@
 //! `/v1/functions`: the registry operations (register, unregister, get, discover, find by type,
-//! resolve and validate dependencies) over HTTP.
+//! resolve and validate dependencies) and invocation over HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use klf_actors::functions::package::{Manifest, Package};
 use klf_actors::node::{Node, NodeError};
 use klf_actors::registry::{Catalog, RegistryError, RegistryMsg, Release};
+use klf_actors::router::{InvokeErrorKind, InvokeRequest, MAX_INPUT_BYTES};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller};
@@ -359,4 +360,81 @@ pub async fn remove(
     };
     let removed = node.unregister(&name, version).await.map_err(node_error)?;
     Ok(Json(serde_json::json!({ "removed": removed })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvokeQuery {
+    /// How long the caller waits, in milliseconds (default 10 s, at most 5 min).
+    timeout_ms: Option<u64>,
+}
+
+/// The HTTP status of an invocation failure.
+fn invoke_status(kind: InvokeErrorKind) -> StatusCode {
+    use InvokeErrorKind as K;
+    match kind {
+        K::UnknownFunction | K::NoMatchingVersion | K::NotDeployed => StatusCode::NOT_FOUND,
+        K::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        K::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        K::BadInput | K::CallDepthExceeded => StatusCode::BAD_REQUEST,
+        K::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        K::OutOfMemory
+        | K::UserError
+        | K::SyntaxError
+        | K::BadModule
+        | K::BadOutput
+        | K::CapabilityDenied => StatusCode::UNPROCESSABLE_ENTITY,
+        K::NoHost | K::NotHosted | K::Unreachable => StatusCode::SERVICE_UNAVAILABLE,
+        K::HostError => StatusCode::BAD_GATEWAY,
+        K::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `POST /v1/functions/{NAME[@RANGE]}/invoke`: the body is the input JSON, the answer the output
+/// JSON (header `x-klf-served-by: NAME@VERSION`).
+pub async fn invoke(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path(target): Path<String>,
+    Query(query): Query<InvokeQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    caller.require("invoker")?;
+    let (name, range) = parse_target(&target)?;
+    if body.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!(
+                "input of {} bytes exceeds the limit of {MAX_INPUT_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let input: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_input",
+            format!("the input is not JSON: {e}"),
+        )
+    })?;
+    let timeout =
+        std::time::Duration::from_millis(query.timeout_ms.unwrap_or(10_000).clamp(1, 300_000));
+    let mut request = InvokeRequest::new(&name, input, timeout);
+    request.range = range;
+    request.caller = caller.principal().to_string();
+    match node.invoke(request).await {
+        Ok(outcome) => Ok((
+            [
+                ("x-klf-served-by", outcome.served_by),
+                ("x-klf-node", outcome.node),
+            ],
+            Json(outcome.output),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError::new(
+            invoke_status(e.kind),
+            e.kind.as_str(),
+            e.message,
+        )),
+    }
 }

@@ -114,6 +114,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/functions/{target}/dependencies",
             get(functions::dependencies),
         )
+        .route("/v1/functions/{target}/invoke", post(functions::invoke))
         .with_state(node)
 }
 

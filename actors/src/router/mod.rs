@@ -1,0 +1,557 @@
+//! The router: turns `NAME@RANGE` and an input into a result, wherever the function runs.
+//!
+//! - Resolution: the deployment serves the highest live version; a range that excludes it is an
+//!   error that says which version is served.
+//! - Target: a local instance first (this node is among the function's placed hosts); otherwise the
+//!   less busy of two random hosts (power of two choices) over KLF.
+//! - Deadlines propagate (an absolute deadline travels in `Invoke`); a call that provably never
+//!   started (host unreachable, not hosting, overloaded) is retried on another host, any other
+//!   failure only for functions declared idempotent.
+//! - Per-function concurrency limit: beyond it, `Overloaded` at once. Call depth is limited, so a
+//!   function that calls itself forever gets an error, not a meltdown.
+//!
+//! The router is a cloneable handle rather than an actor: it holds no state that needs a mailbox
+//! (in-flight counters are atomic-ish under a short lock), and a mailbox hop on every call would
+//! sit on the hottest path of the mesh.
+
+pub mod choice;
+pub mod error;
+pub mod host;
+pub mod placer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use klf_proto::{Frame, Invoke, InvokeFailure, InvokeReply, TraceContext};
+use ractor::ActorRef;
+use tokio::sync::watch;
+use tracing::debug;
+
+pub use error::{InvokeError, InvokeErrorKind};
+
+use crate::functions::instances::{Hosted, Instances};
+use crate::functions::sandbox::{CallMeta, InstanceMsg};
+use crate::mesh::{MemberId, PeerAddr, TransportError, TransportMsg};
+use crate::registry::{Catalog, RegistryMsg, Release};
+use crate::store::Store;
+
+/// Deepest chain of calls (a function calling a function …) before `CallDepthExceeded`.
+pub const MAX_CALL_DEPTH: u16 = 16;
+/// Largest input of one call, as JSON text.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+
+/// One call to route.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub function: String,
+    pub range: semver::VersionReq,
+    pub input: serde_json::Value,
+    pub deadline: Instant,
+    pub call_depth: u16,
+    pub idempotency_key: Option<String>,
+    /// The principal on whose behalf the call runs.
+    pub caller: String,
+    /// W3C `traceparent` of the caller's span.
+    pub trace_parent: Option<String>,
+}
+
+impl InvokeRequest {
+    /// A top-level call of `function` (any version) with `timeout` to run.
+    pub fn new(function: &str, input: serde_json::Value, timeout: Duration) -> Self {
+        Self {
+            function: function.to_string(),
+            range: semver::VersionReq::STAR,
+            input,
+            deadline: Instant::now() + timeout,
+            call_depth: 0,
+            idempotency_key: None,
+            caller: "admin".into(),
+            trace_parent: None,
+        }
+    }
+}
+
+/// A successful call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvokeOutcome {
+    pub output: serde_json::Value,
+    /// `name@version` that served it.
+    pub served_by: String,
+    /// Node id of the node that ran it.
+    pub node: String,
+}
+
+/// The router handle.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+pub(crate) struct RouterInner {
+    me: String,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    alive: watch::Receiver<Arc<Vec<MemberId>>>,
+    instances: Instances,
+    registry: ActorRef<RegistryMsg>,
+    transport: ActorRef<TransportMsg>,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+fn unix_ms(at: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now + at.saturating_duration_since(Instant::now()).as_millis() as u64
+}
+
+fn instant_of(unix_deadline_ms: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Instant::now() + Duration::from_millis(unix_deadline_ms.saturating_sub(now))
+}
+
+/// Counts a call in flight to a host for as long as it lives.
+struct InFlight<'a> {
+    router: &'a RouterInner,
+    host: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(router: &'a RouterInner, host: &str) -> Self {
+        if let Ok(mut map) = router.in_flight.lock() {
+            *map.entry(host.to_string()).or_default() += 1;
+        }
+        Self {
+            router,
+            host: host.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.router.in_flight.lock()
+            && let Some(n) = map.get_mut(&self.host)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Router {
+    /// A router for node `me`. `alive` is kept current by the [`placer::Placer`].
+    pub fn new(
+        me: String,
+        catalog: watch::Receiver<Arc<Catalog>>,
+        alive: watch::Receiver<Arc<Vec<MemberId>>>,
+        registry: ActorRef<RegistryMsg>,
+        transport: ActorRef<TransportMsg>,
+        store: Arc<Store>,
+    ) -> Self {
+        let store = Arc::downgrade(&store);
+        let inner = Arc::new_cyclic(|weak: &Weak<RouterInner>| {
+            let weak = weak.clone();
+            RouterInner {
+                me,
+                catalog,
+                alive,
+                instances: Instances::new(Arc::new(move |release: &Release| {
+                    Arc::new(host::NodeHost::new(weak.clone(), release, store.clone()))
+                })),
+                registry,
+                transport,
+                in_flight: Mutex::new(HashMap::new()),
+            }
+        });
+        Self { inner }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<RouterInner>) -> Self {
+        Self { inner }
+    }
+
+    /// The instances running on this node.
+    pub fn instances(&self) -> &Instances {
+        &self.inner.instances
+    }
+
+    /// Routes one call to wherever the function runs and returns its result.
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeOutcome, InvokeError> {
+        self.inner.invoke(request).await
+    }
+
+    /// Serves an `Invoke` from a peer: only on an instance of this node.
+    pub async fn serve_remote(&self, invoke: Invoke) -> InvokeReply {
+        let served = self.inner.serve_remote(invoke).await;
+        match served {
+            Ok((output, served_by)) => InvokeReply {
+                outcome: Ok(output.to_string().into_bytes()),
+                served_by_version: served_by,
+            },
+            Err(e) => InvokeReply {
+                outcome: Err(InvokeFailure {
+                    kind: e.kind.as_str().to_string(),
+                    message: e.message,
+                }),
+                served_by_version: String::new(),
+            },
+        }
+    }
+
+    /// Ensures this node's instances match placement (started by the placer).
+    pub(crate) async fn ensure_running(
+        &self,
+        release: &Release,
+    ) -> Result<Arc<Hosted>, InvokeError> {
+        self.inner.ensure_running(release).await
+    }
+}
+
+impl RouterInner {
+    /// The release the deployment of `name` serves, checked against `range`, and its hosts.
+    fn resolve(
+        &self,
+        name: &str,
+        range: &semver::VersionReq,
+    ) -> Result<(Release, Vec<MemberId>), InvokeError> {
+        let catalog = self.catalog.borrow().clone();
+        let versions = catalog.versions(name);
+        let Some(served) = versions.first() else {
+            return Err(InvokeError::new(
+                InvokeErrorKind::UnknownFunction,
+                format!("no function named {name}"),
+            ));
+        };
+        let deployment = catalog
+            .deployment(name)
+            .filter(|d| d.enabled)
+            .ok_or_else(|| {
+                InvokeError::new(
+                    InvokeErrorKind::NotDeployed,
+                    format!("{name} is published but not deployed"),
+                )
+            })?;
+        if !range.matches(&served.manifest.version) {
+            let published: Vec<String> = versions
+                .iter()
+                .map(|r| r.manifest.version.to_string())
+                .collect();
+            let message = if versions.iter().any(|r| range.matches(&r.manifest.version)) {
+                format!(
+                    "{name}@{range}: the deployed version is {}; older matching versions are published but not served",
+                    served.manifest.version
+                )
+            } else {
+                format!(
+                    "no version of {name} matches {range} (published: {})",
+                    published.join(", ")
+                )
+            };
+            return Err(InvokeError::new(
+                InvokeErrorKind::NoMatchingVersion,
+                message,
+            ));
+        }
+        let alive = self.alive.borrow().clone();
+        let ids = alive.iter().map(|m| m.node_id.as_str());
+        let placed = crate::placement::hosts(name, ids, deployment.replicas as usize);
+        let hosts: Vec<MemberId> = placed
+            .iter()
+            .filter_map(|id| alive.iter().find(|m| m.node_id == *id).cloned())
+            .collect();
+        if hosts.is_empty() {
+            return Err(InvokeError::new(
+                InvokeErrorKind::NoHost,
+                format!("no alive node hosts {name}"),
+            ));
+        }
+        Ok(((*served).clone(), hosts))
+    }
+
+    async fn invoke(
+        self: &Arc<Self>,
+        request: InvokeRequest,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        if request.call_depth > MAX_CALL_DEPTH {
+            return Err(InvokeError::new(
+                InvokeErrorKind::CallDepthExceeded,
+                format!(
+                    "call depth {} exceeds the limit of {MAX_CALL_DEPTH} (a function calling itself forever?)",
+                    request.call_depth
+                ),
+            ));
+        }
+        let input_len = request.input.to_string().len();
+        if input_len > MAX_INPUT_BYTES {
+            return Err(InvokeError::new(
+                InvokeErrorKind::InputTooLarge,
+                format!("input of {input_len} bytes exceeds the limit of {MAX_INPUT_BYTES}"),
+            ));
+        }
+        let (release, mut hosts) = self.resolve(&request.function, &request.range)?;
+        let served_by = release.manifest.id();
+        if hosts.iter().any(|h| h.node_id == self.me) {
+            let output = self.run_local(&release, &request).await?;
+            return Ok(InvokeOutcome {
+                output,
+                served_by,
+                node: self.me.clone(),
+            });
+        }
+        let mut last_error = None;
+        while !hosts.is_empty() {
+            let in_flight = self.in_flight.lock().map(|m| m.clone()).unwrap_or_default();
+            let ids: Vec<&str> = hosts.iter().map(|h| h.node_id.as_str()).collect();
+            let Some(target) =
+                choice::pick(&ids, &in_flight, |n| rand::random_range(0..n)).map(str::to_string)
+            else {
+                break;
+            };
+            let Some(position) = hosts.iter().position(|h| h.node_id == target) else {
+                break;
+            };
+            let host = hosts.swap_remove(position);
+            match self.run_remote(&host, &release, &request).await {
+                Ok(output) => {
+                    return Ok(InvokeOutcome {
+                        output,
+                        served_by,
+                        node: host.node_id,
+                    });
+                }
+                Err((error, may_have_started)) => {
+                    let retry = !may_have_started || release.manifest.idempotent;
+                    debug!(%error, node = %host.node_id, retry, "remote attempt failed");
+                    if !retry || Instant::now() >= request.deadline {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| InvokeError::new(InvokeErrorKind::NoHost, "no host left to try")))
+    }
+
+    async fn serve_remote(
+        self: &Arc<Self>,
+        invoke: Invoke,
+    ) -> Result<(serde_json::Value, String), InvokeError> {
+        let bad = |m: String| InvokeError::new(InvokeErrorKind::BadInput, m);
+        let range = if invoke.version_range.is_empty() {
+            semver::VersionReq::STAR
+        } else {
+            semver::VersionReq::parse(&invoke.version_range).map_err(|e| {
+                bad(format!(
+                    "{:?} is not a semver range: {e}",
+                    invoke.version_range
+                ))
+            })?
+        };
+        let input: serde_json::Value = serde_json::from_slice(&invoke.input)
+            .map_err(|e| bad(format!("the input is not JSON: {e}")))?;
+        let request = InvokeRequest {
+            function: invoke.function,
+            range,
+            input,
+            deadline: instant_of(invoke.deadline_unix_ms),
+            call_depth: invoke.call_depth,
+            idempotency_key: invoke.idempotency_key,
+            caller: invoke.caller_principal,
+            trace_parent: Some(invoke.trace.traceparent).filter(|t| !t.is_empty()),
+        };
+        if request.call_depth > MAX_CALL_DEPTH {
+            return Err(InvokeError::new(
+                InvokeErrorKind::CallDepthExceeded,
+                format!("call depth exceeds {MAX_CALL_DEPTH}"),
+            ));
+        }
+        let (release, hosts) = self.resolve(&request.function, &request.range)?;
+        if !hosts.iter().any(|h| h.node_id == self.me) {
+            return Err(InvokeError::new(
+                InvokeErrorKind::NotHosted,
+                format!("{} is not placed on this node", release.manifest.id()),
+            ));
+        }
+        let output = self.run_local(&release, &request).await?;
+        Ok((output, release.manifest.id()))
+    }
+
+    async fn ensure_running(&self, release: &Release) -> Result<Arc<Hosted>, InvokeError> {
+        if let Some(hosted) = self
+            .instances
+            .get(&release.manifest.name)
+            .filter(|h| h.release.artifact == release.artifact)
+        {
+            return Ok(hosted);
+        }
+        let package = self
+            .registry
+            .call(
+                |reply| RegistryMsg::Package {
+                    release: Box::new(release.clone()),
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, format!("registry: {e}")))?
+            .success_or(())
+            .map_err(|_| {
+                InvokeError::new(InvokeErrorKind::Internal, "the registry did not answer")
+            })?
+            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, e.to_string()))?;
+        Ok(self.instances.get_or_start(release, &package).await?)
+    }
+
+    async fn run_local(
+        &self,
+        release: &Release,
+        request: &InvokeRequest,
+    ) -> Result<serde_json::Value, InvokeError> {
+        let hosted = self.ensure_running(release).await?;
+        let Ok(_permit) = hosted.permits.clone().try_acquire_owned() else {
+            return Err(InvokeError::new(
+                InvokeErrorKind::Overloaded,
+                format!(
+                    "{} is at its concurrency limit of {}; retry later",
+                    hosted.id(),
+                    hosted.concurrency
+                ),
+            ));
+        };
+        let meta = CallMeta {
+            deadline: request.deadline,
+            call_depth: request.call_depth,
+            trace_parent: request.trace_parent.clone(),
+        };
+        let input = request.input.clone();
+        // The sandbox enforces the deadline itself; the extra second only guards a lost reply.
+        let wait =
+            request.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        let answer = hosted
+            .actor
+            .call(
+                |reply| InstanceMsg::Execute { input, meta, reply },
+                Some(wait),
+            )
+            .await
+            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, format!("instance: {e}")))?;
+        match answer {
+            ractor::rpc::CallResult::Success(result) => Ok(result?),
+            ractor::rpc::CallResult::Timeout => Err(InvokeError::new(
+                InvokeErrorKind::Timeout,
+                "the call did not finish before its deadline",
+            )),
+            ractor::rpc::CallResult::SenderError => Err(InvokeError::new(
+                InvokeErrorKind::Internal,
+                "the instance stopped during the call",
+            )),
+        }
+    }
+
+    /// One remote attempt; on failure also says whether the call may have started there.
+    async fn run_remote(
+        &self,
+        host: &MemberId,
+        release: &Release,
+        request: &InvokeRequest,
+    ) -> Result<serde_json::Value, (InvokeError, bool)> {
+        let _counted = InFlight::new(self, &host.node_id);
+        let frame = Frame::Invoke(Invoke {
+            function: release.manifest.name.clone(),
+            version_range: request.range.to_string(),
+            input: request.input.to_string().into_bytes(),
+            deadline_unix_ms: unix_ms(request.deadline),
+            idempotency_key: request.idempotency_key.clone(),
+            caller_principal: request.caller.clone(),
+            call_depth: request.call_depth,
+            trace: TraceContext {
+                traceparent: request.trace_parent.clone().unwrap_or_default(),
+                tracestate: String::new(),
+            },
+        });
+        let to = PeerAddr {
+            addr: host.addr.clone(),
+            node_id: Some(host.node_id.clone()),
+        };
+        let wait =
+            request.deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+        let answer = self
+            .transport
+            .call(
+                |reply| TransportMsg::Request { to, frame, reply },
+                Some(wait),
+            )
+            .await
+            .map_err(|e| {
+                (
+                    InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
+                    false,
+                )
+            })?;
+        match answer {
+            ractor::rpc::CallResult::Success(Ok(Frame::InvokeReply(reply))) => {
+                match reply.outcome {
+                    Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                        (
+                            InvokeError::new(
+                                InvokeErrorKind::BadOutput,
+                                format!("the host answered with bytes that are not JSON: {e}"),
+                            ),
+                            true,
+                        )
+                    }),
+                    Err(failure) => {
+                        let error = InvokeError::new(
+                            InvokeErrorKind::parse(&failure.kind),
+                            failure.message,
+                        );
+                        let started = !error.never_started();
+                        Err((error, started))
+                    }
+                }
+            }
+            ractor::rpc::CallResult::Success(Ok(other)) => Err((
+                InvokeError::new(
+                    InvokeErrorKind::Internal,
+                    format!("the host answered {} to Invoke", other.kind_name()),
+                ),
+                true,
+            )),
+            ractor::rpc::CallResult::Success(Err(error)) => {
+                let never_started = matches!(
+                    error,
+                    TransportError::Unreachable { .. }
+                        | TransportError::BackingOff { .. }
+                        | TransportError::ShuttingDown
+                );
+                Err((
+                    InvokeError::new(
+                        InvokeErrorKind::Unreachable,
+                        format!("node {}: {error}", host.name),
+                    ),
+                    !never_started,
+                ))
+            }
+            ractor::rpc::CallResult::Timeout => Err((
+                InvokeError::new(
+                    InvokeErrorKind::Timeout,
+                    "the call did not finish before its deadline",
+                ),
+                true,
+            )),
+            ractor::rpc::CallResult::SenderError => Err((
+                InvokeError::new(
+                    InvokeErrorKind::Internal,
+                    "the transport stopped during the call",
+                ),
+                true,
+            )),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Invoking functions across real in-process nodes: routing to hosts, composition with ctx.call,
+//! failover after a host dies, and every bad input giving a typed error while the node keeps serving.
+
+use std::time::{Duration, Instant};
+
+use klf_actors::node::Node;
+use klf_actors::router::{InvokeErrorKind, InvokeRequest};
+use klf_tests::{InProcessMesh, example_package, wait_until, write_package};
+use serde_json::json;
+
+async fn call(
+    node: &Node,
+    function: &str,
+    input: serde_json::Value,
+) -> Result<klf_actors::router::InvokeOutcome, klf_actors::router::InvokeError> {
+    node.invoke(InvokeRequest::new(function, input, Duration::from_secs(5)))
+        .await
+}
+
+/// Waits until every node's catalog holds the deployment of `name`.
+async fn replicated(mesh: &InProcessMesh, name: &str) {
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            mesh.nodes
+                .iter()
+                .all(|n| n.catalog().deployment(name).is_some())
+        })
+        .await,
+        "{name} should reach every node within 3 s"
+    );
+}
+
+fn hosts_of(mesh: &InProcessMesh, name: &str, replicas: usize) -> Vec<String> {
+    let ids: Vec<String> = mesh
+        .nodes
+        .iter()
+        .map(|n| n.identity().node_id.clone())
+        .collect();
+    klf_actors::placement::hosts(name, ids.iter().map(String::as_str), replicas)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_deployed_on_one_node_is_invoked_from_a_node_without_an_instance() {
+    let mesh = InProcessMesh::start(3).await.expect("mesh");
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
+            .await
+    );
+    mesh.nodes[0]
+        .publish(example_package("hello"), 2, "admin")
+        .await
+        .expect("deploy");
+    replicated(&mesh, "hello").await;
+    let hosts = hosts_of(&mesh, "hello", 2);
+    let outsider = mesh
+        .nodes
+        .iter()
+        .find(|n| !hosts.contains(&n.identity().node_id))
+        .expect("one of three nodes hosts no replica");
+    let outcome = call(outsider, "hello", json!({"name": "KLF"}))
+        .await
+        .expect("invoke");
+    assert_eq!(outcome.output, json!({"message": "Hello, KLF!"}));
+    assert_eq!(outcome.served_by, "hello@1.0.0");
+    assert!(hosts.contains(&outcome.node), "served by a placed host");
+    assert_ne!(outcome.node, outsider.identity().node_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_call_composes_functions_hosted_on_different_nodes() {
+    let mesh = InProcessMesh::start(3).await.expect("mesh");
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
+            .await
+    );
+    mesh.nodes[0]
+        .publish(example_package("series-cleaner"), 1, "admin")
+        .await
+        .expect("cleaner");
+    mesh.nodes[0]
+        .publish(example_package("moving-average"), 1, "admin")
+        .await
+        .expect("average");
+    replicated(&mesh, "moving-average").await;
+    replicated(&mesh, "series-cleaner").await;
+    for node in &mesh.nodes {
+        let outcome = call(
+            node,
+            "moving-average",
+            json!({"xs": [1, 2, "x", 3, 4, 5, 6]}),
+        )
+        .await
+        .expect("invoke");
+        assert_eq!(outcome.output, json!({"avg": 5, "n": 3}));
+    }
+    let cleaner_host = hosts_of(&mesh, "series-cleaner", 1);
+    let average_host = hosts_of(&mesh, "moving-average", 1);
+    eprintln!("series-cleaner on {cleaner_host:?}, moving-average on {average_host:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_keep_succeeding_after_the_hosting_node_dies() {
+    let mesh = InProcessMesh::start(3).await.expect("mesh");
+    assert!(
+        mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
+            .await
+    );
+    mesh.nodes[0]
+        .publish(example_package("hello"), 1, "admin")
+        .await
+        .expect("deploy");
+    replicated(&mesh, "hello").await;
+    let host = hosts_of(&mesh, "hello", 1)[0].clone();
+    let host_index = mesh
+        .nodes
+        .iter()
+        .position(|n| n.identity().node_id == host)
+        .expect("host");
+    let survivor = &mesh.nodes[(host_index + 1) % 3];
+    call(survivor, "hello", json!({}))
+        .await
+        .expect("works before the failure");
+
+    mesh.nodes[host_index].kill().await;
+    let killed = Instant::now();
+    let recovered = wait_until(Duration::from_secs(15), || async {
+        call(survivor, "hello", json!({})).await.is_ok()
+    })
+    .await;
+    assert!(
+        recovered,
+        "calls should succeed again once another node hosts the function"
+    );
+    eprintln!(
+        "calls succeed again {:?} after the host died",
+        killed.elapsed()
+    );
+    for _ in 0..20 {
+        let outcome = call(survivor, "hello", json!({"name": "again"}))
+            .await
+            .expect("keeps succeeding");
+        assert_ne!(outcome.node, host);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_give_typed_errors_and_the_node_keeps_serving() {
+    let mesh = InProcessMesh::start(1).await.expect("mesh");
+    let node = &mesh.nodes[0];
+    let work = tempfile::tempdir().expect("tmp");
+    let js = |body: &str| {
+        format!(
+            "import {{ BaseFunction }} from \"klf:base\";\nexport default class F extends BaseFunction {{\n{body}\n}}\n"
+        )
+    };
+    let deploy = |name: &str, extra: &str, body: &str| {
+        write_package(work.path(), name, "1.0.0", extra, &js(body))
+    };
+    for package in [
+        deploy(
+            "spin",
+            "[limits]\ntimeout_ms = 200",
+            "async execute() { while (true) {} }",
+        ),
+        deploy(
+            "bomb",
+            "[limits]\nmemory_mb = 8",
+            "async execute() { const a = []; while (true) { a.push(new Array(1e5).fill(1)); } }",
+        ),
+        deploy(
+            "faulty",
+            "capabilities = [\"kv\"]",
+            "async onError(e) { await this.ctx.kv.put(\"last_error\", e.message); }\n\
+             async execute(input) { if (input.read) { return { last: await this.ctx.kv.get(\"last_error\") }; } throw new Error(\"boom: \" + input.why); }",
+        ),
+        deploy(
+            "nosy",
+            "",
+            "async execute() { return await this.ctx.kv.get(\"x\"); }",
+        ),
+        deploy(
+            "busy",
+            "[limits]\nconcurrency = 1\ntimeout_ms = 2000",
+            "async execute() { const end = Date.now() + 400; while (Date.now() < end) {} return 1; }",
+        ),
+    ] {
+        node.publish(package, 1, "admin").await.expect("deploy");
+    }
+    node.publish(example_package("hello"), 1, "admin")
+        .await
+        .expect("hello");
+
+    let kind =
+        |r: Result<klf_actors::router::InvokeOutcome, klf_actors::router::InvokeError>| match r {
+            Ok(o) => panic!("expected an error, got {:?}", o.output),
+            Err(e) => {
+                eprintln!("{:?}: {}", e.kind, e.message);
+                e.kind
+            }
+        };
+    assert_eq!(
+        kind(call(node, "nothing", json!({})).await),
+        InvokeErrorKind::UnknownFunction
+    );
+    let mut ranged = InvokeRequest::new("hello", json!({}), Duration::from_secs(5));
+    ranged.range = semver::VersionReq::parse("^2").expect("range");
+    assert_eq!(
+        kind(node.invoke(ranged).await),
+        InvokeErrorKind::NoMatchingVersion
+    );
+    assert_eq!(
+        kind(call(node, "spin", json!({})).await),
+        InvokeErrorKind::Timeout
+    );
+    assert_eq!(
+        kind(call(node, "bomb", json!({})).await),
+        InvokeErrorKind::OutOfMemory
+    );
+    let thrown = call(node, "faulty", json!({"why": "testing"}))
+        .await
+        .expect_err("throws");
+    assert_eq!(thrown.kind, InvokeErrorKind::UserError);
+    assert!(
+        thrown.message.contains("boom: testing"),
+        "{}",
+        thrown.message
+    );
+    let after = call(node, "faulty", json!({"read": true}))
+        .await
+        .expect("reads kv");
+    assert_eq!(
+        after.output,
+        json!({"last": "boom: testing"}),
+        "onError ran before the caller got the error"
+    );
+    assert_eq!(
+        kind(call(node, "nosy", json!({})).await),
+        InvokeErrorKind::CapabilityDenied
+    );
+    let big = json!({"blob": "x".repeat(klf_actors::router::MAX_INPUT_BYTES)});
+    assert_eq!(
+        kind(call(node, "hello", big).await),
+        InvokeErrorKind::InputTooLarge
+    );
+    let mut deep = InvokeRequest::new("hello", json!({}), Duration::from_secs(5));
+    deep.call_depth = klf_actors::router::MAX_CALL_DEPTH + 1;
+    assert_eq!(
+        kind(node.invoke(deep).await),
+        InvokeErrorKind::CallDepthExceeded
+    );
+    let (first, second) = tokio::join!(call(node, "busy", json!({})), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call(node, "busy", json!({})).await
+    });
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(kind(second), InvokeErrorKind::Overloaded);
+
+    // After all of that, the node and the same instances still serve.
+    assert_eq!(
+        call(node, "hello", json!({"name": "still"}))
+            .await
+            .expect("hello")
+            .output,
+        json!({"message": "Hello, still!"})
+    );
+    assert_eq!(
+        kind(call(node, "spin", json!({})).await),
+        InvokeErrorKind::Timeout
+    );
+}
