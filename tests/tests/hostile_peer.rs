@@ -175,7 +175,10 @@ async fn malformed_frames_get_typed_errors_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hellos_are_refused() {
     let mesh = InProcessMesh::start(2).await.expect("mesh");
-    assert!(mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(5)).await);
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(5))
+            .await
+    );
     let creds = DataDir::new(mesh.dir.path().join("node1"))
         .load_credentials()
         .expect("creds");
@@ -227,7 +230,10 @@ async fn bad_hellos_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_mesh_certificate_are_refused() {
     let mesh = InProcessMesh::start(2).await.expect("mesh");
-    assert!(mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(5)).await);
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(5))
+            .await
+    );
     let creds = DataDir::new(mesh.dir.path().join("node1"))
         .load_credentials()
         .expect("creds");

@@ -11,7 +11,7 @@ use ractor::ActorRef;
 use tracing::{info, warn};
 
 use super::member::MemberId;
-use super::membership::MembershipMsg;
+use super::membership::{MembershipMsg, alive_members};
 use super::stream::exchange;
 use super::transport::TransportError;
 use crate::security::credentials::KeyRequest;
@@ -131,13 +131,7 @@ impl JoinService {
                 format!("bad certificate request: {e}"),
             )
         })?;
-        let seeds = self
-            .membership
-            .call(MembershipMsg::AliveIdentities, Some(Duration::from_secs(2)))
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-            .unwrap_or_default();
+        let seeds = alive_members(&self.membership).await.unwrap_or_default();
         info!(%remote, %node_id, name = %request.name, "admitted a new node");
         Ok(JoinAccept {
             node_id,

@@ -461,6 +461,18 @@ async fn join_all<F: Future<Output = ()> + Send + 'static>(futures: impl Iterato
     while set.join_next().await.is_some() {}
 }
 
+/// The alive members (this node included), or `None` if the membership actor does not answer
+/// within 2 s. The one way other actors ask.
+pub async fn alive_members(membership: &ActorRef<MembershipMsg>) -> Option<Vec<MemberId>> {
+    match membership
+        .call(MembershipMsg::AliveIdentities, Some(Duration::from_secs(2)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(alive)) => Some(alive),
+        _ => None,
+    }
+}
+
 /// Reads the peers remembered by an earlier run (an absent or unreadable file means none).
 pub fn load_peers(path: &std::path::Path) -> Vec<MemberId> {
     std::fs::read(path)

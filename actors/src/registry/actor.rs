@@ -18,6 +18,7 @@ use super::catalog::{
     deployment_key,
 };
 use crate::functions::package::Package;
+use crate::mesh::membership::alive_members;
 use crate::mesh::{MemberId, MembershipMsg, PeerAddr, TransportMsg};
 use crate::store::{Store, StoreError};
 
@@ -177,15 +178,12 @@ fn digest_frame(catalog: &Catalog) -> Frame {
 }
 
 async fn alive_peers(membership: &ActorRef<MembershipMsg>, me: &str) -> Vec<MemberId> {
-    match membership
-        .call(MembershipMsg::AliveIdentities, Some(Duration::from_secs(2)))
+    alive_members(membership)
         .await
-    {
-        Ok(ractor::rpc::CallResult::Success(ids)) => {
-            ids.into_iter().filter(|m| m.node_id != me).collect()
-        }
-        _ => Vec::new(),
-    }
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.node_id != me)
+        .collect()
 }
 
 fn peer_of(member: &MemberId) -> PeerAddr {

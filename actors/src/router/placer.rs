@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::Router;
+use crate::mesh::membership::alive_members;
 use crate::mesh::{MemberId, MembershipMsg};
 use crate::registry::Catalog;
 
@@ -80,13 +81,8 @@ impl Actor for Placer {
         state: &mut PlacerState,
     ) -> Result<(), ActorProcessingErr> {
         let args = &state.args;
-        let mut alive = match args
-            .membership
-            .call(MembershipMsg::AliveIdentities, Some(Duration::from_secs(2)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(alive)) => alive,
-            _ => return Ok(()),
+        let Some(mut alive) = alive_members(&args.membership).await else {
+            return Ok(());
         };
         alive.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         if **args.alive.borrow() != alive {

@@ -259,12 +259,7 @@ pub async fn info(
     Path(target): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require("reader")?;
-    let (name, range) = parse_target(&target)?;
-    let catalog = node.catalog();
-    let release = catalog
-        .resolve(&name, &range)
-        .cloned()
-        .ok_or_else(|| not_found(&catalog, &name, &range))?;
+    let (catalog, release) = resolved_release(&node, &target)?;
     let package = node
         .ask_registry(|reply| RegistryMsg::Package {
             release: Box::new(release.clone()),
@@ -280,6 +275,7 @@ pub async fn info(
             .collect(),
         Err(_) => BTreeMap::new(),
     };
+    let name = release.manifest.name.clone();
     let deployment = catalog.deployment(&name);
     let mut view = serde_json::to_value(ReleaseView::from(&release)).unwrap_or_default();
     view["versions"] = catalog
@@ -295,6 +291,17 @@ pub async fn info(
         view["artifact_error"] = e.to_string().into();
     }
     Ok(Json(view).into_response())
+}
+
+/// The release `NAME[@RANGE]` resolves to, with the catalog it was read from.
+fn resolved_release(node: &Node, target: &str) -> Result<(Arc<Catalog>, Release), ApiError> {
+    let (name, range) = parse_target(target)?;
+    let catalog = node.catalog();
+    let release = catalog
+        .resolve(&name, &range)
+        .cloned()
+        .ok_or_else(|| not_found(&catalog, &name, &range))?;
+    Ok((catalog, release))
 }
 
 fn not_found(catalog: &Catalog, name: &str, range: &semver::VersionReq) -> ApiError {
@@ -328,12 +335,7 @@ pub async fn dependencies(
     Path(target): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require("reader")?;
-    let (name, range) = parse_target(&target)?;
-    let catalog = node.catalog();
-    let release = catalog
-        .resolve(&name, &range)
-        .cloned()
-        .ok_or_else(|| not_found(&catalog, &name, &range))?;
+    let (_, release) = resolved_release(&node, &target)?;
     let resolved = resolve(&node, release.manifest).await?;
     Ok(Json(resolved.iter().map(ReleaseView::from).collect::<Vec<_>>()).into_response())
 }
