@@ -14,7 +14,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::package::Package;
+use super::package::{Manifest, Package};
 use super::sandbox::{
     FunctionCode, Host, Instance, InstanceActor, InstanceMsg, SandboxError, SandboxLimits,
 };
@@ -46,24 +46,23 @@ impl Hosted {
     }
 }
 
-/// The code a sandbox runs for a release's package.
-pub fn function_code(release: &Release, package: &Package) -> FunctionCode {
-    let m = &release.manifest;
+/// The code a sandbox runs for a package with this manifest.
+pub fn function_code(m: &Manifest, source: &str) -> FunctionCode {
     FunctionCode {
         name: m.name.clone(),
         version: m.version.to_string(),
         kind: m.kind.clone(),
         entry: m.entry.clone(),
-        source: package.source.clone(),
+        source: source.to_string(),
         config: m.config.clone(),
         dependencies: m.dependencies.keys().cloned().collect(),
         capabilities: m.capabilities.clone(),
     }
 }
 
-/// The sandbox limits a release's manifest asks for.
-pub fn sandbox_limits(release: &Release) -> SandboxLimits {
-    let l = release.manifest.limits;
+/// The sandbox limits a manifest asks for.
+pub fn sandbox_limits(manifest: &Manifest) -> SandboxLimits {
+    let l = manifest.limits;
     SandboxLimits {
         memory_bytes: (l.memory_mb as usize).saturating_mul(1024 * 1024),
         timeout: Duration::from_millis(l.timeout_ms),
@@ -128,8 +127,8 @@ impl Instances {
         }
         let began = Instant::now();
         let instance = Instance::start(
-            function_code(release, package),
-            sandbox_limits(release),
+            function_code(&release.manifest, &package.source),
+            sandbox_limits(&release.manifest),
             (self.host_factory)(release),
         )
         .await?;

@@ -21,7 +21,9 @@ pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
 
 use self::frames::NodeFrames;
+use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::package::Package;
+use crate::functions::sandbox::{SandboxError, check};
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
 use crate::mesh::{
     MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, Transport,
@@ -47,6 +49,8 @@ pub enum NodeError {
     Actor(String),
     #[error(transparent)]
     Registry(RegistryError),
+    #[error("the function's code is refused: {0}")]
+    InvalidCode(SandboxError),
 }
 
 /// How to run a node (what `klf up` takes on its command line).
@@ -411,6 +415,14 @@ impl Node {
         replicas: u32,
         owner: &str,
     ) -> Result<Release, NodeError> {
+        // Nothing is published that does not compile: syntax errors (with line and column) and
+        // forbidden imports are refused here, before the catalog or any peer sees the package.
+        check(
+            &function_code(&package.manifest, &package.source),
+            sandbox_limits(&package.manifest),
+        )
+        .await
+        .map_err(NodeError::InvalidCode)?;
         let owner = owner.to_string();
         self.ask_registry(|reply| RegistryMsg::Publish {
             package: Box::new(package),

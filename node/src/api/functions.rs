@@ -174,6 +174,9 @@ pub fn node_error(e: NodeError) -> ApiError {
             "unresolved_dependencies",
             message,
         ),
+        NodeError::InvalidCode(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_code", message)
+        }
         NodeError::Registry(RegistryError::NotFound(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
         }

@@ -157,6 +157,34 @@ impl Loader for KlfLoader {
     }
 }
 
+/// Compiles a module in a runtime of its own, without running any of it: syntax errors (with line
+/// and column) and forbidden imports surface here, which is what a deploy checks before publishing.
+pub(super) async fn check_module(
+    entry: &str,
+    source: &str,
+    memory_bytes: usize,
+) -> Result<(), SandboxError> {
+    let runtime = AsyncRuntime::new()
+        .map_err(|e| SandboxError::Internal(format!("cannot create a runtime: {e}")))?;
+    runtime.set_memory_limit(memory_bytes).await;
+    let refused = RefusedImports::default();
+    runtime
+        .set_loader(
+            KlfResolver {
+                refused: refused.clone(),
+            },
+            KlfLoader,
+        )
+        .await;
+    let driver = tokio::spawn(runtime.drive());
+    let result = compile_module(&runtime, entry, source)
+        .await
+        .map(drop)
+        .map_err(|error| super::engine::refused_import(&refused).unwrap_or(error));
+    driver.abort();
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,7 +337,7 @@ async fn settle<'js>(
     }
 }
 
-fn refused_import(refused: &RefusedImports) -> Option<SandboxError> {
+pub(super) fn refused_import(refused: &RefusedImports) -> Option<SandboxError> {
     let refused = refused.lock().ok()?.last()?.clone();
     Some(SandboxError::BadModule(format!(
         "import of \"{refused}\" is not allowed: functions may import only \"{}\"",

@@ -58,6 +58,12 @@ use std::time::{Duration, Instant};
 pub use actor::{InstanceActor, InstanceMsg};
 pub use instance::Instance;
 
+/// Checks that a function's module compiles (syntax, imports) without running any of it, within
+/// `limits.memory_bytes`: what a deploy verifies before anything is published.
+pub async fn check(code: &FunctionCode, limits: SandboxLimits) -> Result<(), SandboxError> {
+    compile::check_module(&code.entry, &code.source, limits.memory_bytes).await
+}
+
 /// Resource limits of one instance (the manifest's `[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SandboxLimits {
