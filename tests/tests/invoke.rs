@@ -76,6 +76,43 @@ async fn ctx_call_composes_functions_hosted_on_different_nodes() {
         mesh.wait_all_alive(&[0, 1, 2], 3, Duration::from_secs(5))
             .await
     );
+    // Names whose single replicas land on two different nodes.
+    let (caller, callee) = (0..200)
+        .flat_map(|i| (0..200).map(move |j| (format!("avg-{i}"), format!("clean-{j}"))))
+        .find(|(a, b)| hosts_of(&mesh, a, 1) != hosts_of(&mesh, b, 1))
+        .expect("two names placed apart");
+    let work = tempfile::tempdir().expect("tmp");
+    let callee_js = "import { BaseFunction } from \"klf:base\";\nexport default class C extends BaseFunction { async execute(input) { return { xs: input.xs.filter((x) => typeof x === \"number\") }; } }\n";
+    let caller_js = format!(
+        "import {{ BaseFunction }} from \"klf:base\";\nexport default class A extends BaseFunction {{ async execute(input) {{ const c = await this.ctx.call(\"{callee}\", {{ xs: input.xs }}); const last = c.xs.slice(-3); return {{ avg: last.reduce((a, b) => a + b, 0) / last.length, n: last.length }}; }} }}\n"
+    );
+    mesh.nodes[0]
+        .publish(
+            write_package(work.path(), &callee, "1.0.0", "", callee_js),
+            1,
+            "admin",
+        )
+        .await
+        .expect("callee");
+    let extra = format!("capabilities = [\"call\"]\n[dependencies]\n\"{callee}\" = \"^1\"");
+    mesh.nodes[0]
+        .publish(
+            write_package(work.path(), &caller, "1.0.0", &extra, &caller_js),
+            1,
+            "admin",
+        )
+        .await
+        .expect("caller");
+    replicated(&mesh, &caller).await;
+    replicated(&mesh, &callee).await;
+    for node in &mesh.nodes {
+        let outcome = call(node, &caller, json!({"xs": [1, 2, "x", 3, 4, 5, 6]}))
+            .await
+            .expect("invoke");
+        assert_eq!(outcome.output, json!({"avg": 5, "n": 3}));
+        assert_eq!(outcome.node, hosts_of(&mesh, &caller, 1)[0]);
+    }
+    // The example packages compose the same way.
     mesh.nodes[0]
         .publish(example_package("series-cleaner"), 1, "admin")
         .await
@@ -85,20 +122,48 @@ async fn ctx_call_composes_functions_hosted_on_different_nodes() {
         .await
         .expect("average");
     replicated(&mesh, "moving-average").await;
-    replicated(&mesh, "series-cleaner").await;
-    for node in &mesh.nodes {
-        let outcome = call(
-            node,
-            "moving-average",
-            json!({"xs": [1, 2, "x", 3, 4, 5, 6]}),
-        )
+    let outcome = call(
+        &mesh.nodes[2],
+        "moving-average",
+        json!({"xs": [1, 2, "x", 3, 4, 5, 6]}),
+    )
+    .await
+    .expect("invoke");
+    assert_eq!(outcome.output, json!({"avg": 5, "n": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_built_in_is_routed_like_any_function() {
+    let mesh = InProcessMesh::start(2).await.expect("mesh");
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(5))
+            .await
+    );
+    mesh.nodes[0]
+        .publish(example_package("noop"), 1, "admin")
         .await
-        .expect("invoke");
-        assert_eq!(outcome.output, json!({"avg": 5, "n": 3}));
+        .expect("deploy");
+    replicated(&mesh, "noop").await;
+    for node in &mesh.nodes {
+        let outcome = call(node, "noop", json!({"anything": [1, 2]}))
+            .await
+            .expect("invoke");
+        assert_eq!(outcome.output, json!({}));
+        assert_eq!(outcome.served_by, "noop@1.0.0");
     }
-    let cleaner_host = hosts_of(&mesh, "series-cleaner", 1);
-    let average_host = hosts_of(&mesh, "moving-average", 1);
-    eprintln!("series-cleaner on {cleaner_host:?}, moving-average on {average_host:?}");
+    let work = tempfile::tempdir().expect("tmp");
+    let dir = work.path().join("bad-native");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("klf.toml"),
+        "name = \"x\"\nversion = \"1.0.0\"\ntype = \"t\"\nentry = \"native:format-disk\"\n",
+    )
+    .expect("write");
+    let err = klf_actors::functions::package::Package::load(&dir).expect_err("unknown built-in");
+    assert!(
+        err.to_string().contains("field `entry`") && err.to_string().contains("native:noop"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

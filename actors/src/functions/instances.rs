@@ -126,15 +126,20 @@ impl Instances {
             return Ok(hosted);
         }
         let began = Instant::now();
-        let instance = Instance::start(
-            function_code(&release.manifest, &package.source),
-            sandbox_limits(&release.manifest),
-            (self.host_factory)(release),
-        )
-        .await?;
-        let (actor, _) = Actor::spawn(None, InstanceActor, instance)
-            .await
-            .map_err(|e| SandboxError::Internal(format!("instance actor: {e}")))?;
+        let spawned = match super::native::builtin(&release.manifest.entry) {
+            Some(function) => Actor::spawn(None, super::native::NativeActor, function).await,
+            None => {
+                let instance = Instance::start(
+                    function_code(&release.manifest, &package.source),
+                    sandbox_limits(&release.manifest),
+                    (self.host_factory)(release),
+                )
+                .await?;
+                Actor::spawn(None, InstanceActor, instance).await
+            }
+        };
+        let (actor, _) =
+            spawned.map_err(|e| SandboxError::Internal(format!("instance actor: {e}")))?;
         let concurrency = release.manifest.limits.concurrency as usize;
         let hosted = Arc::new(Hosted {
             release: release.clone(),

@@ -194,7 +194,22 @@ impl Manifest {
             Some(v) => f.string("entry", v)?,
             None => "main.js".to_string(),
         };
-        if !is_plain_relative(&entry) || !(entry.ends_with(".js") || entry.ends_with(".mjs")) {
+        if super::native::is_native(&entry) {
+            if super::native::builtin(&entry).is_none() {
+                return Err(f.invalid(
+                    "entry",
+                    format!(
+                        "{entry:?} is not a native built-in (known: {})",
+                        super::native::BUILTINS
+                            .iter()
+                            .map(|b| format!("native:{b}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        } else if !is_plain_relative(&entry) || !(entry.ends_with(".js") || entry.ends_with(".mjs"))
+        {
             return Err(f.invalid(
                 "entry",
                 format!(
@@ -436,7 +451,12 @@ impl Package {
         let manifest_text = read_text(&manifest_path, MAX_MANIFEST_BYTES)?;
         // Parse first: the manifest names the entry file.
         let manifest = Manifest::parse(&manifest_text, &manifest_path.display().to_string())?;
-        let source = read_text(&dir.join(&manifest.entry), MAX_SOURCE_BYTES)?;
+        // A native built-in has no source file.
+        let source = if super::native::is_native(&manifest.entry) {
+            String::new()
+        } else {
+            read_text(&dir.join(&manifest.entry), MAX_SOURCE_BYTES)?
+        };
         let mut examples = Vec::new();
         let examples_dir = dir.join("examples");
         if examples_dir.is_dir() {

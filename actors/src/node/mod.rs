@@ -22,6 +22,7 @@ pub use local_mesh::{LocalMesh, wait_until};
 
 use self::frames::NodeFrames;
 use crate::functions::instances::{function_code, sandbox_limits};
+use crate::functions::native::is_native;
 use crate::functions::package::Package;
 use crate::functions::sandbox::{SandboxError, check};
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
@@ -417,12 +418,14 @@ impl Node {
     ) -> Result<Release, NodeError> {
         // Nothing is published that does not compile: syntax errors (with line and column) and
         // forbidden imports are refused here, before the catalog or any peer sees the package.
-        check(
-            &function_code(&package.manifest, &package.source),
-            sandbox_limits(&package.manifest),
-        )
-        .await
-        .map_err(NodeError::InvalidCode)?;
+        if !is_native(&package.manifest.entry) {
+            check(
+                &function_code(&package.manifest, &package.source),
+                sandbox_limits(&package.manifest),
+            )
+            .await
+            .map_err(NodeError::InvalidCode)?;
+        }
         let owner = owner.to_string();
         self.ask_registry(|reply| RegistryMsg::Publish {
             package: Box::new(package),

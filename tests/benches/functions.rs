@@ -1,0 +1,383 @@
+//! Invocation costs of functions on real in-process nodes, against the mesh's own floor in the
+//! same run. Run with `cargo bench -p klf-tests --bench functions`.
+//!
+//! Measured on a two-node `LocalMesh` over loopback (mutual TLS, QUIC):
+//! - floor: node0's transport actor sends a 64-byte `Ping` to node1 and gets the `Pong` (the KLF
+//!   round trip every remote invoke rides on; `BENCHMARKS.md` compares it with raw quinn);
+//! - cross-node JS: node0 invokes a trivial JavaScript function whose only instance is on node1;
+//! - local JS: node1 invokes the same function, served by its own instance;
+//! - each sequentially (p50, p99) and with 64 calls in flight (calls/s);
+//! - cold start: the first call of a newly deployed function on the node that hosts it (artifact
+//!   already replicated), and the sandbox's own start time of that instance;
+//! - memory: the resident set of an idle `klf up` process, and the growth of this process per warm
+//!   JavaScript instance (100 trivial functions started on one node).
+//!
+//! - cross-node native no-op: node0 invokes a native (Rust) built-in whose instance is on node1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use klf_actors::mesh::{PeerAddr, TransportMsg};
+use klf_actors::router::InvokeRequest;
+use klf_proto::{Frame, Ping};
+use klf_tests::{InProcessMesh, write_package};
+use serde_json::json;
+
+const WARMUP: usize = 1_000;
+const MEASURED: usize = 10_000;
+const IN_FLIGHT: usize = 64;
+const PER_TASK: usize = 300;
+
+const TRIVIAL: &str = "import { BaseFunction } from \"klf:base\";\nexport default class F extends BaseFunction { async execute(input) { return { n: input.n + 1 }; } }\n";
+
+#[derive(Clone, Copy)]
+enum Path {
+    Floor,
+    Invoke { from: usize },
+}
+
+async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Result<()> {
+    match path {
+        Path::Floor => {
+            let to = PeerAddr {
+                addr: mesh.nodes[1].identity().addr.clone(),
+                node_id: Some(mesh.nodes[1].identity().node_id.clone()),
+            };
+            let frame = Frame::Ping(Ping {
+                payload: vec![0; 64],
+            });
+            match ractor::call!(mesh.nodes[0].transport(), |reply| TransportMsg::Request {
+                to,
+                frame,
+                reply
+            })? {
+                Ok(Frame::Pong(_)) => Ok(()),
+                other => bail!("expected Pong, got {other:?}"),
+            }
+        }
+        Path::Invoke { from } => {
+            let request = InvokeRequest::new(function, json!({"n": 1}), Duration::from_secs(5));
+            mesh.nodes[from]
+                .invoke(request)
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    }
+}
+
+fn micros(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn sequential(
+    mesh: &InProcessMesh,
+    path: Path,
+    function: &str,
+) -> anyhow::Result<Histogram<u64>> {
+    for _ in 0..WARMUP {
+        once(mesh, path, function).await?;
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    for _ in 0..MEASURED {
+        let t = Instant::now();
+        once(mesh, path, function).await?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(h)
+}
+
+async fn loaded(
+    mesh: Arc<InProcessMesh>,
+    path: Path,
+    function: &'static str,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let mesh = mesh.clone();
+        tasks.spawn(async move {
+            for _ in 0..PER_TASK {
+                once(&mesh, path, function).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok((IN_FLIGHT * PER_TASK) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// RSS of an idle `klf up` process (release binary), after it settles.
+fn idle_node_rss() -> anyhow::Result<u64> {
+    let bin = klf_tests::processes::klf_bin();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("n1");
+    let init = std::process::Command::new(bin)
+        .args(["init", "--data"])
+        .arg(&data)
+        .args(["--name", "n1"])
+        .output()?;
+    if !init.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let udp = klf_tests::processes::free_udp_addr();
+    let api = klf_tests::processes::free_tcp_addr();
+    let mut child = std::process::Command::new(bin)
+        .args(["up", "--data"])
+        .arg(&data)
+        .args(["--listen", &udp.to_string(), "--api", &api.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(api).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("klf up did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let start-up allocations settle (timers, first gossip rounds).
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    rss
+}
+
+async fn run() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let mesh = Arc::new(InProcessMesh::start(2).await?);
+    if !mesh
+        .wait_all_alive(&[0, 1], 2, Duration::from_secs(10))
+        .await
+    {
+        bail!("the mesh did not form");
+    }
+    // "trivial" with one replica placed on node1 (pick a name that places there).
+    let node1 = mesh.nodes[1].identity().node_id.clone();
+    let ids: Vec<String> = mesh
+        .nodes
+        .iter()
+        .map(|n| n.identity().node_id.clone())
+        .collect();
+    let name = (0..100)
+        .map(|i| format!("trivial-{i}"))
+        .find(|n| {
+            klf_actors::placement::hosts(n, ids.iter().map(String::as_str), 1) == [node1.as_str()]
+        })
+        .context("no name places on node1")?;
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    mesh.nodes[0]
+        .publish(
+            write_package(
+                work.path(),
+                name,
+                "1.0.0",
+                "idempotent = true\n[limits]\nconcurrency = 4096",
+                TRIVIAL,
+            ),
+            1,
+            "bench",
+        )
+        .await?;
+    let ready = Instant::now() + Duration::from_secs(10);
+    while mesh.nodes[1]
+        .invoke(InvokeRequest::new(
+            name,
+            json!({"n": 1}),
+            Duration::from_secs(5),
+        ))
+        .await
+        .is_err()
+    {
+        if Instant::now() > ready {
+            bail!("{name} never became invocable on node1");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A native no-op placed on node1 too.
+    let native = (0..100)
+        .map(|i| format!("native-noop-{i}"))
+        .find(|n| {
+            klf_actors::placement::hosts(n, ids.iter().map(String::as_str), 1) == [node1.as_str()]
+        })
+        .context("no native name places on node1")?;
+    let native: &'static str = Box::leak(native.into_boxed_str());
+    mesh.nodes[0]
+        .publish(
+            write_package(
+                work.path(),
+                native,
+                "1.0.0",
+                "entry = \"native:noop\"\nidempotent = true\n[limits]\nconcurrency = 4096",
+                "",
+            ),
+            1,
+            "bench",
+        )
+        .await?;
+    let ready = Instant::now() + Duration::from_secs(10);
+    while mesh.nodes[0]
+        .invoke(InvokeRequest::new(
+            native,
+            json!({}),
+            Duration::from_secs(5),
+        ))
+        .await
+        .is_err()
+    {
+        if Instant::now() > ready {
+            bail!("{native} never became invocable");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let paths = [
+        ("floor: KLF Ping->Pong node0->node1", Path::Floor, name),
+        (
+            "cross-node native no-op invoke",
+            Path::Invoke { from: 0 },
+            native,
+        ),
+        (
+            "cross-node trivial JS invoke",
+            Path::Invoke { from: 0 },
+            name,
+        ),
+        ("local trivial JS invoke", Path::Invoke { from: 1 }, name),
+    ];
+    println!(
+        "\nsequential ({MEASURED} calls after {WARMUP} warm-up) and {IN_FLIGHT} in flight ({} calls):",
+        IN_FLIGHT * PER_TASK
+    );
+    println!("| path | p50 | p99 | calls/s ({IN_FLIGHT} in flight) |\n|---|---|---|---|");
+    let mut p50 = Vec::new();
+    for (label, path, function) in paths {
+        let h = sequential(&mesh, path, function).await?;
+        let rate = loaded(mesh.clone(), path, function).await?;
+        println!(
+            "| {label} | {:.1} µs | {:.1} µs | {:.0} |",
+            micros(&h, 0.5),
+            micros(&h, 0.99),
+            rate
+        );
+        p50.push(micros(&h, 0.5));
+    }
+    println!(
+        "\nratios: cross-node JS / floor p50 {:.2}x; local JS p50 {:.1} µs (target < 50 µs)",
+        p50[1] / p50[0],
+        p50[2]
+    );
+
+    // Cold start: deploy fresh functions placed on node1 and time their first call from node1.
+    let mut colds = Histogram::<u64>::new(3)?;
+    let mut sandbox_starts = Histogram::<u64>::new(3)?;
+    let mut cold_names = Vec::new();
+    for i in 0..400 {
+        let candidate = format!("cold-{i}");
+        if klf_actors::placement::hosts(&candidate, ids.iter().map(String::as_str), 1)
+            == [node1.as_str()]
+        {
+            cold_names.push(candidate);
+        }
+        if cold_names.len() == 20 {
+            break;
+        }
+    }
+    for cold in &cold_names {
+        mesh.nodes[1]
+            .publish(
+                write_package(work.path(), cold, "1.0.0", "", TRIVIAL),
+                1,
+                "bench",
+            )
+            .await?;
+        let t = Instant::now();
+        mesh.nodes[1]
+            .invoke(InvokeRequest::new(
+                cold,
+                json!({"n": 1}),
+                Duration::from_secs(5),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        colds.record(t.elapsed().as_nanos() as u64)?;
+        if let Some(hosted) = mesh.nodes[1].router().instances().get(cold) {
+            sandbox_starts.record(hosted.cold_start.as_nanos() as u64)?;
+        }
+    }
+    println!(
+        "\ncold start ({} functions, first call on the hosting node): p50 {:.2} ms, p99 {:.2} ms; sandbox start alone p50 {:.2} ms (target < 20 ms)",
+        cold_names.len(),
+        micros(&colds, 0.5) / 1000.0,
+        micros(&colds, 0.99) / 1000.0,
+        micros(&sandbox_starts, 0.5) / 1000.0
+    );
+
+    // Memory per warm instance: start 100 more on node1 and watch this process's RSS.
+    let me = std::process::id();
+    let before = rss_kib(me)?;
+    let mut warm = 0;
+    for i in 0..2000 {
+        let candidate = format!("warm-{i}");
+        if klf_actors::placement::hosts(&candidate, ids.iter().map(String::as_str), 1)
+            != [node1.as_str()]
+        {
+            continue;
+        }
+        mesh.nodes[1]
+            .publish(
+                write_package(work.path(), &candidate, "1.0.0", "", TRIVIAL),
+                1,
+                "bench",
+            )
+            .await?;
+        mesh.nodes[1]
+            .invoke(InvokeRequest::new(
+                &candidate,
+                json!({"n": 1}),
+                Duration::from_secs(5),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        warm += 1;
+        if warm == 100 {
+            break;
+        }
+    }
+    let after = rss_kib(me)?;
+    println!(
+        "memory: {warm} warm JS instances grew this process by {} KiB = {:.0} KiB per instance (catalog records and artifacts included)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / warm.max(1) as f64
+    );
+    let idle = tokio::task::spawn_blocking(idle_node_rss).await??;
+    println!(
+        "memory: idle `klf up` node RSS {:.1} MiB (target < 40 MiB)",
+        idle as f64 / 1024.0
+    );
+    mesh.shutdown().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async { tokio::spawn(run()).await? })
+}
