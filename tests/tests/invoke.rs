@@ -323,6 +323,30 @@ async fn bad_inputs_give_typed_errors_and_the_node_keeps_serving() {
     assert!(first.is_ok(), "{first:?}");
     assert_eq!(kind(second), InvokeErrorKind::Overloaded);
 
+    // A peer's Invoke whose input is not JSON, or whose range does not parse, is refused by kind.
+    for (input, range, want) in [
+        (b"{not json".to_vec(), "", "bad_input"),
+        (b"{}".to_vec(), "not a range", "bad_input"),
+        (b"{}".to_vec(), "^9", "no_matching_version"),
+    ] {
+        let invoke = klf_proto::Invoke {
+            function: "hello".into(),
+            version_range: range.into(),
+            input,
+            // A hostile deadline: capped, never an overflow.
+            deadline_unix_ms: u64::MAX,
+            idempotency_key: None,
+            caller_principal: "peer".into(),
+            call_depth: 0,
+            trace: Default::default(),
+        };
+        let reply = node.router().serve_remote(invoke).await;
+        match reply.outcome {
+            Err(failure) => assert_eq!(failure.kind, want, "{}", failure.message),
+            Ok(_) => panic!("bad invoke accepted"),
+        }
+    }
+
     // After all of that, the node and the same instances still serve.
     assert_eq!(
         call(node, "hello", json!({"name": "still"}))

@@ -106,12 +106,18 @@ fn unix_ms(at: Instant) -> u64 {
     now + at.saturating_duration_since(Instant::now()).as_millis() as u64
 }
 
+/// Longest a peer's deadline may reach into the future (the longest manifest timeout).
+const MAX_REMOTE_DEADLINE: Duration = Duration::from_secs(5 * 60);
+
+/// The local instant of a peer's absolute deadline, capped: a peer cannot make a call wait longer
+/// than any function may run (and a huge value cannot overflow the clock).
 fn instant_of(unix_deadline_ms: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    Instant::now() + Duration::from_millis(unix_deadline_ms.saturating_sub(now))
+    let wait = Duration::from_millis(unix_deadline_ms.saturating_sub(now)).min(MAX_REMOTE_DEADLINE);
+    Instant::now() + wait
 }
 
 /// Counts a call in flight to a host for as long as it lives.
@@ -553,5 +559,25 @@ impl RouterInner {
                 true,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_deadline_is_capped_and_cannot_overflow() {
+        for hostile in [u64::MAX, u64::MAX / 2] {
+            let at = instant_of(hostile);
+            assert!(at <= Instant::now() + MAX_REMOTE_DEADLINE);
+        }
+        assert!(instant_of(0) <= Instant::now());
+        let round_trip = instant_of(unix_ms(Instant::now() + Duration::from_secs(3)));
+        let left = round_trip.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_millis(2500) && left <= Duration::from_secs(3),
+            "{left:?}"
+        );
     }
 }
