@@ -137,6 +137,39 @@ async fn bad_publishes_are_refused_with_reasons() {
         Some(3)
     );
 
+    // The seed's registry operations on the actor itself.
+    let app = package(
+        work.path(),
+        "app",
+        "1.0.0",
+        &[("base", "^1"), ("nope", "^1")],
+        "return 0;",
+    );
+    let verdict = ractor::call!(node.registry(), |reply| RegistryMsg::ValidateDependencies {
+        manifest: Box::new(app.manifest.clone()),
+        reply
+    })
+    .expect("registry answers");
+    assert_eq!(
+        verdict.expect_err("a dependency is missing")[0].to_string(),
+        "app@1.0.0 needs nope ^1, but no published version matches"
+    );
+    let got = ractor::call!(node.registry(), |reply| RegistryMsg::Get {
+        name: "base".into(),
+        range: semver::VersionReq::parse("^1").expect("range"),
+        reply
+    })
+    .expect("registry answers");
+    assert_eq!(got.map(|r| r.manifest.id()), Some("base@1.0.0".to_string()));
+    let all = ractor::call!(node.registry(), RegistryMsg::Discover).expect("registry answers");
+    assert_eq!(all.len(), 1);
+    let typed = ractor::call!(node.registry(), |reply| RegistryMsg::FindByType {
+        kind: "test".into(),
+        reply
+    })
+    .expect("registry answers");
+    assert_eq!(typed.len(), 1);
+
     let missing = node
         .publish(
             package(

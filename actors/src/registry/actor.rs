@@ -94,6 +94,12 @@ pub enum RegistryMsg {
         manifest: Box<crate::functions::package::Manifest>,
         reply: RpcReplyPort<Result<Vec<Release>, RegistryError>>,
     },
+    /// Whether a manifest's dependencies all resolve (the seed's `validateDependencies`): `Ok`, or
+    /// every missing dependency and cycle by name.
+    ValidateDependencies {
+        manifest: Box<crate::functions::package::Manifest>,
+        reply: RpcReplyPort<Result<(), Vec<DependencyError>>>,
+    },
     /// A peer's digest: answered with the records it lacks; keys it has that we lack are pulled.
     Digest {
         from: PeerAddr,
@@ -268,6 +274,9 @@ impl Actor for Registry {
             }
             RegistryMsg::FindByType { kind, reply } => {
                 let _ = reply.send(state.catalog.find_by_type(&kind).cloned().collect());
+            }
+            RegistryMsg::ValidateDependencies { manifest, reply } => {
+                let _ = reply.send(state.catalog.resolve_dependencies(&manifest).map(drop));
             }
             RegistryMsg::ResolveDependencies { manifest, reply } => {
                 let result = state
