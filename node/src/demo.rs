@@ -1,14 +1,16 @@
 //! `klf demo`: three local nodes in this process, joined by tokens as separate machines would be.
 //!
-//! This is the mesh core's part of the demo: it shows the nodes forming a mesh over QUIC with mutual
-//! TLS, a graceful leave, and failure detection. The Chef pipeline (building and serving the
-//! market-analysis function) joins it when the Chef layer lands.
+//! It shows the nodes forming a mesh over QUIC with mutual TLS, a function deployed on one node and
+//! called from another, a graceful leave, and failure detection. The Chef pipeline (building and
+//! serving the market-analysis function) joins it when the Chef layer lands.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use klf_actors::functions::package::Package;
 use klf_actors::mesh::{MemberState, MemberView};
 use klf_actors::node::{LocalMesh, wait_until};
+use klf_actors::router::InvokeRequest;
 
 fn print_members(title: &str, members: &[MemberView]) {
     println!("{title}");
@@ -41,6 +43,44 @@ pub async fn run() -> anyhow::Result<()> {
         started.elapsed()
     );
     print_members("members seen by node2:", &mesh.nodes[2].members().await?);
+
+    // A function: deployed on node0 with 2 replicas, called from node2.
+    let hello = Package::from_parts(
+        include_str!("../../examples/hello/klf.toml").to_string(),
+        include_str!("../../examples/hello/main.js").to_string(),
+        Vec::new(),
+    )?;
+    let release = mesh.nodes[0].publish(hello, 2, "demo").await?;
+    println!(
+        "\ndeployed {} from node0 with 2 replicas (artifact {})",
+        release.manifest.id(),
+        &hex::encode(release.artifact)[..16]
+    );
+    let ready = Instant::now();
+    let outcome = loop {
+        let request = InvokeRequest::new(
+            "hello",
+            serde_json::json!({"name": "KLF"}),
+            Duration::from_secs(5),
+        );
+        match mesh.nodes[2].invoke(request).await {
+            Ok(outcome) => break outcome,
+            Err(e) if ready.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(%e, "not invocable yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!("invoking hello from node2 failed: {e}"),
+        }
+    };
+    let served_by = mesh
+        .nodes
+        .iter()
+        .find(|n| n.identity().node_id == outcome.node)
+        .map_or("?", |n| n.settings().name.as_str());
+    println!(
+        "node2 invoked hello -> {} (served by {} on {served_by})",
+        outcome.output, outcome.served_by
+    );
 
     println!("\nnode2 leaves gracefully...");
     let left = Instant::now();

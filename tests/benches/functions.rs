@@ -2,8 +2,9 @@
 //! same run. Run with `cargo bench -p klf-tests --bench functions`.
 //!
 //! Measured on a two-node `LocalMesh` over loopback (mutual TLS, QUIC):
-//! - floor: node0's transport actor sends a 64-byte `Ping` to node1 and gets the `Pong` (the KLF
-//!   round trip every remote invoke rides on; `BENCHMARKS.md` compares it with raw quinn);
+//! - the raw quinn floor: a new stream per 64-byte request with the mesh's TLS and QUIC settings;
+//! - the KLF round trip: node0's transport actor sends a 64-byte `Ping` to node1 and gets the `Pong`
+//!   (what every remote invoke rides on);
 //! - cross-node JS: node0 invokes a trivial JavaScript function whose only instance is on node1;
 //! - local JS: node1 invokes the same function, served by its own instance;
 //! - each sequentially (p50, p99) and with 64 calls in flight (calls/s);
@@ -34,12 +35,30 @@ const TRIVIAL: &str = "import { BaseFunction } from \"klf:base\";\nexport defaul
 
 #[derive(Clone, Copy)]
 enum Path {
+    /// Raw quinn, a new stream per 64-byte request, with the mesh's TLS (floor A of the transport
+    /// bench).
+    Raw,
     Floor,
-    Invoke { from: usize },
+    Invoke {
+        from: usize,
+    },
 }
+
+/// The raw floor's client connection.
+static RAW: std::sync::OnceLock<quinn::Connection> = std::sync::OnceLock::new();
 
 async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Result<()> {
     match path {
+        Path::Raw => {
+            let conn = RAW.get().context("raw floor not connected")?;
+            let answer = klf_tests::floor::raw_request(conn, &[0; 64]).await?;
+            anyhow::ensure!(
+                answer.len() == 64,
+                "raw floor echoed {} bytes",
+                answer.len()
+            );
+            Ok(())
+        }
         Path::Floor => {
             let to = PeerAddr {
                 addr: mesh.nodes[1].identity().addr.clone(),
@@ -246,8 +265,23 @@ async fn run() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The raw quinn floor between the same two nodes' credentials.
+    let creds0 =
+        klf_actors::node::DataDir::new(mesh.dir.path().join("node0")).load_credentials()?;
+    let creds1 =
+        klf_actors::node::DataDir::new(mesh.dir.path().join("node1")).load_credentials()?;
+    let raw_server =
+        klf_tests::floor::FloorServer::start(&creds1, klf_tests::floor::ServerMode::Raw)?;
+    let (raw_endpoint, raw_conn) = klf_tests::floor::floor_client(&creds0, raw_server.addr).await?;
+    RAW.set(raw_conn)
+        .map_err(|_| anyhow::anyhow!("raw floor connected twice"))?;
     let paths = [
-        ("floor: KLF Ping->Pong node0->node1", Path::Floor, name),
+        ("raw quinn floor (new stream per request)", Path::Raw, name),
+        (
+            "KLF Ping->Pong node0->node1 (transport actor)",
+            Path::Floor,
+            name,
+        ),
         (
             "cross-node native no-op invoke",
             Path::Invoke { from: 0 },
@@ -278,11 +312,14 @@ async fn run() -> anyhow::Result<()> {
         p50.push(micros(&h, 0.5));
     }
     println!(
-        "\nratios: cross-node native / floor p50 {:.2}x (target 1.5x); cross-node JS / floor p50 {:.2}x; local JS p50 {:.1} µs (target < 50 µs)",
-        p50[1] / p50[0],
+        "\nratios (p50): cross-node native / raw quinn floor {:.2}x (target 1.5x); native / KLF round trip {:.2}x; cross-node JS / raw floor {:.2}x; local JS {:.1} µs (target < 50 µs)",
         p50[2] / p50[0],
-        p50[3]
+        p50[2] / p50[1],
+        p50[3] / p50[0],
+        p50[4]
     );
+    raw_server.close().await;
+    raw_endpoint.close(0u32.into(), b"bench done");
 
     // Cold start: deploy fresh functions placed on node1 and time their first call from node1.
     let mut colds = Histogram::<u64>::new(3)?;

@@ -187,3 +187,20 @@ fn forge_fingerprint(token: &str) -> String {
         engine.encode(serde_json::to_vec(&json).expect("json"))
     )
 }
+
+#[test]
+fn klf_demo_runs_to_completion() {
+    let out = klf_tests::processes::klf(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "klf demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("mesh formed"), "{stdout}");
+    assert!(
+        stdout.contains(r#"node2 invoked hello -> {"message":"Hello, KLF!"}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("declared node1 down"), "{stdout}");
+}

@@ -200,7 +200,8 @@ pub struct TransportState {
     shutting_down: bool,
 }
 
-fn quic_transport_config() -> Arc<quinn::TransportConfig> {
+/// The QUIC settings of every KLF connection (public so benchmarks build their floors alike).
+pub fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config
         .keep_alive_interval(Some(Duration::from_secs(1)))
