@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::package::{Manifest, Package};
 use super::sandbox::{
-    FunctionCode, Host, Instance, InstanceActor, InstanceMsg, SandboxError, SandboxLimits,
+    CallMeta, FunctionCode, Host, Instance, InstanceActor, InstanceMsg, SandboxError, SandboxLimits,
 };
 use crate::registry::Release;
 
@@ -28,10 +28,33 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Makes the [`Host`] an instance of `release` talks to (given by the layer above: the router).
 pub type HostFactory = Arc<dyn Fn(&Release) -> Arc<dyn Host> + Send + Sync>;
 
+/// How the router runs a call on a hosted instance without a mailbox hop (the actor still owns the
+/// instance's lifecycle; both hold the same `Arc`).
+#[derive(Clone)]
+pub enum Executor {
+    Js(Arc<Instance>),
+    Native(Arc<dyn super::native::BaseFunction>),
+}
+
+impl Executor {
+    /// Runs one call.
+    pub async fn execute(
+        &self,
+        input: serde_json::Value,
+        meta: CallMeta,
+    ) -> Result<serde_json::Value, SandboxError> {
+        match self {
+            Self::Js(instance) => instance.execute(input, meta).await,
+            Self::Native(function) => function.execute(input),
+        }
+    }
+}
+
 /// One running instance.
 pub struct Hosted {
     pub release: Release,
     pub actor: ActorRef<InstanceMsg>,
+    pub executor: Executor,
     pub permits: Arc<Semaphore>,
     pub concurrency: usize,
     pub started_at: Instant,
@@ -126,16 +149,24 @@ impl Instances {
             return Ok(hosted);
         }
         let began = Instant::now();
-        let spawned = match super::native::builtin(&release.manifest.entry) {
-            Some(function) => Actor::spawn(None, super::native::NativeActor, function).await,
+        let (spawned, executor) = match super::native::builtin(&release.manifest.entry) {
+            Some(function) => (
+                Actor::spawn(None, super::native::NativeActor, function.clone()).await,
+                Executor::Native(function),
+            ),
             None => {
-                let instance = Instance::start(
-                    function_code(&release.manifest, &package.source),
-                    sandbox_limits(&release.manifest),
-                    (self.host_factory)(release),
+                let instance = Arc::new(
+                    Instance::start(
+                        function_code(&release.manifest, &package.source),
+                        sandbox_limits(&release.manifest),
+                        (self.host_factory)(release),
+                    )
+                    .await?,
+                );
+                (
+                    Actor::spawn(None, InstanceActor, instance.clone()).await,
+                    Executor::Js(instance),
                 )
-                .await?;
-                Actor::spawn(None, InstanceActor, instance).await
             }
         };
         let (actor, _) =
@@ -144,6 +175,7 @@ impl Instances {
         let hosted = Arc::new(Hosted {
             release: release.clone(),
             actor,
+            executor,
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             started_at: Instant::now(),

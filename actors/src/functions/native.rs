@@ -39,10 +39,10 @@ impl BaseFunction for Noop {
 pub const BUILTINS: &[&str] = &["echo", "noop"];
 
 /// The built-in named by an entry such as `native:echo`, if the entry is native and known.
-pub fn builtin(entry: &str) -> Option<Box<dyn BaseFunction>> {
+pub fn builtin(entry: &str) -> Option<std::sync::Arc<dyn BaseFunction>> {
     match entry.strip_prefix(NATIVE_PREFIX)? {
-        "echo" => Some(Box::new(Echo)),
-        "noop" => Some(Box::new(Noop)),
+        "echo" => Some(std::sync::Arc::new(Echo)),
+        "noop" => Some(std::sync::Arc::new(Noop)),
         _ => None,
     }
 }
@@ -57,13 +57,13 @@ pub struct NativeActor;
 
 impl Actor for NativeActor {
     type Msg = InstanceMsg;
-    type State = Box<dyn BaseFunction>;
-    type Arguments = Box<dyn BaseFunction>;
+    type State = std::sync::Arc<dyn BaseFunction>;
+    type Arguments = std::sync::Arc<dyn BaseFunction>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<InstanceMsg>,
-        function: Box<dyn BaseFunction>,
+        function: std::sync::Arc<dyn BaseFunction>,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(function)
     }

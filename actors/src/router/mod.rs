@@ -31,7 +31,7 @@ use tracing::debug;
 pub use error::{InvokeError, InvokeErrorKind};
 
 use crate::functions::instances::{Hosted, Instances};
-use crate::functions::sandbox::{CallMeta, InstanceMsg};
+use crate::functions::sandbox::CallMeta;
 use crate::mesh::{MemberId, PeerAddr, TransportError, TransportMsg};
 use crate::registry::{Catalog, RegistryMsg, Release};
 use crate::store::Store;
@@ -435,29 +435,9 @@ impl RouterInner {
             call_depth: request.call_depth,
             trace_parent: request.trace_parent.clone(),
         };
-        let input = request.input.clone();
-        // The sandbox enforces the deadline itself; the extra second only guards a lost reply.
-        let wait =
-            request.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        let answer = hosted
-            .actor
-            .call(
-                |reply| InstanceMsg::Execute { input, meta, reply },
-                Some(wait),
-            )
-            .await
-            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, format!("instance: {e}")))?;
-        match answer {
-            ractor::rpc::CallResult::Success(result) => Ok(result?),
-            ractor::rpc::CallResult::Timeout => Err(InvokeError::new(
-                InvokeErrorKind::Timeout,
-                "the call did not finish before its deadline",
-            )),
-            ractor::rpc::CallResult::SenderError => Err(InvokeError::new(
-                InvokeErrorKind::Internal,
-                "the instance stopped during the call",
-            )),
-        }
+        // The executor, not the actor's mailbox: one task hop less on the hottest path. The
+        // sandbox enforces the deadline itself and never leaves a call half-run.
+        Ok(hosted.executor.execute(request.input.clone(), meta).await?)
     }
 
     /// One remote attempt; on failure also says whether the call may have started there.

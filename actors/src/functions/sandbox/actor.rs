@@ -35,21 +35,22 @@ pub enum InstanceMsg {
 }
 
 /// An actor owning one started [`Instance`] (its arguments): start the instance first, so that its
-/// typed errors (`Syntax`, `BadModule`, …) reach whoever deploys it.
+/// typed errors (`Syntax`, `BadModule`, …) reach whoever deploys it. The node's router may also
+/// hold the same `Arc` to call the instance without a mailbox hop on its hot path.
 pub struct InstanceActor;
 
 impl Actor for InstanceActor {
     type Msg = InstanceMsg;
     type State = Arc<Instance>;
-    type Arguments = Instance;
+    type Arguments = Arc<Instance>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        instance: Instance,
+        instance: Arc<Instance>,
     ) -> Result<Self::State, ActorProcessingErr> {
         debug!(function = %instance.function_id(), "instance actor started");
-        Ok(Arc::new(instance))
+        Ok(instance)
     }
 
     async fn handle(

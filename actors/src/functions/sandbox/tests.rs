@@ -816,10 +816,11 @@ async fn the_runner_cannot_be_driven_by_the_function() {
 #[tokio::test]
 async fn the_instance_actor_serves_calls() {
     let instance = start(&function("return input * 3;")).await;
-    let (actor, handle) = match ractor::Actor::spawn(None, InstanceActor, instance).await {
-        Ok(spawned) => spawned,
-        Err(error) => panic!("{error}"),
-    };
+    let (actor, handle) =
+        match ractor::Actor::spawn(None, InstanceActor, std::sync::Arc::new(instance)).await {
+            Ok(spawned) => spawned,
+            Err(error) => panic!("{error}"),
+        };
     let tripled = ractor::call!(actor, |reply| InstanceMsg::Execute {
         input: json!(14),
         meta: meta(),
