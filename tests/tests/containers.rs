@@ -499,3 +499,81 @@ fn sigterm_leaves_gracefully() {
         "{seed_log}"
     );
 }
+
+/// A function deployed in the compose mesh (one replica) is called from another container; when
+/// the container hosting it is killed, calls from a survivor succeed again once placement moves the
+/// function (the survivor already holds the artifact: every node replicates every artifact).
+#[test]
+fn calls_survive_the_loss_of_the_hosting_container() {
+    if !enabled("calls_survive_the_loss_of_the_hosting_container") {
+        return;
+    }
+    let _turn = take_turn();
+    image();
+    let cluster = Cluster::up();
+    let package = workspace().join("examples/hello");
+    let target = format!("{}:/tmp/hello", cluster.id("n1"));
+    docker_ok(&["cp", &package.to_string_lossy(), &target]);
+    docker_ok(&[
+        "exec",
+        cluster.id("n1"),
+        "klf",
+        "fn",
+        "deploy",
+        "/tmp/hello",
+        "--replicas",
+        "1",
+        "--data",
+        "/data",
+    ]);
+    // Where rendezvous hashing puts it, from the ids the mesh reports.
+    let ids: Vec<String> = NODES.iter().map(|n| cluster.node_id("n1", n)).collect();
+    let host_id = klf_actors::placement::hosts("hello", ids.iter().map(String::as_str), 1)
+        .first()
+        .map(|h| h.to_string())
+        .expect("a host");
+    let host = NODES[ids
+        .iter()
+        .position(|id| *id == host_id)
+        .expect("host is a node")];
+    let survivor = NODES
+        .iter()
+        .copied()
+        .find(|n| *n != host)
+        .expect("a survivor");
+    let invoke = |c: &Cluster| {
+        let out = docker(&[
+            "exec",
+            c.id(survivor),
+            "klf",
+            "fn",
+            "invoke",
+            "hello",
+            "--input",
+            r#"{"name":"containers"}"#,
+            "--data",
+            "/data",
+        ]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).ok()
+                == Some(serde_json::json!({"message": "Hello, containers!"}))
+    };
+    assert!(
+        cluster.wait_for(Duration::from_secs(15), invoke).is_some(),
+        "{survivor} should call hello (hosted on {host}) within 15 s of the deploy"
+    );
+
+    let killed = Instant::now();
+    docker_ok(&["kill", cluster.id(host)]);
+    let recovered = cluster.wait_for(Duration::from_secs(40), invoke);
+    let Some(recovered) = recovered else {
+        cluster.print_logs();
+        panic!(
+            "{survivor} should call hello again once {host} is gone and the function is re-placed"
+        )
+    };
+    eprintln!(
+        "hello (hosted on {host}) answers {survivor} again {recovered:?} after {host} was killed ({:?} in all)",
+        killed.elapsed()
+    );
+}
