@@ -157,6 +157,21 @@ impl Loader for KlfLoader {
     }
 }
 
+/// Installs the `klf:*`-only resolver and loader on `runtime`; the returned list records the
+/// imports it refused, so a failed compile can name them.
+pub(super) async fn install_loader(runtime: &AsyncRuntime) -> RefusedImports {
+    let refused = RefusedImports::default();
+    runtime
+        .set_loader(
+            KlfResolver {
+                refused: refused.clone(),
+            },
+            KlfLoader,
+        )
+        .await;
+    refused
+}
+
 /// Compiles a module in a runtime of its own, without running any of it: syntax errors (with line
 /// and column) and forbidden imports surface here, which is what a deploy checks before publishing.
 pub(super) async fn check_module(
@@ -167,15 +182,7 @@ pub(super) async fn check_module(
     let runtime = AsyncRuntime::new()
         .map_err(|e| SandboxError::Internal(format!("cannot create a runtime: {e}")))?;
     runtime.set_memory_limit(memory_bytes).await;
-    let refused = RefusedImports::default();
-    runtime
-        .set_loader(
-            KlfResolver {
-                refused: refused.clone(),
-            },
-            KlfLoader,
-        )
-        .await;
+    let refused = install_loader(&runtime).await;
     let driver = tokio::spawn(runtime.drive());
     let result = compile_module(&runtime, entry, source)
         .await

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::allocator::{Meter, MeteredAllocator};
 use super::calls::Calls;
-use super::compile::{self, KlfLoader, KlfResolver, RefusedImports};
+use super::compile::{self, RefusedImports};
 use super::natives::{Grants, HostErrors, install_natives};
 use super::{CallMeta, FunctionCode, Host, SandboxError, SandboxLimits};
 
@@ -110,15 +110,7 @@ impl Engine {
         runtime
             .set_interrupt_handler(Some(Box::new(move || interrupt_calls.should_interrupt())))
             .await;
-        let refused = RefusedImports::default();
-        runtime
-            .set_loader(
-                KlfResolver {
-                    refused: refused.clone(),
-                },
-                KlfLoader,
-            )
-            .await;
+        let refused = compile::install_loader(&runtime).await;
         // Without a driver, calls that await host promises concurrently can hang.
         let driver = tokio::spawn(runtime.drive());
 
