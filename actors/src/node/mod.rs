@@ -280,12 +280,15 @@ impl Node {
         .await
         .map_err(|e| NodeError::Actor(format!("registry: {e}")))?;
         let (alive_tx, alive) = watch::channel(Arc::new(Vec::new()));
+        let link = ractor::call_t!(transport, TransportMsg::Handle, 5_000)
+            .map_err(|e| NodeError::Actor(format!("transport: {e}")))?;
         let router = Router::new(
             settings.node_id.clone(),
             catalog.clone(),
             alive,
             registry.clone(),
             transport.clone(),
+            link,
             store.clone(),
             HostServices {
                 node_name: settings.name.clone(),

@@ -33,7 +33,7 @@ pub use host::HostServices;
 
 use crate::functions::instances::{Hosted, Instances};
 use crate::functions::sandbox::CallMeta;
-use crate::mesh::{MemberId, PeerAddr, TransportError, TransportMsg};
+use crate::mesh::{MemberId, PeerAddr, TransportError, TransportHandle, TransportMsg};
 use crate::registry::{Catalog, RegistryMsg, Release};
 use crate::store::Store;
 
@@ -96,6 +96,8 @@ pub(crate) struct RouterInner {
     instances: Instances,
     registry: ActorRef<RegistryMsg>,
     transport: ActorRef<TransportMsg>,
+    /// The transport's direct path for live connections.
+    link: TransportHandle,
     in_flight: Mutex<HashMap<String, usize>>,
 }
 
@@ -157,6 +159,7 @@ impl Router {
         alive: watch::Receiver<Arc<Vec<MemberId>>>,
         registry: ActorRef<RegistryMsg>,
         transport: ActorRef<TransportMsg>,
+        link: TransportHandle,
         store: Arc<Store>,
         services: host::HostServices,
     ) -> Self {
@@ -177,6 +180,7 @@ impl Router {
                 })),
                 registry,
                 transport,
+                link,
                 in_flight: Mutex::new(HashMap::new()),
             }
         });
@@ -474,19 +478,26 @@ impl RouterInner {
         };
         let wait =
             request.deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        let answer = self
-            .transport
-            .call(
-                |reply| TransportMsg::Request { to, frame, reply },
-                Some(wait),
-            )
-            .await
-            .map_err(|e| {
-                (
-                    InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
-                    false,
+        // A live connection is used from this task; otherwise the actor dials (or says why not).
+        let direct =
+            tokio::time::timeout(wait, self.link.request_live(&host.node_id, &frame)).await;
+        let answer = match direct {
+            Ok(Some(answer)) => ractor::rpc::CallResult::Success(answer),
+            Err(_) => ractor::rpc::CallResult::Timeout,
+            Ok(None) => self
+                .transport
+                .call(
+                    |reply| TransportMsg::Request { to, frame, reply },
+                    Some(wait),
                 )
-            })?;
+                .await
+                .map_err(|e| {
+                    (
+                        InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
+                        false,
+                    )
+                })?,
+        };
         match answer {
             ractor::rpc::CallResult::Success(Ok(Frame::InvokeReply(reply))) => {
                 match reply.outcome {
