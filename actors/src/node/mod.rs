@@ -34,7 +34,7 @@ use crate::model::{ModelConfig, ModelProvider, OpenAiCompatible};
 use crate::registry::artifact::Signer;
 use crate::registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
 use crate::router::placer::{Placer, PlacerArgs, PlacerMsg};
-use crate::router::{HostServices, InvokeError, InvokeOutcome, InvokeRequest, Router};
+use crate::router::{HostServices, InvokeError, InvokeOutcome, InvokeRequest, Router, RouterArgs};
 use crate::security::{ApiToken, JoinToken, MeshCa, SecurityError, files};
 use crate::store::Store;
 
@@ -282,15 +282,15 @@ impl Node {
         let (alive_tx, alive) = watch::channel(Arc::new(Vec::new()));
         let link = ractor::call_t!(transport, TransportMsg::Handle, 5_000)
             .map_err(|e| NodeError::Actor(format!("transport: {e}")))?;
-        let router = Router::new(
-            settings.node_id.clone(),
-            catalog.clone(),
+        let router = Router::new(RouterArgs {
+            me: settings.node_id.clone(),
+            catalog: catalog.clone(),
             alive,
-            registry.clone(),
-            transport.clone(),
+            registry: registry.clone(),
+            transport: transport.clone(),
             link,
-            store.clone(),
-            HostServices {
+            store: store.clone(),
+            services: HostServices {
                 node_name: settings.name.clone(),
                 secrets_dir: dir.secrets_dir(),
                 model: match &options.model {
@@ -301,7 +301,7 @@ impl Node {
                     None => None,
                 },
             },
-        );
+        });
         let (placer, _) = Actor::spawn(
             None,
             Placer,

@@ -151,18 +151,35 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What a router is built from.
+pub struct RouterArgs {
+    /// This node's id.
+    pub me: String,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// Alive members, kept current by the [`placer::Placer`].
+    pub alive: watch::Receiver<Arc<Vec<MemberId>>>,
+    pub registry: ActorRef<RegistryMsg>,
+    pub transport: ActorRef<TransportMsg>,
+    /// The transport's direct path for live connections.
+    pub link: TransportHandle,
+    pub store: Arc<Store>,
+    /// What every function's host offers beyond calls and kv.
+    pub services: host::HostServices,
+}
+
 impl Router {
-    /// A router for node `me`. `alive` is kept current by the [`placer::Placer`].
-    pub fn new(
-        me: String,
-        catalog: watch::Receiver<Arc<Catalog>>,
-        alive: watch::Receiver<Arc<Vec<MemberId>>>,
-        registry: ActorRef<RegistryMsg>,
-        transport: ActorRef<TransportMsg>,
-        link: TransportHandle,
-        store: Arc<Store>,
-        services: host::HostServices,
-    ) -> Self {
+    /// A router for node `args.me`.
+    pub fn new(args: RouterArgs) -> Self {
+        let RouterArgs {
+            me,
+            catalog,
+            alive,
+            registry,
+            transport,
+            link,
+            store,
+            services,
+        } = args;
         let store = Arc::downgrade(&store);
         let inner = Arc::new_cyclic(|weak: &Weak<RouterInner>| {
             let weak = weak.clone();
