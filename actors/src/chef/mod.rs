@@ -1,0 +1,5 @@
+//! The Chef (design §13): agents that turn a plain-language request into a validated, tested,
+//! deployed function.
+
+pub mod bm25;
+pub mod messages;
