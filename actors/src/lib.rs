@@ -6,6 +6,7 @@
 //! a trait the lower layer defines (`functions::sandbox::Host`).
 
 pub mod functions;
+pub mod ingredients;
 pub mod mesh;
 pub mod node;
 pub mod placement;
