@@ -8,6 +8,7 @@
 pub mod functions;
 pub mod ingredients;
 pub mod mesh;
+pub mod model;
 pub mod node;
 pub mod placement;
 pub mod registry;
