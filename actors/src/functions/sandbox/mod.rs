@@ -49,6 +49,8 @@ mod instance;
 mod natives;
 
 #[cfg(test)]
+mod library_tests;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;
