@@ -121,7 +121,7 @@ impl RenderedPackage {
 
 const PRELUDE_JS: &str = r#"// Rendered by `klf ingredients render` from the recipe "{{ recipe.name }}": {{ recipe.title }}.
 // Base classes: {{ recipe.base_classes | join(", ") }}.
-import * as __klf from "klf:base";
+import { validateSchema as __validateSchema, KlfInputError as __KlfInputError } from "klf:base";
 "#;
 
 const TESTS_JS: &str = r#"
@@ -137,10 +137,10 @@ const TESTS_JS: &str = r#"
   // Every call's input is checked against the input schema before execute() runs.
   async onExecute(input, ctx) {
     await super.onExecute(input, ctx);
-    const { valid, errors } = __klf.validateSchema(input, this.constructor.inputSchema);
+    const { valid, errors } = __validateSchema(input, this.constructor.inputSchema);
     if (!valid) {
       const first = errors[0] ?? { path: "input", message: "does not match the input schema" };
-      throw new __klf.KlfInputError(`${first.path}: ${first.message}`, first.path);
+      throw new __KlfInputError(`${first.path}: ${first.message}`, { path: first.path });
     }
   }
 
@@ -150,7 +150,7 @@ const TESTS_JS: &str = r#"
       try {
         await this.onExecute(testCase.input, ctx);
         const actual = await this.execute(testCase.input, ctx);
-        const { valid, errors } = __klf.validateSchema(actual, this.constructor.outputSchema);
+        const { valid, errors } = __validateSchema(actual, this.constructor.outputSchema);
         report.results.push(
           valid
             ? { name: testCase.name, passed: true }
