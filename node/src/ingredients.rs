@@ -156,7 +156,7 @@ pub async fn run(command: IngredientsCommand) -> anyhow::Result<()> {
             for path in rendered.files.keys() {
                 println!("  {path}");
             }
-            for (secret, _) in &rendered.fixtures.secrets {
+            for secret in rendered.fixtures.secrets.keys() {
                 println!(
                     "its tests need the secret {secret:?} on the nodes that run them: <data>/secrets/{secret} (see `klf ingredients show {}`)",
                     rendered.recipe
