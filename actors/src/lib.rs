@@ -7,6 +7,7 @@
 
 pub mod chef;
 pub mod functions;
+pub mod ingredients;
 pub mod mesh;
 pub mod model;
 pub mod node;

@@ -73,6 +73,9 @@ pub struct RunOptions {
     pub anti_entropy_every: Duration,
     /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
     pub model: Option<ModelConfig>,
+    /// User ingredient folders (`klf up --ingredients DIR`), loaded after the shipped ones and
+    /// `<data>/ingredients`; later folders override earlier ones.
+    pub ingredient_dirs: Vec<std::path::PathBuf>,
 }
 
 impl RunOptions {
@@ -87,6 +90,7 @@ impl RunOptions {
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
             model: None,
+            ingredient_dirs: Vec::new(),
         }
     }
 }
@@ -183,6 +187,7 @@ pub struct Node {
     /// Where `Agent` frames from peers go: set by a layer above (the Chef), if any.
     agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>>,
     data_dir: DataDir,
+    ingredients: Arc<crate::ingredients::Library>,
 }
 
 /// Answers `Agent` frames from peers (the Chef's agents, when they run on several nodes). The node
@@ -214,6 +219,13 @@ impl Node {
         let mut settings = dir.load_settings()?;
         let credentials = dir.load_credentials()?;
         let api_tokens = dir.load_api_tokens()?;
+        // Ingredients: the shipped ones, `<data>/ingredients` if it exists, then --ingredients.
+        let mut ingredient_dirs = Vec::new();
+        if dir.ingredients_dir().is_dir() {
+            ingredient_dirs.push(dir.ingredients_dir());
+        }
+        ingredient_dirs.extend(options.ingredient_dirs.iter().cloned());
+        let ingredients = Arc::new(crate::ingredients::Library::load(&ingredient_dirs));
         let (transport, _) = Actor::spawn(
             None,
             Transport,
@@ -347,7 +359,7 @@ impl Node {
                 .unwrap_or_else(|| options.api.clone()),
         );
         dir.save_settings(&settings)?;
-        info!(name = %settings.name, node_id = %settings.node_id, %local_addr, "node started");
+        info!(name = %settings.name, node_id = %settings.node_id, %local_addr, ingredients = ingredients.len(), ingredient_errors = ingredients.errors().len(), "node started");
         Ok(Self {
             settings,
             identity,
@@ -362,6 +374,7 @@ impl Node {
             api_tokens,
             agents,
             data_dir: dir.clone(),
+            ingredients,
         })
     }
 
@@ -456,6 +469,11 @@ impl Node {
     /// The API token a bearer string belongs to, if any.
     pub fn authenticate(&self, bearer: &str) -> Option<&ApiToken> {
         self.api_tokens.iter().find(|t| t.matches(bearer))
+    }
+
+    /// The ingredients this node loaded (shipped, `<data>/ingredients`, `--ingredients`).
+    pub fn ingredients(&self) -> &Arc<crate::ingredients::Library> {
+        &self.ingredients
     }
 
     /// The latest catalog snapshot (no actor round trip).

@@ -18,6 +18,7 @@ pub mod choice;
 pub mod error;
 pub mod host;
 pub mod placer;
+pub mod test_run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
