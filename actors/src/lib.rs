@@ -7,6 +7,7 @@
 
 pub mod functions;
 pub mod mesh;
+pub mod model;
 pub mod node;
 pub mod placement;
 pub mod registry;

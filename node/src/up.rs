@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use klf_actors::model::ModelConfig;
 use klf_actors::node::{DataDir, Node, RunOptions, join_mesh};
 use tracing::info;
 
@@ -123,8 +124,17 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         api: shown_api(api_bound, advertise.as_deref()),
         local_api: Some(api_bound.to_string()),
         advertise,
+        model: ModelConfig::from_env(),
         ..RunOptions::loopback()
     };
+    match &options.model {
+        Some(model) => {
+            info!(model = %model.model, base_url = %model.base_url, "ctx.model provider")
+        }
+        None => info!(
+            "no model provider configured (KLF_MODEL_BASE_URL unset): ctx.model is unavailable"
+        ),
+    }
     let node = Arc::new(Node::start(&dir, options).await?);
     let settings = node.settings();
     println!(

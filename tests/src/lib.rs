@@ -3,6 +3,7 @@
 //! deadline (never a fixed sleep).
 
 pub mod floor;
+pub mod model_server;
 pub mod processes;
 
 pub use klf_actors::node::{LocalMesh, LocalMesh as InProcessMesh, wait_until};

@@ -80,6 +80,7 @@ pub fn function_code(m: &Manifest, source: &str) -> FunctionCode {
         config: m.config.clone(),
         dependencies: m.dependencies.keys().cloned().collect(),
         capabilities: m.capabilities.clone(),
+        secrets: m.secrets.clone(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Host capabilities a manifest may grant. `config` and `now` are always available.
-pub const CAPABILITIES: &[&str] = &["call", "kv", "log"];
+pub const CAPABILITIES: &[&str] = &["call", "kv", "log", "crypto", "secret", "model", "schedule"];
 
 /// Largest entry module accepted.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
@@ -69,6 +69,8 @@ pub struct Manifest {
     pub entry: String,
     pub idempotent: bool,
     pub capabilities: Vec<String>,
+    /// Node secrets `ctx.secret` may read, by name.
+    pub secrets: Vec<String>,
     /// Functions this one may `ctx.call`, with the semver range each must satisfy.
     pub dependencies: BTreeMap<String, semver::VersionReq>,
     pub limits: Limits,
@@ -90,10 +92,21 @@ struct RawManifest {
     entry: Option<toml::Value>,
     idempotent: Option<toml::Value>,
     capabilities: Option<toml::Value>,
+    secrets: Option<toml::Value>,
     dependencies: Option<toml::Value>,
     limits: Option<toml::Value>,
     config: Option<toml::Value>,
     value: Option<toml::Value>,
+}
+
+/// Whether `name` is a valid secret name: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or
+/// digit (it names a file in the node's secrets directory, so no `/` and no leading `.`).
+pub fn is_valid_secret_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 /// Whether `name` is a valid function name: 1 to 64 of `a-z 0-9 -`, starting with a letter.
@@ -254,6 +267,40 @@ impl Manifest {
                 ));
             }
         };
+        let secrets = match &raw.secrets {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                let mut names = Vec::new();
+                for item in items {
+                    let secret = f.string("secrets", item)?;
+                    if !is_valid_secret_name(&secret) {
+                        return Err(f.invalid(
+                            "secrets",
+                            format!(
+                                "{secret:?} must be 1 to 64 characters of a-z, 0-9, '-', '_' and \
+                                 '.', starting with a letter or digit"
+                            ),
+                        ));
+                    }
+                    if !names.contains(&secret) {
+                        names.push(secret);
+                    }
+                }
+                names
+            }
+            Some(other) => {
+                return Err(f.invalid(
+                    "secrets",
+                    format!("expected an array of strings, found {}", other.type_str()),
+                ));
+            }
+        };
+        if !secrets.is_empty() && !capabilities.iter().any(|c| c == "secret") {
+            return Err(f.invalid(
+                "capabilities",
+                "declares secrets but does not grant \"secret\"",
+            ));
+        }
         let dependencies = match &raw.dependencies {
             None => BTreeMap::new(),
             Some(toml::Value::Table(table)) => {
@@ -393,6 +440,7 @@ impl Manifest {
             entry,
             idempotent,
             capabilities,
+            secrets,
             dependencies,
             limits,
             config,

@@ -55,6 +55,10 @@ impl DataDir {
     pub fn node_file(&self) -> PathBuf {
         self.root.join("node.json")
     }
+    /// Secrets functions read with `ctx.secret(NAME)`: one file per secret.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca.pem")
     }

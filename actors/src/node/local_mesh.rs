@@ -29,7 +29,8 @@ pub struct LocalMesh {
     /// Holds every node's data dir (`node0`, `node1`, ...); removed when dropped.
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
-    membership: MembershipConfig,
+    /// How every node runs (listen addresses are replaced by free loopback ports).
+    options: RunOptions,
 }
 
 impl LocalMesh {
@@ -40,11 +41,19 @@ impl LocalMesh {
 
     /// Like [`LocalMesh::start`], with given membership timings.
     pub async fn start_with(n: usize, membership: MembershipConfig) -> Result<Self, NodeError> {
+        Self::start_with_options(
+            n,
+            RunOptions {
+                membership,
+                ..RunOptions::loopback()
+            },
+        )
+        .await
+    }
+
+    /// Like [`LocalMesh::start`], every node run with `options` (for example a model provider).
+    pub async fn start_with_options(n: usize, options: RunOptions) -> Result<Self, NodeError> {
         let dir = tempfile::tempdir().map_err(|e| NodeError::Config(format!("temp dir: {e}")))?;
-        let options = RunOptions {
-            membership: membership.clone(),
-            ..RunOptions::loopback()
-        };
         let first = DataDir::new(dir.path().join("node0"));
         init_mesh(&first, "node0", "local")?;
         let mut nodes = vec![Node::start(&first, options.clone()).await?];
@@ -59,7 +68,7 @@ impl LocalMesh {
         Ok(Self {
             dir,
             nodes,
-            membership,
+            options,
         })
     }
 
@@ -67,12 +76,13 @@ impl LocalMesh {
     /// new free port, as a restarted process would.
     pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
         let data = DataDir::new(self.dir.path().join(format!("node{i}")));
-        let options = RunOptions {
-            membership: self.membership.clone(),
-            ..RunOptions::loopback()
-        };
-        self.nodes[i] = Node::start(&data, options).await?;
+        self.nodes[i] = Node::start(&data, self.options.clone()).await?;
         Ok(())
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> DataDir {
+        DataDir::new(self.dir.path().join(format!("node{i}")))
     }
 
     /// How many members `node` sees in `state`.

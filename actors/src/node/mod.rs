@@ -30,10 +30,11 @@ use crate::mesh::{
     MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, Transport,
     TransportArgs, TransportMsg,
 };
+use crate::model::{ModelConfig, ModelProvider, OpenAiCompatible};
 use crate::registry::artifact::Signer;
 use crate::registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
 use crate::router::placer::{Placer, PlacerArgs, PlacerMsg};
-use crate::router::{InvokeError, InvokeOutcome, InvokeRequest, Router};
+use crate::router::{HostServices, InvokeError, InvokeOutcome, InvokeRequest, Router};
 use crate::security::{ApiToken, JoinToken, MeshCa, SecurityError, files};
 use crate::store::Store;
 
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub limits: Limits,
     /// How often the catalog is compared with one random peer.
     pub anti_entropy_every: Duration,
+    /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
+    pub model: Option<ModelConfig>,
 }
 
 impl RunOptions {
@@ -82,6 +85,7 @@ impl RunOptions {
             membership: MembershipConfig::default(),
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
+            model: None,
         }
     }
 }
@@ -283,6 +287,17 @@ impl Node {
             registry.clone(),
             transport.clone(),
             store.clone(),
+            HostServices {
+                node_name: settings.name.clone(),
+                secrets_dir: dir.secrets_dir(),
+                model: match &options.model {
+                    Some(config) => Some(Arc::new(
+                        OpenAiCompatible::new(config.clone())
+                            .map_err(|e| NodeError::Config(e.to_string()))?,
+                    ) as Arc<dyn ModelProvider>),
+                    None => None,
+                },
+            },
         );
         let (placer, _) = Actor::spawn(
             None,

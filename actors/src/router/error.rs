@@ -100,7 +100,12 @@ impl From<SandboxError> for InvokeError {
             SandboxError::CapabilityDenied { .. } => InvokeErrorKind::CapabilityDenied,
             SandboxError::BadModule(_) => InvokeErrorKind::BadModule,
             SandboxError::BadOutput(_) => InvokeErrorKind::BadOutput,
-            SandboxError::Host(_) => InvokeErrorKind::HostError,
+            SandboxError::Host(_)
+            | SandboxError::Crypto(_)
+            | SandboxError::Secret(_)
+            | SandboxError::ModelUnavailable(_)
+            | SandboxError::Model(_)
+            | SandboxError::Schedule(_) => InvokeErrorKind::HostError,
             SandboxError::Internal(_) => InvokeErrorKind::Internal,
         };
         Self::new(kind, e.to_string())

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 pub use error::{InvokeError, InvokeErrorKind};
+pub use host::HostServices;
 
 use crate::functions::instances::{Hosted, Instances};
 use crate::functions::sandbox::CallMeta;
@@ -157,6 +158,7 @@ impl Router {
         registry: ActorRef<RegistryMsg>,
         transport: ActorRef<TransportMsg>,
         store: Arc<Store>,
+        services: host::HostServices,
     ) -> Self {
         let store = Arc::downgrade(&store);
         let inner = Arc::new_cyclic(|weak: &Weak<RouterInner>| {
@@ -166,7 +168,12 @@ impl Router {
                 catalog,
                 alive,
                 instances: Instances::new(Arc::new(move |release: &Release| {
-                    Arc::new(host::NodeHost::new(weak.clone(), release, store.clone()))
+                    Arc::new(host::NodeHost::new(
+                        weak.clone(),
+                        release,
+                        store.clone(),
+                        services.clone(),
+                    ))
                 })),
                 registry,
                 transport,

@@ -78,6 +78,30 @@ const kv = Object.freeze({
 const log = makeLog();
 const now = () => native.now();
 
+// Synchronous host requests whose arguments and answer travel as JSON text.
+const request = (fn, op) => (...args) => decode(unwrap(fn(op, encode(args))));
+
+const crypto = Object.freeze({
+  hash: request(native.crypto, "hash"),
+  hmac: request(native.crypto, "hmac"),
+  hmacVerify: request(native.crypto, "hmacVerify"),
+  equal: request(native.crypto, "equal"),
+  encrypt: request(native.crypto, "encrypt"),
+  decrypt: request(native.crypto, "decrypt"),
+  randomBytes: request(native.crypto, "randomBytes"),
+  generateKey: request(native.crypto, "generateKey"),
+  randomUUID: request(native.crypto, "randomUUID"),
+});
+
+const schedule = Object.freeze({
+  after: request(native.schedule, "after"),
+  every: request(native.schedule, "every"),
+  cancel: request(native.schedule, "cancel"),
+  list: request(native.schedule, "list"),
+});
+
+const secretOf = (name) => decode(unwrap(native.secretValue(String(name))));
+
 // callId 0 is "no particular call": the shared this.ctx (see calls.rs for how the host reads it).
 function makeCtx(config, callId) {
   return Object.freeze({
@@ -88,6 +112,14 @@ function makeCtx(config, callId) {
     async call(target, input) {
       return decode(unwrap(await native.call(callId, String(target), encode(input))));
     },
+    crypto,
+    secret: secretOf,
+    schedule,
+    model: Object.freeze({
+      async complete(request) {
+        return decode(unwrap(await native.model(callId, encode(request ?? {}))));
+      },
+    }),
   });
 }
 

@@ -138,6 +138,7 @@ fn code(source: String, config: Value) -> FunctionCode {
         config,
         dependencies: ["dep", "pricing", "audit"].map(String::from).to_vec(),
         capabilities: ["call", "kv", "log"].map(String::from).to_vec(),
+        secrets: Vec::new(),
     }
 }
 

@@ -44,10 +44,13 @@ mod actor;
 mod allocator;
 mod calls;
 mod compile;
+mod crypto;
 mod engine;
 mod instance;
 mod natives;
 
+#[cfg(test)]
+mod capability_tests;
 #[cfg(test)]
 mod library_tests;
 #[cfg(test)]
@@ -105,8 +108,11 @@ pub struct FunctionCode {
     pub config: serde_json::Value,
     /// Names of the functions this one may `ctx.call` (the router enforces version ranges).
     pub dependencies: Vec<String>,
-    /// Granted host capabilities: `call`, `kv`, `log`. `now` and `config` are always available.
+    /// Granted host capabilities: `call`, `kv`, `log`, `crypto`, `secret`, `model`,
+    /// `schedule`. `now` and `config` are always available.
     pub capabilities: Vec<String>,
+    /// Names of the node secrets `ctx.secret` may read (the manifest's `secrets`).
+    pub secrets: Vec<String>,
 }
 
 impl FunctionCode {
@@ -164,6 +170,37 @@ impl CallMeta {
 pub type HostCallFuture =
     Pin<Box<dyn Future<Output = Result<serde_json::Value, SandboxError>> + Send>>;
 
+/// The future [`Host::model`] returns.
+pub type HostModelFuture =
+    Pin<Box<dyn Future<Output = Result<crate::model::ModelReply, SandboxError>> + Send>>;
+
+/// A deferred or periodic call a function asks for with `ctx.schedule`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRequest {
+    /// `NAME` or `NAME@RANGE`: a declared dependency, or the function itself.
+    pub target: String,
+    pub input: serde_json::Value,
+    /// Before the first run.
+    pub delay: Duration,
+    /// Between runs, for a periodic schedule.
+    pub every: Option<Duration>,
+}
+
+/// One live schedule, as `ctx.schedule.list()` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScheduleInfo {
+    pub id: String,
+    pub target: String,
+    /// `after` or `every`.
+    pub kind: &'static str,
+    #[serde(rename = "intervalMs")]
+    pub interval_ms: Option<u64>,
+    /// Unix milliseconds of the next run.
+    #[serde(rename = "nextAt")]
+    pub next_at: u64,
+    pub runs: u64,
+}
+
 /// What an instance may ask of its host: implemented by the node, one per instance (the host knows
 /// which function it serves, so `kv` is that function's own namespace).
 ///
@@ -177,6 +214,42 @@ pub trait Host: Send + Sync + 'static {
     fn kv_delete(&self, key: &str) -> Result<(), SandboxError>;
     fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError>;
     fn log(&self, level: LogLevel, message: &str);
+
+    /// The node secret `name` (already checked against the manifest's `secrets`).
+    fn secret(&self, name: &str) -> Result<String, SandboxError> {
+        Err(SandboxError::Secret(format!(
+            "secret {name:?}: this host keeps no secrets"
+        )))
+    }
+
+    /// Asks the node's model provider; bounded by `meta.deadline`.
+    fn model(&self, request: crate::model::ModelRequest, meta: CallMeta) -> HostModelFuture {
+        let _ = (request, meta);
+        Box::pin(async {
+            Err(SandboxError::ModelUnavailable(
+                "this host has no model provider".into(),
+            ))
+        })
+    }
+
+    /// Starts a schedule (target already checked against the manifest); returns its id.
+    fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Schedule(
+            "this host cannot schedule calls".into(),
+        ))
+    }
+
+    /// Stops schedule `id`; false if there was none.
+    fn unschedule(&self, id: &str) -> bool {
+        let _ = id;
+        false
+    }
+
+    /// The function's live schedules on this node.
+    fn schedules(&self) -> Vec<ScheduleInfo> {
+        Vec::new()
+    }
 }
 
 /// Why a sandbox operation failed. Messages say what happened and, where it helps, what to do.
@@ -214,6 +287,21 @@ pub enum SandboxError {
     /// The host failed a request (for example, the called function failed); its message is kept.
     #[error("host error: {0}")]
     Host(String),
+    /// A `ctx.crypto` request failed (unknown algorithm, bad key, failed decryption).
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// `ctx.secret` could not give the secret (not set on this node, unreadable).
+    #[error("secret: {0}")]
+    Secret(String),
+    /// The node has no model provider for `ctx.model`.
+    #[error("model unavailable: {0}")]
+    ModelUnavailable(String),
+    /// The model provider failed the request.
+    #[error("model: {0}")]
+    Model(String),
+    /// `ctx.schedule` refused the request (bad interval, too many schedules).
+    #[error("schedule: {0}")]
+    Schedule(String),
     /// The sandbox itself failed (the engine could not be created, a task panicked). Not the
     /// function's fault; worth a bug report.
     #[error("sandbox failure: {0}")]
@@ -232,6 +320,11 @@ impl SandboxError {
             Self::BadModule(_) => "BadModule",
             Self::BadOutput(_) => "BadOutput",
             Self::Host(_) => "HostError",
+            Self::Crypto(_) => "CryptoError",
+            Self::Secret(_) => "SecretError",
+            Self::ModelUnavailable(_) => "ModelUnavailable",
+            Self::Model(_) => "ModelError",
+            Self::Schedule(_) => "ScheduleError",
             Self::Internal(_) => "InternalError",
         }
     }

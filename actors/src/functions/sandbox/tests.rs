@@ -112,6 +112,7 @@ fn code(source: &str) -> FunctionCode {
         config: json!({ "window": 3 }),
         dependencies: vec!["series-cleaner".to_string()],
         capabilities: vec!["call".to_string(), "kv".to_string(), "log".to_string()],
+        secrets: Vec::new(),
     }
 }
 

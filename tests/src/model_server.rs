@@ -1,0 +1,150 @@
+//! A real HTTP server speaking the OpenAI chat-completions API, for tests of `ctx.model` and the
+//! Chef's `openai` provider: each request gets the next scripted answer (the last repeats), and
+//! every request body is kept so tests can check what was sent.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// 200 with a chat completion whose content is this text.
+    Content(String),
+    /// 200 with a completion whose content is `echo: ` and the last message.
+    Echo,
+    /// Any status and raw body, with an optional `Retry-After` (seconds).
+    Raw {
+        status: u16,
+        body: String,
+        retry_after: Option<u32>,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    script: Vec<Scripted>,
+    requests: Vec<Value>,
+}
+
+/// The running server; stops when dropped.
+pub struct ModelServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn completion(content: &str, request: &Value) -> Value {
+    let prompt_tokens = request["messages"].as_array().map_or(0, |m| {
+        m.iter()
+            .map(|m| {
+                m["content"]
+                    .as_str()
+                    .map_or(0, |c| c.split_whitespace().count())
+            })
+            .sum::<usize>()
+    });
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": request["model"],
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": content.split_whitespace().count() },
+    })
+}
+
+impl ModelServer {
+    /// Starts on a free loopback port.
+    pub async fn start(script: Vec<Scripted>) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State {
+            script,
+            requests: Vec::new(),
+        }));
+        let shared = state.clone();
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move |body: String| {
+                let shared = shared.clone();
+                async move {
+                    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let answer = {
+                        let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        state.requests.push(request.clone());
+                        let n = state.requests.len() - 1;
+                        state
+                            .script
+                            .get(n)
+                            .or(state.script.last())
+                            .cloned()
+                            .unwrap_or(Scripted::Echo)
+                    };
+                    match answer {
+                        Scripted::Content(text) => {
+                            (StatusCode::OK, completion(&text, &request).to_string())
+                                .into_response()
+                        }
+                        Scripted::Echo => {
+                            let last = request["messages"]
+                                .as_array()
+                                .and_then(|m| m.last())
+                                .and_then(|m| m["content"].as_str())
+                                .unwrap_or_default()
+                                .to_string();
+                            let text = format!("echo: {last}");
+                            (StatusCode::OK, completion(&text, &request).to_string())
+                                .into_response()
+                        }
+                        Scripted::Raw {
+                            status,
+                            body,
+                            retry_after,
+                        } => {
+                            let mut response = (
+                                StatusCode::from_u16(status)
+                                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                                body,
+                            )
+                                .into_response();
+                            if let Some(seconds) = retry_after
+                                && let Ok(value) = seconds.to_string().parse()
+                            {
+                                response.headers_mut().insert("retry-after", value);
+                            }
+                            response
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The base URL a provider is configured with.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .map(|s| s.requests.clone())
+            .unwrap_or_default()
+    }
+}
