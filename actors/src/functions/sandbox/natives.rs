@@ -532,7 +532,9 @@ fn model_request(text: &str) -> Result<ModelRequest, String> {
             content: prompt.clone(),
         }),
         _ => {
-            return Err("give `messages` (an array of {role, content}) or a `prompt` string".into());
+            return Err(
+                "give `messages` (an array of {role, content}) or a `prompt` string".into(),
+            );
         }
     }
     let max_tokens = match value.get("maxTokens") {
