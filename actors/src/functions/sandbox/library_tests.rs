@@ -10,16 +10,25 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::model::{ModelReply, ModelRequest, Usage};
 
 /// How the host answers `ctx.call(target, input)`.
 type Handler = Arc<dyn Fn(&str, &Value) -> Result<Value, SandboxError> + Send + Sync>;
 
-/// A host with a kv store, a log and scriptable function calls.
+/// How the host's model answers a request (`None`: there is no model provider).
+type ModelAnswer = Arc<dyn Fn(&ModelRequest) -> Result<String, SandboxError> + Send + Sync>;
+
+/// A host with a kv store, a log, scriptable function calls, secrets, a scriptable model and a
+/// schedule book.
 struct LibHost {
     handler: Handler,
     kv: Mutex<BTreeMap<String, Value>>,
     logs: Mutex<Vec<(LogLevel, String)>>,
     calls: Mutex<Vec<(String, Value)>>,
+    secrets: Mutex<BTreeMap<String, String>>,
+    model: Mutex<Option<ModelAnswer>>,
+    prompts: Mutex<Vec<ModelRequest>>,
+    scheduled: Mutex<Vec<(String, ScheduleRequest)>>,
 }
 
 impl LibHost {
@@ -29,7 +38,31 @@ impl LibHost {
             kv: Mutex::default(),
             logs: Mutex::default(),
             calls: Mutex::default(),
+            secrets: Mutex::default(),
+            model: Mutex::default(),
+            prompts: Mutex::default(),
+            scheduled: Mutex::default(),
         })
+    }
+
+    fn set_secret(&self, name: &str, value: &str) {
+        if let Ok(mut secrets) = self.secrets.lock() {
+            secrets.insert(name.to_string(), value.to_string());
+        }
+    }
+
+    fn set_model(&self, answer: ModelAnswer) {
+        if let Ok(mut model) = self.model.lock() {
+            *model = Some(answer);
+        }
+    }
+
+    fn prompts(&self) -> Vec<ModelRequest> {
+        self.prompts.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn scheduled(&self) -> Vec<(String, ScheduleRequest)> {
+        self.scheduled.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Answers every call with `{target, input}`.
@@ -101,6 +134,74 @@ impl Host for LibHost {
             logs.push((level, message.to_string()));
         }
     }
+
+    fn secret(&self, name: &str) -> Result<String, SandboxError> {
+        self.secrets
+            .lock()
+            .ok()
+            .and_then(|secrets| secrets.get(name).cloned())
+            .ok_or_else(|| SandboxError::Secret(format!("secret {name:?} is not set on node t")))
+    }
+
+    fn model(&self, request: ModelRequest, _meta: CallMeta) -> HostModelFuture {
+        let answer = self.model.lock().ok().and_then(|m| m.clone());
+        if let Ok(mut prompts) = self.prompts.lock() {
+            prompts.push(request.clone());
+        }
+        Box::pin(async move {
+            let Some(answer) = answer else {
+                return Err(SandboxError::ModelUnavailable(
+                    "node t has no model provider; set KLF_MODEL_BASE_URL".into(),
+                ));
+            };
+            Ok(ModelReply {
+                text: answer(&request)?,
+                model: "test-model".into(),
+                usage: Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                },
+                attempts: 1,
+            })
+        })
+    }
+
+    fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
+        let mut scheduled = self
+            .scheduled
+            .lock()
+            .map_err(|_| SandboxError::Internal("poisoned".into()))?;
+        let id = format!("s-{}", scheduled.len() + 1);
+        scheduled.push((id.clone(), request));
+        Ok(id)
+    }
+
+    fn unschedule(&self, id: &str) -> bool {
+        let Ok(mut scheduled) = self.scheduled.lock() else {
+            return false;
+        };
+        let before = scheduled.len();
+        scheduled.retain(|(known, _)| known != id);
+        scheduled.len() < before
+    }
+
+    fn schedules(&self) -> Vec<ScheduleInfo> {
+        self.scheduled()
+            .into_iter()
+            .map(|(id, request)| ScheduleInfo {
+                id,
+                target: request.target,
+                kind: if request.every.is_some() {
+                    "every"
+                } else {
+                    "after"
+                },
+                interval_ms: request.every.map(|every| every.as_millis() as u64),
+                next_at: 1_700_000_000_000,
+                runs: 0,
+            })
+            .collect()
+    }
 }
 
 /// Lets a test call any method: `{"$call": "name", "args": [...]}`; anything else goes to the
@@ -160,6 +261,22 @@ async fn start_code(code: FunctionCode, host: Arc<LibHost>) -> Instance {
 /// An instance of `class` (with `body`) configured with `config`, on `host`.
 async fn start_on(class: &str, body: &str, config: Value, host: Arc<LibHost>) -> Instance {
     start_code(code(source(class, body), config), host).await
+}
+
+/// Like [`start_on`], with more capabilities granted and secrets declared.
+async fn start_granted(
+    class: &str,
+    body: &str,
+    config: Value,
+    host: Arc<LibHost>,
+    capabilities: &[&str],
+    secrets: &[&str],
+) -> Instance {
+    let mut code = code(source(class, body), config);
+    code.capabilities
+        .extend(capabilities.iter().map(|c| c.to_string()));
+    code.secrets = secrets.iter().map(|s| s.to_string()).collect();
+    start_code(code, host).await
 }
 
 async fn start(class: &str, body: &str, config: Value) -> Instance {
@@ -640,6 +757,391 @@ async fn authorizer_denies_over_allows_and_matches_roles_globs_and_conditions() 
     )
     .await;
     fails_with(&broken, json!({ "subject": "a", "action": "b", "resource": "c" }), &["ConfigError: settings.policies[0].effect: expected one of \"allow\", \"deny\", got \"permit\""]).await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[tokio::test]
+async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
+    let host = LibHost::echo();
+    host.set_secret(
+        "api-tokens",
+        "# subject:token\nalice:tok-alice-123\n\n bob : tok-bob-456 \n",
+    );
+    host.set_secret("broken-tokens", "alice:ok\nno-colon-here\n");
+    let grants = ["crypto", "secret"];
+    let secrets = ["api-tokens", "broken-tokens"];
+    let bearer = start_granted(
+        "BaseAuthenticator",
+        "",
+        json!({ "tokensSecret": "api-tokens" }),
+        host.clone(),
+        &grants,
+        &secrets,
+    )
+    .await;
+    assert_eq!(
+        ok(
+            &bearer,
+            json!({ "headers": { "Authorization": "Bearer tok-alice-123" } })
+        )
+        .await,
+        json!({ "authenticated": true, "subject": "alice", "scheme": "bearer" })
+    );
+    assert_eq!(
+        ok(&bearer, json!({ "token": "tok-bob-456" })).await["subject"],
+        json!("bob")
+    );
+    fails_with(
+        &bearer,
+        json!({ "headers": { "authorization": "Bearer tok-mallory" } }),
+        &["AuthError: unknown bearer token"],
+    )
+    .await;
+    fails_with(
+        &bearer,
+        json!({ "headers": {} }),
+        &["AuthError: missing credentials: no token and no \"authorization\" header"],
+    )
+    .await;
+    fails_with(
+        &bearer,
+        json!({ "headers": { "authorization": "Basic YTpi" } }),
+        &["AuthError: the \"authorization\" header is not \"Bearer <token>\""],
+    )
+    .await;
+    fails_with(
+        &bearer,
+        json!({ "token": 42 }),
+        &["InputError: input.token: expected a non-empty string, got 42"],
+    )
+    .await;
+    fails_with(
+        &bearer,
+        json!({ "headers": "Bearer x" }),
+        &["input.headers: expected an object"],
+    )
+    .await;
+    assert_eq!(
+        ok(&bearer, json!({ "token": "tok-alice-123" })).await["subject"],
+        json!("alice")
+    );
+
+    let soft = start_granted(
+        "BaseAuthenticator",
+        "",
+        json!({ "tokensSecret": "api-tokens", "rejectWithResult": true }),
+        host.clone(),
+        &grants,
+        &secrets,
+    )
+    .await;
+    assert_eq!(
+        ok(&soft, json!({ "token": "nope" })).await,
+        json!({ "authenticated": false, "reason": "unknown bearer token", "code": "unknown_token" })
+    );
+    let keys = start_granted(
+        "BaseAuthenticator",
+        "",
+        json!({ "scheme": "api-key", "header": "X-Api-Key", "tokensSecret": "api-tokens" }),
+        host.clone(),
+        &grants,
+        &secrets,
+    )
+    .await;
+    assert_eq!(
+        ok(&keys, json!({ "headers": { "x-api-key": "tok-bob-456" } })).await,
+        json!({ "authenticated": true, "subject": "bob", "scheme": "api-key" })
+    );
+    fails_with(
+        &keys,
+        json!({ "headers": { "x-api-key": "tok-bob-457" } }),
+        &["AuthError: unknown API key"],
+    )
+    .await;
+    // A malformed secret is named by line, never shown.
+    let broken = start_granted(
+        "BaseAuthenticator",
+        "",
+        json!({ "tokensSecret": "broken-tokens" }),
+        host.clone(),
+        &grants,
+        &secrets,
+    )
+    .await;
+    let message = fails(&broken, json!({ "token": "ok" })).await;
+    assert!(
+        message.contains("ConfigError: secret \"broken-tokens\" line 2 is not \"subject:token\""),
+        "{message}"
+    );
+    assert!(!message.contains("no-colon-here"), "{message}");
+    // Without the grants, the host's refusal reaches the caller as it is.
+    let ungranted = start_on(
+        "BaseAuthenticator",
+        "",
+        json!({ "tokensSecret": "api-tokens" }),
+        host,
+    )
+    .await;
+    match ungranted
+        .execute(json!({ "token": "tok-bob-456" }), meta())
+        .await
+    {
+        Err(SandboxError::CapabilityDenied { capability, .. }) => assert_eq!(capability, "secret"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authenticator_verifies_hmac_signatures_and_timestamps() {
+    let host = LibHost::echo();
+    host.set_secret("webhook-key", "whsec_test_key");
+    let config = json!({ "scheme": "hmac", "hmacSecret": "webhook-key", "hmacSubject": "billing-webhook", "toleranceMs": 60000 });
+    let i = start_granted(
+        "BaseAuthenticator",
+        "",
+        config,
+        host,
+        &["crypto", "secret"],
+        &["webhook-key"],
+    )
+    .await;
+    let body = "{\"event\":\"paid\",\"amount\":12}";
+    let at = now_ms();
+    let signature = match crypto::hmac_hex("sha256", "whsec_test_key", &format!("{at}.{body}")) {
+        Ok(signature) => signature,
+        Err(error) => panic!("{error}"),
+    };
+    let signed = |body: &str, at: u64, signature: &str| json!({ "headers": { "X-Signature": format!("sha256={signature}"), "X-Timestamp": at.to_string() }, "body": body });
+    assert_eq!(
+        ok(&i, signed(body, at, &signature)).await,
+        json!({ "authenticated": true, "subject": "billing-webhook", "scheme": "hmac" })
+    );
+    // The same from explicit fields, and the class computes the same signature.
+    assert_eq!(
+        ok(
+            &i,
+            json!({ "signature": signature, "timestamp": at, "body": body })
+        )
+        .await["authenticated"],
+        json!(true)
+    );
+    assert_eq!(call(&i, "sign", json!([body, at])).await, json!(signature));
+    fails_with(
+        &i,
+        signed("{\"event\":\"paid\",\"amount\":1200}", at, &signature),
+        &["AuthError: bad signature: it does not match the body and timestamp"],
+    )
+    .await;
+    fails_with(&i, signed(body, at + 1, &signature), &["bad signature"]).await;
+    fails_with(
+        &i,
+        signed(body, at, "zz"),
+        &["bad signature: not a hex string"],
+    )
+    .await;
+    let stale = at - 120_000;
+    let old = match crypto::hmac_hex("sha256", "whsec_test_key", &format!("{stale}.{body}")) {
+        Ok(signature) => signature,
+        Err(error) => panic!("{error}"),
+    };
+    fails_with(
+        &i,
+        signed(body, stale, &old),
+        &["AuthError: stale timestamp:", "at most 60000 ms allowed"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "headers": { "x-timestamp": at.to_string() }, "body": body }),
+        &["AuthError: missing signature"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "signature": signature, "body": body }),
+        &["AuthError: missing timestamp"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "signature": signature, "timestamp": "yesterday", "body": body }),
+        &["AuthError: bad timestamp \"yesterday\""],
+    )
+    .await;
+    assert_eq!(
+        ok(&i, signed(body, at, &signature)).await["authenticated"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn encryptor_seals_fields_bound_to_their_place() {
+    let host = LibHost::echo();
+    host.set_secret("field-key", "correct horse battery staple");
+    host.set_secret("other-key", "another passphrase");
+    let grants = ["crypto", "secret"];
+    let config = json!({ "keySecret": "field-key", "fields": ["ssn", "card.number", "tags", "notes"], "aadField": "id" });
+    let i = start_granted(
+        "BaseEncryptor",
+        "",
+        config,
+        host.clone(),
+        &grants,
+        &["field-key"],
+    )
+    .await;
+    let record = json!({ "id": "c1", "name": "Ann", "ssn": "123-45-6789", "card": { "number": "4111 1111", "exp": "12/30" }, "tags": ["vip", 3] });
+    let sealed = ok(&i, json!({ "op": "encrypt", "record": record })).await;
+    assert_eq!(
+        sealed["meta"],
+        json!({ "encrypted": ["ssn", "card.number", "tags"], "skipped": ["notes"] })
+    );
+    let out = &sealed["record"];
+    assert_eq!(
+        (out["name"].clone(), out["card"]["exp"].clone()),
+        (json!("Ann"), json!("12/30"))
+    );
+    for (field, encoding) in [
+        (&out["ssn"], "text"),
+        (&out["card"]["number"], "text"),
+        (&out["tags"], "json"),
+    ] {
+        assert_eq!(field["alg"], json!("chacha20-poly1305"));
+        assert_eq!(field["encoding"], json!(encoding));
+        assert!(
+            field["nonce"].is_string() && field["ciphertext"].is_string(),
+            "{field}"
+        );
+        assert!(
+            !field.to_string().contains("4111") && !field.to_string().contains("123-45"),
+            "{field}"
+        );
+    }
+    let opened = ok(&i, json!({ "op": "decrypt", "record": out })).await;
+    assert_eq!(
+        opened,
+        json!({ "record": record, "meta": { "decrypted": ["ssn", "card.number", "tags"], "skipped": ["notes"] } })
+    );
+    // Tampered, moved to another field, or moved to another record: none decrypts.
+    let mut tampered = out.clone();
+    let ciphertext = tampered["ssn"]["ciphertext"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let flipped = if ciphertext.starts_with('A') {
+        ciphertext.replacen('A', "B", 1)
+    } else {
+        format!("A{}", &ciphertext[1..])
+    };
+    tampered["ssn"]["ciphertext"] = json!(flipped);
+    fails_with(&i, json!({ "op": "decrypt", "record": tampered }), &["CryptoError: record.ssn: cannot decrypt (tampered ciphertext, wrong key or wrong associated data)"]).await;
+    let mut moved = out.clone();
+    moved["card"]["number"] = out["ssn"].clone();
+    fails_with(
+        &i,
+        json!({ "op": "decrypt", "record": moved }),
+        &["CryptoError: record.card.number: cannot decrypt"],
+    )
+    .await;
+    let mut other_record = out.clone();
+    other_record["id"] = json!("c2");
+    fails_with(
+        &i,
+        json!({ "op": "decrypt", "record": other_record }),
+        &["CryptoError: record.ssn"],
+    )
+    .await;
+    // Another key does not open it either.
+    let wrong = start_granted(
+        "BaseEncryptor",
+        "",
+        json!({ "keySecret": "other-key", "fields": ["ssn"], "aadField": "id" }),
+        host.clone(),
+        &grants,
+        &["other-key"],
+    )
+    .await;
+    fails_with(
+        &wrong,
+        json!({ "op": "decrypt", "record": out }),
+        &["CryptoError: record.ssn: cannot decrypt"],
+    )
+    .await;
+    // Texts, with and without associated data.
+    let envelope = call(&i, "encrypt", json!(["hello", "order-7"])).await;
+    assert_eq!(
+        call(&i, "decrypt", json!([envelope, "order-7"])).await,
+        json!("hello")
+    );
+    call_fails_with(
+        &i,
+        "decrypt",
+        json!([envelope, "order-8"]),
+        &["CryptoError: cannot decrypt"],
+    )
+    .await;
+    call_fails_with(&i, "decrypt", json!([{ "alg": "x" }]), &["InputError: envelope: expected an encrypted envelope {alg, nonce, ciphertext}, got an object"]).await;
+    call_fails_with(
+        &i,
+        "encrypt",
+        json!([42]),
+        &["InputError: text: expected a string, got 42"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "op": "decrypt", "record": { "id": "c1", "ssn": "plain" } }),
+        &["record.ssn: expected an encrypted envelope"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "op": "encrypt", "record": [] }),
+        &["input.record: expected an object"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "op": "encrypt", "record": { "ssn": "1" } }),
+        &["record.id: expected a value (settings.aadField binds envelopes to it)"],
+    )
+    .await;
+    assert_eq!(
+        ok(&i, json!({ "op": "decrypt", "record": out })).await["record"],
+        record
+    );
+    // An undeclared secret is the host's refusal, typed, not a CryptoError.
+    let undeclared = start_granted(
+        "BaseEncryptor",
+        "",
+        json!({ "keySecret": "field-key" }),
+        host.clone(),
+        &grants,
+        &[],
+    )
+    .await;
+    match undeclared
+        .execute(json!({ "$call": "encrypt", "args": ["x"] }), meta())
+        .await
+    {
+        Err(SandboxError::CapabilityDenied { detail, .. }) => {
+            assert!(detail.contains("not declared"), "{detail}")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let unconfigured = start_granted("BaseEncryptor", "", json!({}), host, &grants, &[]).await;
+    call_fails_with(
+        &unconfigured,
+        "encrypt",
+        json!(["x"]),
+        &["ConfigError: settings.keySecret: expected the name of a secret"],
+    )
+    .await;
 }
 
 // ---- Communication -------------------------------------------------------------------------------
@@ -1653,6 +2155,152 @@ async fn model_processor_scores_local_models() {
 }
 
 #[tokio::test]
+async fn model_processor_asks_the_provider_with_a_filled_prompt() {
+    let host = LibHost::echo();
+    host.set_model(Arc::new(|request: &ModelRequest| {
+        let last = request
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        Ok(if last.contains("broken") {
+            "I cannot rate that".to_string()
+        } else if request.json {
+            format!(
+                "```json\n{{\"sentiment\": \"positive\", \"about\": {}}}\n```",
+                serde_json::to_string(&last).unwrap_or_default()
+            )
+        } else {
+            format!("echo: {last}")
+        })
+    }));
+    let config = json!({ "model": { "kind": "provider", "system": "You rate reviews.", "prompt": "Rate: {{review}} ({{stars}} stars, {{meta}})",
+                                      "json": true, "maxTokens": 50, "temperature": 0 } });
+    let i = start_granted(
+        "BaseModelProcessor",
+        "",
+        config,
+        host.clone(),
+        &["model"],
+        &[],
+    )
+    .await;
+    let out = ok(
+        &i,
+        json!({ "review": "great", "stars": 5, "meta": { "lang": "en" } }),
+    )
+    .await;
+    let prompt = "Rate: great (5 stars, {\"lang\":\"en\"})";
+    assert_eq!(
+        out["json"],
+        json!({ "sentiment": "positive", "about": prompt })
+    );
+    assert_eq!(
+        (out["model"].clone(), out["usage"].clone()),
+        (
+            json!("test-model"),
+            json!({ "inputTokens": 12, "outputTokens": 3 })
+        )
+    );
+    assert!(
+        out["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("```json"))
+    );
+    let sent = host.prompts();
+    let request = &sent[0];
+    let messages: Vec<(String, String)> = request
+        .messages
+        .iter()
+        .map(|m| (m.role.clone(), m.content.clone()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("system".to_string(), "You rate reviews.".to_string()),
+            ("user".to_string(), prompt.to_string())
+        ]
+    );
+    assert_eq!(
+        (request.max_tokens, request.temperature, request.json),
+        (Some(50), Some(0.0), true)
+    );
+    fails_with(
+        &i,
+        json!({ "review": "great" }),
+        &["InputError: input.stars: is required by the prompt template"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "review": "broken", "stars": 1, "meta": 0 }),
+        &["the model did not answer JSON", "\"I cannot rate that\""],
+    )
+    .await;
+    let all = ok(
+        &i,
+        json!({ "records": [{ "review": "ok", "stars": 3, "meta": 1 }] }),
+    )
+    .await;
+    assert_eq!(all["records"][0]["review"], json!("ok"));
+    assert_eq!(
+        all["records"][0]["inference"]["json"]["sentiment"],
+        json!("positive")
+    );
+    // Without a template, the input is the prompt.
+    let plain = start_granted(
+        "BaseModelProcessor",
+        "",
+        json!({ "model": { "kind": "provider" } }),
+        host.clone(),
+        &["model"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ok(&plain, json!("hello")).await["text"],
+        json!("echo: hello")
+    );
+    assert_eq!(
+        ok(&plain, json!({ "prompt": "hi" })).await["text"],
+        json!("echo: hi")
+    );
+    assert_eq!(
+        ok(&plain, json!({ "a": 1 })).await["text"],
+        json!("echo: {\"a\":1}")
+    );
+    fails_with(&plain, json!(null), &["input: expected a prompt"]).await;
+    // No provider: the host's typed error, with its advice, reaches the caller.
+    let bare = LibHost::echo();
+    let none = start_granted(
+        "BaseModelProcessor",
+        "",
+        json!({ "model": { "kind": "provider" } }),
+        bare,
+        &["model"],
+        &[],
+    )
+    .await;
+    match none.execute(json!("hello"), meta()).await {
+        Err(SandboxError::ModelUnavailable(message)) => {
+            assert!(message.contains("KLF_MODEL_BASE_URL"), "{message}")
+        }
+        other => panic!("expected ModelUnavailable, got {other:?}"),
+    }
+    let ungranted = start_on(
+        "BaseModelProcessor",
+        "",
+        json!({ "model": { "kind": "provider" } }),
+        host,
+    )
+    .await;
+    match ungranted.execute(json!("hello"), meta()).await {
+        Err(SandboxError::CapabilityDenied { capability, .. }) => assert_eq!(capability, "model"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn decision_engine_applies_rules_by_priority() {
     let rules = json!([
         { "id": "gold", "priority": 10, "when": { "field": "spend", "op": "gte", "value": 1000 }, "then": { "tier": "gold" } },
@@ -2136,6 +2784,119 @@ async fn task_scheduler_computes_next_runs() {
     assert!(
         ok(&i, json!({ "op": "nextRun", "spec": { "everyMs": 1000 } })).await["at"].is_number()
     );
+}
+
+#[tokio::test]
+async fn task_scheduler_schedules_through_the_host() {
+    let host = LibHost::echo();
+    let i = start_granted(
+        "BaseTaskScheduler",
+        "",
+        json!({ "target": "audit" }),
+        host.clone(),
+        &["schedule"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ok(
+            &i,
+            json!({ "op": "after", "ms": 500, "target": "dep", "input": { "x": 1 } })
+        )
+        .await,
+        json!({ "id": "s-1" })
+    );
+    assert_eq!(
+        ok(
+            &i,
+            json!({ "op": "every", "ms": 1000, "input": { "tick": true } })
+        )
+        .await,
+        json!({ "id": "s-2" })
+    );
+    let before = now_ms();
+    let next = ok(&i, json!({ "op": "next", "spec": { "everyMs": 60000 } })).await;
+    let after = now_ms();
+    assert_eq!(next["id"], json!("s-3"));
+    let at = next["at"].as_u64().unwrap_or_default();
+    assert!(
+        at % 60_000 == 0 && at > before && at <= after + 60_000,
+        "{next}"
+    );
+    let booked = host.scheduled();
+    assert_eq!(booked.len(), 3);
+    assert_eq!(
+        (
+            booked[0].1.target.as_str(),
+            booked[0].1.delay,
+            booked[0].1.every,
+            booked[0].1.input.clone()
+        ),
+        ("dep", Duration::from_millis(500), None, json!({ "x": 1 }))
+    );
+    assert_eq!(
+        (booked[1].1.target.as_str(), booked[1].1.every),
+        ("audit", Some(Duration::from_secs(1)))
+    );
+    assert!(
+        booked[2].1.delay <= Duration::from_secs(60),
+        "{:?}",
+        booked[2].1
+    );
+    let listed = ok(&i, json!({ "op": "list" })).await["schedules"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        (listed[1]["kind"].clone(), listed[1]["intervalMs"].clone()),
+        (json!("every"), json!(1000))
+    );
+    assert_eq!(
+        ok(&i, json!({ "op": "cancel", "id": "s-1" })).await,
+        json!({ "cancelled": true })
+    );
+    assert_eq!(
+        ok(&i, json!({ "op": "cancel", "id": "s-1" })).await,
+        json!({ "cancelled": false })
+    );
+    fails_with(
+        &i,
+        json!({ "op": "every", "ms": 50 }),
+        &["InputError: ms: expected an integer ≥ 100, got 50"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "op": "after", "ms": -5 }),
+        &["ms: expected an integer ≥ 0, got -5"],
+    )
+    .await;
+    fails_with(
+        &i,
+        json!({ "op": "after", "ms": 10, "target": 7 }),
+        &["target: expected a function name, got 7"],
+    )
+    .await;
+    // The host decides which targets are allowed.
+    match i
+        .execute(
+            json!({ "op": "after", "ms": 10, "target": "stranger" }),
+            meta(),
+        )
+        .await
+    {
+        Err(error) => assert!(
+            error.to_string().contains("not a declared dependency"),
+            "{error}"
+        ),
+        Ok(output) => panic!("scheduled an undeclared target: {output}"),
+    }
+    let untargeted =
+        start_granted("BaseTaskScheduler", "", json!({}), host, &["schedule"], &[]).await;
+    fails_with(
+        &untargeted,
+        json!({ "op": "after", "ms": 10 }),
+        &["ConfigError: settings.target: expected the function to call"],
+    )
+    .await;
 }
 
 #[tokio::test]

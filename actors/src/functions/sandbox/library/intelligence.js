@@ -309,8 +309,16 @@ export class BaseLearningEngine extends BaseFunction {
   }
 
   async #load(ctx) {
-    const state = await ctx.kv.get(this.#key());
+    const key = this.#key();
+    const state = await ctx.kv.get(key);
     if (state === undefined || state === null) return { count: 0, mean: 0, m2: 0, features: null, xtx: null, xty: null };
+    const shaped =
+      isPlainObject(state) &&
+      Number.isSafeInteger(state.count) &&
+      typeof state.mean === "number" &&
+      typeof state.m2 === "number" &&
+      (state.features === null || (Number.isSafeInteger(state.features) && Array.isArray(state.xtx) && state.xtx.length === state.features + 1 && Array.isArray(state.xty)));
+    if (!shaped) throw new Error(`kv key "${key}" does not hold a learning state: choose another settings.stateKey, or reset()`);
     return state;
   }
 

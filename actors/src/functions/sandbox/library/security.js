@@ -80,7 +80,7 @@ export class BaseAuthenticator extends BaseFunction {
   /** The hex signature a client sends for `body` at `timestamp` (for clients and tests). */
   async sign(body, timestamp, ctx) {
     ctx = ctxOf(this, ctx);
-    const key = await ctx.secret(requireString(this.settings.hmacSecret, "settings.hmacSecret", configError));
+    const key = await ctx.secret(secretName(this.settings.hmacSecret, "settings.hmacSecret", "the HMAC key"));
     return ctx.crypto.hmac("sha256", key, `${timestamp}.${bodyText(body)}`);
   }
 
@@ -113,7 +113,7 @@ export class BaseAuthenticator extends BaseFunction {
   }
 
   async #loadTokens(ctx) {
-    const name = requireString(this.settings.tokensSecret, "settings.tokensSecret", configError);
+    const name = secretName(this.settings.tokensSecret, "settings.tokensSecret", "subject:token lines");
     const text = await ctx.secret(name);
     if (text === this.#tokens.text) return this.#tokens.entries;
     const entries = [];
@@ -135,7 +135,7 @@ export class BaseAuthenticator extends BaseFunction {
 
   async #verifyHmac(request, ctx) {
     const s = this.settings;
-    const name = requireString(s.hmacSecret, "settings.hmacSecret", configError);
+    const name = secretName(s.hmacSecret, "settings.hmacSecret", "the HMAC key");
     let signature = request.signature ?? headerValue(request.headers, s.signatureHeader);
     const timestamp = request.timestamp ?? headerValue(request.headers, s.timestampHeader);
     if (signature === undefined || signature === "") {
@@ -159,6 +159,13 @@ export class BaseAuthenticator extends BaseFunction {
     if (!ok) throw new AuthError("bad signature: it does not match the body and timestamp", "bad_signature");
     return { authenticated: true, subject: s.hmacSubject ?? name, scheme: "hmac" };
   }
+}
+
+function secretName(name, path, holding) {
+  if (typeof name !== "string" || name === "") {
+    throw configError(path, `the name of a secret holding ${holding} (declared in \`secrets\` in klf.toml)`, name);
+  }
+  return name;
 }
 
 // What is signed: the body as sent (a string), or its JSON text.
@@ -343,7 +350,7 @@ export class BaseEncryptor extends BaseFunction {
   }
 
   #keySecret() {
-    return requireString(this.settings.keySecret, "settings.keySecret", configError);
+    return secretName(this.settings.keySecret, "settings.keySecret", "the key");
   }
 
   #fields(fields) {
@@ -365,10 +372,11 @@ export class BaseEncryptor extends BaseFunction {
   }
 }
 
+// The host's CryptoError, said in terms of what was being done; any other failure (a denied
+// capability, an undeclared or unset secret) goes on as it is, typed.
 function asCryptoError(error, what) {
-  if (error instanceof CryptoError || error instanceof KlfInputError) return error;
-  if (error instanceof HostError && error.name === "CapabilityDenied") return error;
-  return new CryptoError(`${what}: ${error.message}`, { cause: error });
+  if (error instanceof HostError && error.name === "CryptoError") return new CryptoError(`${what}: ${error.message}`, { cause: error });
+  return error;
 }
 
 /** JSON-schema checks of the input (settings.schema) or of any value against any schema. */
