@@ -1579,3 +1579,83 @@ pub fn json_type(value: &Value) -> &'static str {
         Value::Object(_) => "a table",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let model = "kind = \"model\"\nname = \"m\"\nprovider = \"openai\"\nmodel = \"gpt\"\n[price]\ninput_per_1k = 0.1\noutput_per_1k = 0.2\n";
+        assert!(parse(model, "x.toml").is_ok());
+        let cases = [
+            (model.replace("openai", "acme"), "x.toml: field `provider`"),
+            (
+                model.replace("name = \"m\"", "name = \"M M\""),
+                "x.toml: field `name`",
+            ),
+            (
+                model.replace("input_per_1k = 0.1", "input_per_1k = -1.0"),
+                "field `price.input_per_1k`",
+            ),
+            (format!("{model}extra = 1\n"), "unknown field `extra`"),
+            (
+                model.replace("model = \"gpt\"\n", ""),
+                "x.toml: field `model`: missing field `model`",
+            ),
+            (
+                model.replace("kind = \"model\"", "kind = 3"),
+                "field `kind`",
+            ),
+            (
+                "kind = \"model\"\nname = ".to_string(),
+                "not valid TOML at line 2",
+            ),
+        ];
+        for (text, needle) in cases {
+            let error = error_of(&text);
+            assert!(error.contains(needle), "{needle:?} not in {error:?}");
+        }
+    }
+
+    #[test]
+    fn conditions_and_parameters_are_checked() {
+        assert!(
+            check_condition(
+                &serde_json::json!({"all": [{"field": "a", "op": "gt", "value": 1}]}),
+                "when"
+            )
+            .is_ok()
+        );
+        let (field, _) = check_condition(
+            &serde_json::json!({"any": [{"field": "a", "op": "near", "value": 1}]}),
+            "when",
+        )
+        .unwrap_err();
+        assert_eq!(field, "when.any[0].op");
+        let p = Parameter {
+            name: "n".into(),
+            kind: ParamType::Integer,
+            default: None,
+            description: String::new(),
+            min: Some(1.0),
+            max: Some(10.0),
+            choices: None,
+        };
+        assert_eq!(coerce(&p, &Value::from("7")).unwrap(), Value::from(7));
+        assert!(
+            coerce(&p, &Value::from("70"))
+                .unwrap_err()
+                .contains("above the maximum")
+        );
+        assert!(
+            coerce(&p, &Value::from("x"))
+                .unwrap_err()
+                .contains("not an integer")
+        );
+    }
+}

@@ -348,3 +348,29 @@ fn load_one(
         body,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_ingredients_load_without_errors_and_every_recipe_renders_or_names_what_it_needs()
+    {
+        let library = Library::shipped();
+        assert!(library.errors().is_empty(), "{:#?}", library.errors());
+        assert!(library.list(Some(Kind::Recipe)).count() >= 12);
+        for recipe in library.list(Some(Kind::Recipe)) {
+            let request = crate::ingredients::RenderRequest {
+                recipe: recipe.name.clone(),
+                ..Default::default()
+            };
+            match crate::ingredients::render::render(&library, &request) {
+                Ok(rendered) => {
+                    rendered.package().expect("a package");
+                }
+                Err(crate::ingredients::RenderError::MissingParameter { .. }) => {}
+                Err(other) => panic!("{}: {other}", recipe.name),
+            }
+        }
+    }
+}
