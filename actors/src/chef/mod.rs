@@ -3,3 +3,4 @@
 
 pub mod bm25;
 pub mod messages;
+pub mod providers;
