@@ -237,7 +237,9 @@ pub enum AgentResponse {
         tokens_out: u64,
     },
     Validated(ValidationResult),
-    Tests(Vec<TestCase>),
+    Tests {
+        tests: Vec<TestCase>,
+    },
     Tested(TestResult),
     Deployed {
         function: String,
