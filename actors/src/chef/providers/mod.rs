@@ -250,11 +250,21 @@ pub fn provider_from(
     }
 }
 
-/// The `openai` provider with every exchange recorded (`klf chef --provider openai --record
-/// FILE`): save the recording with [`replay::Recording::save`] when the run is over.
-pub fn recorded_openai()
--> Result<(Arc<dyn Provider>, Arc<replay::Recording<OpenAiCompatible>>), ProviderError> {
+/// The `openai` provider with every exchange it makes recorded.
+#[derive(Clone)]
+pub struct RecordedProvider {
+    pub provider: Arc<dyn Provider>,
+    /// Save it with [`replay::Recording::save`] when the run is over.
+    pub recording: Arc<replay::Recording<OpenAiCompatible>>,
+}
+
+/// `klf chef --provider openai --record FILE`: the `openai` provider, recording; the file it
+/// saves is what `--provider replay --replay FILE` answers from.
+pub fn recorded_openai() -> Result<RecordedProvider, ProviderError> {
     let recording = Arc::new(replay::Recording::new(openai_model()?));
     let provider = model::ModelBacked::new(recording.clone(), "openai");
-    Ok((Arc::new(provider), recording))
+    Ok(RecordedProvider {
+        provider: Arc::new(provider),
+        recording,
+    })
 }

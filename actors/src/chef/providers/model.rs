@@ -32,8 +32,10 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 const CLOSEST: usize = 3;
 /// The module a repair round may rewrite; nothing else of the package.
 const MODULE: &str = "main.js";
-/// Lines of the rendered module that hold the acceptance tests and schemas: a rewritten module
-/// must keep each of them exactly.
+/// Lines of the rendered module that hold the acceptance tests and schemas. The model sees them
+/// elided (`static tests = "@kept";`), must keep the elided lines, and klf puts the originals back:
+/// the generator cannot edit the acceptance tests, and the prompt stays small (the tests of a
+/// recipe run to tens of kilobytes).
 const PROTECTED: [&str; 4] = [
     "static inputSchema =",
     "static outputSchema =",
@@ -288,8 +290,47 @@ pub fn check_interpretation(text: &str, library: &Library) -> Result<Interpreted
     })
 }
 
-/// Checks a repair round's answer: only `main.js`, which keeps the scaffold's embedded tests.
-pub fn check_module(text: &str, scaffold: &str) -> Result<String, String> {
+/// What an elided line's value becomes.
+const KEPT: &str = "\"@kept\";";
+
+/// A module with its protected lines elided, and how to put them back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Elided {
+    /// What the model is shown.
+    pub module: String,
+    /// (elided line, trimmed; the original line) for each protected line.
+    pub kept: Vec<(String, String)>,
+}
+
+/// Elides the protected lines of `module`.
+pub fn elide(module: &str) -> Elided {
+    let mut kept = Vec::new();
+    let mut shown = Vec::new();
+    for line in module.lines() {
+        let trimmed = line.trim_start();
+        match PROTECTED.iter().find(|p| trimmed.starts_with(*p)) {
+            Some(prefix) => {
+                let indent = &line[..line.len() - trimmed.len()];
+                let elided = format!("{prefix} {KEPT}");
+                shown.push(format!("{indent}{elided}"));
+                kept.push((elided, line.to_string()));
+            }
+            None => shown.push(line.to_string()),
+        }
+    }
+    let mut module_shown = shown.join("\n");
+    if module.ends_with('\n') {
+        module_shown.push('\n');
+    }
+    Elided {
+        module: module_shown,
+        kept,
+    }
+}
+
+/// Checks a repair round's answer: only `main.js`, which keeps each elided line exactly once;
+/// answers the module with the originals of the elided lines put back.
+pub fn check_module(text: &str, elided: &Elided) -> Result<String, String> {
     let value: Result<Value, _> = serde_json::from_str(text.trim());
     if let Ok(Value::Object(object)) = &value {
         let others: Vec<&str> = object
@@ -309,19 +350,35 @@ pub fn check_module(text: &str, scaffold: &str) -> Result<String, String> {
         .get(MODULE)
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{MODULE} is not a string"))?;
-    for line in scaffold.lines() {
-        let kept = line.trim();
-        if PROTECTED.iter().any(|p| kept.starts_with(p))
-            && !source.lines().any(|l| l.trim() == kept)
-        {
-            let head: String = kept.chars().take(40).collect();
-            return Err(format!(
-                "the module must keep the embedded tests and schemas exactly as they are, but \
-                 the line starting {head:?} is missing or changed"
-            ));
+    let mut lines: Vec<String> = source.lines().map(str::to_string).collect();
+    for (marker, original) in &elided.kept {
+        let at: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.trim() == marker)
+            .map(|(i, _)| i)
+            .collect();
+        match at.as_slice() {
+            [i] => lines[*i] = original.clone(),
+            [] => {
+                return Err(format!(
+                    "the line `{marker}` is missing or changed: keep each `\"@kept\"` line \
+                     exactly as it is (klf puts the embedded tests and schemas back there)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "the line `{marker}` appears {} times; keep it exactly once",
+                    at.len()
+                ));
+            }
         }
     }
-    Ok(source.to_string())
+    let mut module = lines.join("\n");
+    if source.ends_with('\n') {
+        module.push('\n');
+    }
+    Ok(module)
 }
 
 /// The system prompt of the interpreter: the recipes and the answer's contract.
@@ -379,9 +436,9 @@ pub fn interpret_prompt(library: &Library) -> String {
 /// The system prompt of a repair round.
 pub const GENERATE_PROMPT: &str = "You repair the JavaScript module (main.js) of a KLF function. \
     It is an ES module whose default export is a class extending a base class of \"klf:base\"; it \
-    may import only \"klf:*\" modules, and may not use eval, Function or dynamic import. Keep the \
-    embedded static inputSchema, outputSchema, tests and acceptedCases lines exactly as they are: \
-    they are the acceptance tests. Answer with only a JSON object: {\"main.js\": \"the whole \
+    may import only \"klf:*\" modules, and may not use eval, Function or dynamic import. Lines such as \
+    `static tests = \"@kept\";` stand for the acceptance tests and schemas, which klf puts back: keep \
+    each of them exactly as it is, once. Answer with only a JSON object: {\"main.js\": \"the whole \
     corrected module\"}.";
 
 /// The user message of a repair round: the requirement, the module and what went wrong.
@@ -487,7 +544,7 @@ impl ModelBacked {
             // The rendered recipe is reviewed code: the first round uses it as it is.
             return Ok(Costed::free(code));
         }
-        let Some(scaffold) = code.files.get(MODULE).cloned() else {
+        let Some(scaffold) = code.files.get(MODULE).map(|m| elide(m)) else {
             return Err(ProviderError::Render {
                 recipe: requirement.recipe.clone(),
                 message: format!("the rendered package has no {MODULE} to repair"),
@@ -495,7 +552,7 @@ impl ModelBacked {
         };
         let mut conversation = Conversation::new(
             GENERATE_PROMPT.to_string(),
-            generate_message(&requirement, &scaffold, &feedback),
+            generate_message(&requirement, &scaffold.module, &feedback),
         );
         let module = conversation
             .ask(self.model.as_ref(), |text| check_module(text, &scaffold))
@@ -642,30 +699,50 @@ mod tests {
     const SCAFFOLD: &str = "class A {\n  static inputSchema = {\"type\":\"object\"};\n  static tests = [1];\n  run() { return 1; }\n}\n";
 
     #[test]
-    fn a_repaired_module_is_main_js_only_and_keeps_the_tests() {
-        let fixed = "class A {\n  static inputSchema = {\"type\":\"object\"};\n  static tests = [1];\n  run() { return 2; }\n}\n";
+    fn protected_lines_are_elided_and_put_back() {
+        let elided = elide(SCAFFOLD);
+        assert_eq!(
+            elided.module,
+            "class A {\n  static inputSchema = \"@kept\";\n  static tests = \"@kept\";\n  run() { return 1; }\n}\n"
+        );
+        let fixed = elided.module.replace("return 1", "return 2");
         let answer = json!({ "main.js": fixed }).to_string();
-        assert_eq!(check_module(&answer, SCAFFOLD), Ok(fixed.to_string()));
+        assert_eq!(
+            check_module(&answer, &elided),
+            Ok(SCAFFOLD.replace("return 1", "return 2"))
+        );
+    }
 
+    #[test]
+    fn a_repaired_module_is_main_js_only_and_keeps_the_tests() {
+        let elided = elide(SCAFFOLD);
+        let fixed = elided.module.replace("return 1", "return 2");
         let answer = json!({ "main.js": fixed, "klf.toml": "name = \"x\"" }).to_string();
-        let problem = check_module(&answer, SCAFFOLD).unwrap_err();
+        let problem = check_module(&answer, &elided).unwrap_err();
         assert!(
             problem.contains("only main.js may be changed, but the answer also has klf.toml"),
             "{problem}"
         );
 
-        let cheating =
-            "class A {\n  static inputSchema = {\"type\":\"object\"};\n  static tests = [];\n}\n";
+        let cheating = elided
+            .module
+            .replace("static tests = \"@kept\";", "static tests = [];");
         let problem =
-            check_module(&json!({ "main.js": cheating }).to_string(), SCAFFOLD).unwrap_err();
-        assert!(problem.contains("\"static tests = [1];\""), "{problem}");
+            check_module(&json!({ "main.js": cheating }).to_string(), &elided).unwrap_err();
+        assert!(
+            problem.contains("the line `static tests = \"@kept\";` is missing or changed"),
+            "{problem}"
+        );
+        let twice = format!("{}  static tests = \"@kept\";\n", elided.module);
+        let problem = check_module(&json!({ "main.js": twice }).to_string(), &elided).unwrap_err();
+        assert!(problem.contains("appears 2 times"), "{problem}");
 
         for (text, expected) in [
             ("module.exports = 1", "it is not JSON"),
             (r#"{"main.js": ""}"#, "does not have the shape"),
             (r#"{"code": "x"}"#, "only main.js may be changed"),
         ] {
-            let problem = check_module(text, SCAFFOLD).unwrap_err();
+            let problem = check_module(text, &elided).unwrap_err();
             assert!(problem.contains(expected), "{text}: {problem}");
         }
     }
