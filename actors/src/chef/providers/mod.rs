@@ -7,9 +7,12 @@
 //!   asked for as JSON and validated here before anything is believed.
 //! - `replay`: the `openai` provider over recorded exchanges, for tests.
 
+pub mod model;
 pub mod offline;
+pub mod replay;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -20,7 +23,7 @@ use super::messages::{
 use crate::ingredients::kinds::Recipe;
 use crate::ingredients::{Library, RenderRequest, render};
 use crate::mesh::transport::BoxFuture;
-use crate::model::Usage;
+use crate::model::{ModelConfig, OpenAiCompatible, Usage};
 
 /// Why a provider could not do its part.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -34,6 +37,9 @@ pub enum ProviderError {
     /// Rendering the recipe failed.
     #[error("rendering {recipe}: {message}")]
     Render { recipe: String, message: String },
+    /// The provider cannot be set up as asked; the message says what to do.
+    #[error("provider {provider}: {message}")]
+    Setup { provider: String, message: String },
 }
 
 /// What the interpreter concluded.
@@ -179,5 +185,86 @@ pub fn render_requirement(
         files: rendered.files,
         round,
         fixtures: rendered.fixtures.secrets,
+    })
+}
+
+/// The providers `provider_from` knows.
+pub const PROVIDERS: [&str; 3] = ["offline", "openai", "replay"];
+
+fn setup(provider: &str, message: impl Into<String>) -> ProviderError {
+    ProviderError::Setup {
+        provider: provider.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The `openai` model from the environment (see [`ModelConfig::from_env`]).
+fn openai_model() -> Result<OpenAiCompatible, ProviderError> {
+    let config = ModelConfig::from_env().ok_or_else(|| {
+        setup(
+            "openai",
+            "no endpoint is configured: set KLF_MODEL_BASE_URL (or OPENAI_BASE_URL) to an \
+             OpenAI-compatible endpoint such as https://api.openai.com/v1, KLF_MODEL (or \
+             OPENAI_MODEL, default gpt-4o-mini) and KLF_MODEL_API_KEY (or OPENAI_API_KEY); or use \
+             --provider offline, which needs no network",
+        )
+    })?;
+    OpenAiCompatible::new(config).map_err(|e| {
+        setup(
+            "openai",
+            format!("{e}; check KLF_MODEL_BASE_URL (or OPENAI_BASE_URL)"),
+        )
+    })
+}
+
+/// The provider called `name`: `offline` (no network), `openai` (the endpoint the environment
+/// names) or `replay` (the exchanges recorded in `replay_file`).
+pub fn provider_from(
+    name: &str,
+    replay_file: Option<&Path>,
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    match name {
+        "offline" | "" => Ok(Arc::new(offline::Offline)),
+        "openai" => Ok(Arc::new(model::ModelBacked::new(
+            Arc::new(openai_model()?),
+            "openai",
+        ))),
+        "replay" => {
+            let file = replay_file.ok_or_else(|| {
+                setup(
+                    "replay",
+                    "needs the recording to replay: pass --replay FILE (a file written by \
+                     --provider openai --record FILE)",
+                )
+            })?;
+            let replay = replay::Replay::load(file).map_err(|e| setup("replay", e.to_string()))?;
+            Ok(Arc::new(model::ModelBacked::new(
+                Arc::new(replay),
+                "replay",
+            )))
+        }
+        other => Err(setup(
+            other,
+            format!("unknown provider; use one of {}", PROVIDERS.join(", ")),
+        )),
+    }
+}
+
+/// The `openai` provider with every exchange it makes recorded.
+#[derive(Clone)]
+pub struct RecordedProvider {
+    pub provider: Arc<dyn Provider>,
+    /// Save it with [`replay::Recording::save`] when the run is over.
+    pub recording: Arc<replay::Recording<OpenAiCompatible>>,
+}
+
+/// `klf chef --provider openai --record FILE`: the `openai` provider, recording; the file it
+/// saves is what `--provider replay --replay FILE` answers from.
+pub fn recorded_openai() -> Result<RecordedProvider, ProviderError> {
+    let recording = Arc::new(replay::Recording::new(openai_model()?));
+    let provider = model::ModelBacked::new(recording.clone(), "openai");
+    Ok(RecordedProvider {
+        provider: Arc::new(provider),
+        recording,
     })
 }
