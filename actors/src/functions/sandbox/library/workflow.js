@@ -284,15 +284,12 @@ export class BaseTaskScheduler extends BaseFunction {
   }
 }
 
-const PROCESS_DEFAULTS = {
-  states: ["created", "running", "paused", "completed", "failed", "cancelled"],
-  transitions: {
-    created: { start: "running", cancel: "cancelled" },
-    running: { pause: "paused", complete: "completed", fail: "failed", cancel: "cancelled" },
-    paused: { resume: "running", cancel: "cancelled" },
-  },
-  initial: "created",
-  terminal: ["completed", "failed", "cancelled"],
+// The job lifecycle used when settings.transitions is null. Not a default to merge into: a machine
+// of one's own would otherwise inherit these states.
+const JOB_TRANSITIONS = {
+  created: { start: "running", cancel: "cancelled" },
+  running: { pause: "paused", complete: "completed", fail: "failed", cancel: "cancelled" },
+  paused: { resume: "running", cancel: "cancelled" },
 };
 
 /**
@@ -300,7 +297,14 @@ const PROCESS_DEFAULTS = {
  * a history of transitions. Needs the "kv" capability.
  */
 export class BaseProcessManager extends BaseFunction {
-  static defaults = { ...PROCESS_DEFAULTS, keyPrefix: "process/", historyLimit: 100 };
+  static defaults = {
+    states: null,
+    transitions: null,
+    initial: "created",
+    terminal: ["completed", "failed", "cancelled"],
+    keyPrefix: "process/",
+    historyLimit: 100,
+  };
 
   #locks = new KeyedLock();
   #checked = null;
@@ -403,7 +407,7 @@ export class BaseProcessManager extends BaseFunction {
   #machine() {
     const s = this.settings;
     if (this.#checked !== null && this.#checked.transitions === s.transitions && this.#checked.states === s.states) return this.#checked;
-    const transitions = requireObject(s.transitions, "settings.transitions", configError);
+    const transitions = requireObject(s.transitions ?? JOB_TRANSITIONS, "settings.transitions", configError);
     const initial = requireString(s.initial, "settings.initial", configError);
     const terminal = requireArray(s.terminal ?? [], "settings.terminal", configError);
     let states = s.states;
@@ -427,6 +431,11 @@ export class BaseProcessManager extends BaseFunction {
       for (const event of Object.keys(events)) known(events[event], `settings.transitions.${from}.${event}`);
       if (terminal.includes(from) && Object.keys(events).length > 0) {
         throw new ConfigError(`settings.transitions.${from}: ${from} is terminal, so it has no transitions`, { path: `settings.transitions.${from}` });
+      }
+    }
+    for (const state of states) {
+      if (!terminal.includes(state) && Object.keys(transitions[state] ?? {}).length === 0) {
+        throw new ConfigError(`settings.transitions: state "${state}" has no transitions and is not in settings.terminal (a process there would be stuck)`, { path: "settings.transitions" });
       }
     }
     this.#checked = { transitions, states: s.states, initial, terminal };
