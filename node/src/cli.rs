@@ -44,6 +44,9 @@ pub enum Command {
     /// Functions: deploy, list, inspect, remove.
     #[command(subcommand, name = "fn")]
     Fn(crate::functions::FnCommand),
+    /// Ingredients: model configurations, data-flow, API, security and testing templates, recipes.
+    #[command(subcommand)]
+    Ingredients(crate::ingredients::IngredientsCommand),
     /// Run three local nodes and show them forming a mesh, leaving and failing.
     Demo,
     /// Show the mesh's members and their state.
@@ -87,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members { client } => members(client).await,
         Command::Demo => crate::demo::run().await,
         Command::Fn(command) => crate::functions::run(command).await,
+        Command::Ingredients(command) => crate::ingredients::run(command).await,
     }
 }
 

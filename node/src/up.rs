@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// Join the mesh this token names (first start only).
     #[arg(long)]
     pub join: Option<String>,
+    /// A folder of user ingredients (repeatable), loaded after the shipped ones and
+    /// DATA/ingredients; an ingredient named like an earlier one overrides it.
+    #[arg(long = "ingredients", value_name = "DIR")]
+    pub ingredients: Vec<PathBuf>,
 }
 
 fn saved_addr(saved: Option<&String>, default: &str) -> anyhow::Result<SocketAddr> {
@@ -125,6 +129,7 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         local_api: Some(api_bound.to_string()),
         advertise,
         model: ModelConfig::from_env(),
+        ingredient_dirs: args.ingredients.clone(),
         ..RunOptions::loopback()
     };
     match &options.model {

@@ -39,10 +39,16 @@ enum Path {
     /// bench).
     Raw,
     Floor,
+    /// The same Ping on the live connection from the caller's task (`TransportHandle`), the path
+    /// remote invokes take.
+    Direct,
     Invoke {
         from: usize,
     },
 }
+
+/// node0's direct transport path.
+static LINK: std::sync::OnceLock<klf_actors::mesh::TransportHandle> = std::sync::OnceLock::new();
 
 /// The raw floor's client connection.
 static RAW: std::sync::OnceLock<quinn::Connection> = std::sync::OnceLock::new();
@@ -76,6 +82,19 @@ async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Resul
                 other => bail!("expected Pong, got {other:?}"),
             }
         }
+        Path::Direct => {
+            let link = LINK.get().context("no transport handle")?;
+            let frame = Frame::Ping(Ping {
+                payload: vec![0; 64],
+            });
+            match link
+                .request_live(&mesh.nodes[1].identity().node_id, &frame)
+                .await
+            {
+                Some(Ok(Frame::Pong(_))) => Ok(()),
+                other => bail!("expected Pong, got {other:?}"),
+            }
+        }
         Path::Invoke { from } => {
             let request = InvokeRequest::new(function, json!({"n": 1}), Duration::from_secs(5));
             mesh.nodes[from]
@@ -91,21 +110,32 @@ fn micros(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-async fn sequential(
+/// Sequential latency of every path, interleaved: each round runs every path once (starting at a
+/// rotating one), so a burst of load on the machine hits all paths alike and the ratios between
+/// them hold even when the absolute numbers swing.
+async fn sequential_interleaved(
     mesh: &InProcessMesh,
-    path: Path,
-    function: &str,
-) -> anyhow::Result<Histogram<u64>> {
-    for _ in 0..WARMUP {
-        once(mesh, path, function).await?;
+    paths: &[(&str, Path, &str)],
+) -> anyhow::Result<Vec<Histogram<u64>>> {
+    for &(_, path, function) in paths {
+        for _ in 0..WARMUP {
+            once(mesh, path, function).await?;
+        }
     }
-    let mut h = Histogram::<u64>::new(3)?;
-    for _ in 0..MEASURED {
-        let t = Instant::now();
-        once(mesh, path, function).await?;
-        h.record(t.elapsed().as_nanos() as u64)?;
+    let mut histograms = paths
+        .iter()
+        .map(|_| Histogram::<u64>::new(3))
+        .collect::<Result<Vec<_>, _>>()?;
+    for round in 0..MEASURED {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let (_, path, function) = paths[i];
+            let t = Instant::now();
+            once(mesh, path, function).await?;
+            histograms[i].record(t.elapsed().as_nanos() as u64)?;
+        }
     }
-    Ok(h)
+    Ok(histograms)
 }
 
 async fn loaded(
@@ -275,8 +305,18 @@ async fn run() -> anyhow::Result<()> {
     let (raw_endpoint, raw_conn) = klf_tests::floor::floor_client(&creds0, raw_server.addr).await?;
     RAW.set(raw_conn)
         .map_err(|_| anyhow::anyhow!("raw floor connected twice"))?;
+    LINK.set(ractor::call!(
+        mesh.nodes[0].transport(),
+        TransportMsg::Handle
+    )?)
+    .map_err(|_| anyhow::anyhow!("transport handle set twice"))?;
     let paths = [
         ("raw quinn floor (new stream per request)", Path::Raw, name),
+        (
+            "KLF Ping->Pong node0->node1 (live connection, caller's task)",
+            Path::Direct,
+            name,
+        ),
         (
             "KLF Ping->Pong node0->node1 (transport actor)",
             Path::Floor,
@@ -295,13 +335,13 @@ async fn run() -> anyhow::Result<()> {
         ("local trivial JS invoke", Path::Invoke { from: 1 }, name),
     ];
     println!(
-        "\nsequential ({MEASURED} calls after {WARMUP} warm-up) and {IN_FLIGHT} in flight ({} calls):",
+        "\nsequential ({MEASURED} calls per path after {WARMUP} warm-up, the paths interleaved) and {IN_FLIGHT} in flight ({} calls):",
         IN_FLIGHT * PER_TASK
     );
     println!("| path | p50 | p99 | calls/s ({IN_FLIGHT} in flight) |\n|---|---|---|---|");
+    let histograms = sequential_interleaved(&mesh, &paths).await?;
     let mut p50 = Vec::new();
-    for (label, path, function) in paths {
-        let h = sequential(&mesh, path, function).await?;
+    for ((label, path, function), h) in paths.into_iter().zip(histograms) {
         let rate = loaded(mesh.clone(), path, function).await?;
         println!(
             "| {label} | {:.1} µs | {:.1} µs | {:.0} |",
@@ -312,11 +352,11 @@ async fn run() -> anyhow::Result<()> {
         p50.push(micros(&h, 0.5));
     }
     println!(
-        "\nratios (p50): cross-node native / raw quinn floor {:.2}x (target 1.5x); native / KLF round trip {:.2}x; cross-node JS / raw floor {:.2}x; local JS {:.1} µs (target < 50 µs)",
-        p50[2] / p50[0],
-        p50[2] / p50[1],
+        "\nratios (p50): cross-node native / raw quinn floor {:.2}x (target 1.5x); native / direct KLF round trip {:.2}x; cross-node JS / raw floor {:.2}x; local JS {:.1} µs (target < 50 µs)",
         p50[3] / p50[0],
-        p50[4]
+        p50[3] / p50[1],
+        p50[4] / p50[0],
+        p50[5]
     );
     raw_server.close().await;
     raw_endpoint.close(0u32.into(), b"bench done");

@@ -10,5 +10,6 @@ pub mod transport;
 pub use member::{MemberId, MemberState, MemberView};
 pub use membership::{Membership, MembershipArgs, MembershipConfig, MembershipMsg};
 pub use transport::{
-    FrameHandler, PeerAddr, PeerInfo, Transport, TransportArgs, TransportError, TransportMsg,
+    FrameHandler, PeerAddr, PeerInfo, Transport, TransportArgs, TransportError, TransportHandle,
+    TransportMsg,
 };

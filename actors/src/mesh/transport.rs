@@ -139,6 +139,8 @@ pub enum TransportMsg {
     LocalAddr(RpcReplyPort<SocketAddr>),
     /// Closes every connection and the endpoint, waiting briefly for the close to be sent.
     Shutdown(RpcReplyPort<()>),
+    /// A handle for requests on live connections without a trip through this actor.
+    Handle(RpcReplyPort<TransportHandle>),
     /// Internal: a dial or an accept finished its handshake.
     Connected {
         dialed: Option<String>,
@@ -173,6 +175,9 @@ struct Shared {
     handler: OnceLock<Arc<dyn FrameHandler>>,
     /// Peers cut off by fault injection ([`TransportMsg::SetPartitioned`]).
     partitioned: std::sync::RwLock<HashSet<String>>,
+    /// The live connection to each peer, mirrored from the actor's table so that hot-path
+    /// requests can open a stream from the caller's own task (see [`TransportHandle`]).
+    connections: std::sync::RwLock<HashMap<String, Connection>>,
 }
 
 impl Shared {
@@ -181,6 +186,40 @@ impl Shared {
             .read()
             .map(|set| set.contains(node_id))
             .unwrap_or(false)
+    }
+}
+
+/// Requests on live connections straight from the caller's task.
+///
+/// A request through [`TransportMsg::Request`] costs three task hand-offs (the actor's mailbox, the
+/// task that runs the exchange, the reply); on a two-core machine each wakes a parked thread.
+/// The router's invokes take this path instead when a connection is up, and fall back to the
+/// actor (which dials, queues and backs off) when it is not.
+#[derive(Clone)]
+pub struct TransportHandle {
+    shared: Arc<Shared>,
+}
+
+impl TransportHandle {
+    /// Sends `frame` to `node_id` on its live connection and waits for the answer; `None` when
+    /// there is no live connection (use the actor then).
+    pub async fn request_live(
+        &self,
+        node_id: &str,
+        frame: &Frame,
+    ) -> Option<Result<Frame, TransportError>> {
+        if self.shared.is_partitioned(node_id) {
+            return None;
+        }
+        let conn = self
+            .shared
+            .connections
+            .read()
+            .ok()?
+            .get(node_id)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()?;
+        Some(exchange(&conn, frame, &self.shared.limits).await)
     }
 }
 
@@ -235,6 +274,7 @@ impl Actor for Transport {
             node_id: args.credentials.node_id.clone(),
             handler: OnceLock::new(),
             partitioned: std::sync::RwLock::new(HashSet::new()),
+            connections: std::sync::RwLock::new(HashMap::new()),
         });
         info!(addr = %endpoint.local_addr()?, node_id = %shared.node_id, "transport listening");
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), myself));
@@ -300,6 +340,11 @@ impl Actor for Transport {
                     .collect();
                 let _ = reply.send(peers);
             }
+            TransportMsg::Handle(reply) => {
+                let _ = reply.send(TransportHandle {
+                    shared: state.shared.clone(),
+                });
+            }
             TransportMsg::LocalAddr(reply) => {
                 if let Ok(addr) = state.endpoint.local_addr() {
                     let _ = reply.send(addr);
@@ -327,6 +372,9 @@ impl Actor for Transport {
                 {
                     debug!(%node_id, "connection closed");
                     state.peers.remove(&node_id);
+                    if let Ok(mut connections) = state.shared.connections.write() {
+                        connections.remove(&node_id);
+                    }
                 }
             }
         }
@@ -446,6 +494,9 @@ impl TransportState {
                     .is_some_and(|c| c.conn.close_reason().is_none());
                 if !keep_existing {
                     debug!(%node_id, name = %connected.identity.name, "peer connected");
+                    if let Ok(mut connections) = self.shared.connections.write() {
+                        connections.insert(node_id.clone(), connected.conn.clone());
+                    }
                     self.peers.insert(node_id, *connected);
                 }
             }

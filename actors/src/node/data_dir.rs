@@ -55,6 +55,11 @@ impl DataDir {
     pub fn node_file(&self) -> PathBuf {
         self.root.join("node.json")
     }
+    /// User ingredients loaded by every start of this node (see `crate::ingredients`).
+    pub fn ingredients_dir(&self) -> PathBuf {
+        self.root.join("ingredients")
+    }
+
     /// Secrets functions read with `ctx.secret(NAME)`: one file per secret.
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")

@@ -13,6 +13,7 @@ use tracing::debug;
 use crate::mesh::join::JoinService;
 use crate::mesh::transport::BoxFuture;
 use crate::mesh::{FrameHandler, MembershipMsg, PeerAddr};
+use crate::node::AgentEndpoint;
 use crate::registry::RegistryMsg;
 use crate::registry::actor::encode_records;
 use crate::router::Router;
@@ -46,6 +47,7 @@ pub(super) struct NodeFrames {
     pub registry: ActorRef<RegistryMsg>,
     pub router: Router,
     pub join: Arc<JoinService>,
+    pub agents: Arc<std::sync::OnceLock<Arc<dyn AgentEndpoint>>>,
 }
 
 impl NodeFrames {
@@ -135,6 +137,24 @@ impl FrameHandler for NodeFrames {
                 let router = self.router.clone();
                 Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
             }
+            Frame::Agent(message) => match self.agents.get() {
+                Some(endpoint) => {
+                    let answer = endpoint.handle(peer, message);
+                    Box::pin(async move {
+                        match answer.await {
+                            Ok(reply) => Frame::Agent(reply),
+                            Err(reason) => Frame::error(ErrorCode::Unavailable, reason),
+                        }
+                    })
+                }
+                None => Box::pin(std::future::ready(Frame::error(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "no agents run on this node (asked for {:?})",
+                        message.to_agent
+                    ),
+                ))),
+            },
             Frame::ArtifactFetch(fetch) => Box::pin(async move {
                 ask(
                     &registry,

@@ -18,6 +18,7 @@ pub mod choice;
 pub mod error;
 pub mod host;
 pub mod placer;
+pub mod test_run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -33,7 +34,7 @@ pub use host::HostServices;
 
 use crate::functions::instances::{Hosted, Instances};
 use crate::functions::sandbox::CallMeta;
-use crate::mesh::{MemberId, PeerAddr, TransportError, TransportMsg};
+use crate::mesh::{MemberId, PeerAddr, TransportError, TransportHandle, TransportMsg};
 use crate::registry::{Catalog, RegistryMsg, Release};
 use crate::store::Store;
 
@@ -96,6 +97,8 @@ pub(crate) struct RouterInner {
     instances: Instances,
     registry: ActorRef<RegistryMsg>,
     transport: ActorRef<TransportMsg>,
+    /// The transport's direct path for live connections.
+    link: TransportHandle,
     in_flight: Mutex<HashMap<String, usize>>,
 }
 
@@ -149,17 +152,35 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What a router is built from.
+pub struct RouterArgs {
+    /// This node's id.
+    pub me: String,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// Alive members, kept current by the [`placer::Placer`].
+    pub alive: watch::Receiver<Arc<Vec<MemberId>>>,
+    pub registry: ActorRef<RegistryMsg>,
+    pub transport: ActorRef<TransportMsg>,
+    /// The transport's direct path for live connections.
+    pub link: TransportHandle,
+    pub store: Arc<Store>,
+    /// What every function's host offers beyond calls and kv.
+    pub services: host::HostServices,
+}
+
 impl Router {
-    /// A router for node `me`. `alive` is kept current by the [`placer::Placer`].
-    pub fn new(
-        me: String,
-        catalog: watch::Receiver<Arc<Catalog>>,
-        alive: watch::Receiver<Arc<Vec<MemberId>>>,
-        registry: ActorRef<RegistryMsg>,
-        transport: ActorRef<TransportMsg>,
-        store: Arc<Store>,
-        services: host::HostServices,
-    ) -> Self {
+    /// A router for node `args.me`.
+    pub fn new(args: RouterArgs) -> Self {
+        let RouterArgs {
+            me,
+            catalog,
+            alive,
+            registry,
+            transport,
+            link,
+            store,
+            services,
+        } = args;
         let store = Arc::downgrade(&store);
         let inner = Arc::new_cyclic(|weak: &Weak<RouterInner>| {
             let weak = weak.clone();
@@ -177,6 +198,7 @@ impl Router {
                 })),
                 registry,
                 transport,
+                link,
                 in_flight: Mutex::new(HashMap::new()),
             }
         });
@@ -474,19 +496,26 @@ impl RouterInner {
         };
         let wait =
             request.deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        let answer = self
-            .transport
-            .call(
-                |reply| TransportMsg::Request { to, frame, reply },
-                Some(wait),
-            )
-            .await
-            .map_err(|e| {
-                (
-                    InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
-                    false,
+        // A live connection is used from this task; otherwise the actor dials (or says why not).
+        let direct =
+            tokio::time::timeout(wait, self.link.request_live(&host.node_id, &frame)).await;
+        let answer = match direct {
+            Ok(Some(answer)) => ractor::rpc::CallResult::Success(answer),
+            Err(_) => ractor::rpc::CallResult::Timeout,
+            Ok(None) => self
+                .transport
+                .call(
+                    |reply| TransportMsg::Request { to, frame, reply },
+                    Some(wait),
                 )
-            })?;
+                .await
+                .map_err(|e| {
+                    (
+                        InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
+                        false,
+                    )
+                })?,
+        };
         match answer {
             ractor::rpc::CallResult::Success(Ok(Frame::InvokeReply(reply))) => {
                 match reply.outcome {

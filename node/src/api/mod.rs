@@ -1,6 +1,7 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
 pub mod functions;
+pub mod ingredients;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,13 @@ pub fn router(node: Arc<Node>) -> Router {
             get(functions::dependencies),
         )
         .route("/v1/functions/{target}/invoke", post(functions::invoke))
+        .route("/v1/functions/{target}/test", post(functions::test))
+        .route("/v1/ingredients", get(ingredients::list))
+        .route("/v1/ingredients/{name}", get(ingredients::show))
+        .route(
+            "/v1/ingredients/{name}/render",
+            post(ingredients::render_recipe),
+        )
         .with_state(node)
 }
 

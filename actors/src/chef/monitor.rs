@@ -1,0 +1,1 @@
+//! The Monitor (to come).
