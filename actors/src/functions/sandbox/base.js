@@ -211,7 +211,7 @@ const defaultOnExecute = BaseFunction.prototype.onExecute;
 // arrays and other values replace). A fresh copy per instance: changing it changes no default.
 function settingsFor(Class, config) {
   const layers = [];
-  for (let c = Class; typeof c === "function" && c !== Function.prototype; c = Object.getPrototypeOf(c)) {
+  for (let c = Class; c !== BaseFunction && typeof c === "function"; c = Object.getPrototypeOf(c)) {
     if (Object.hasOwn(c, "defaults") && isPlainObject(c.defaults)) layers.push(c.defaults);
   }
   const settings = {};

@@ -3043,7 +3043,20 @@ async fn process_manager_takes_a_custom_machine_and_a_veto() {
     fails_with(
         &broken,
         json!({ "op": "start", "id": "x" }),
-        &["ConfigError: settings.transitions.created.go: \"runing\" is not one of settings.states"],
+        &["ConfigError: settings.transitions: state \"runing\" has no transitions and is not in settings.terminal"],
+    )
+    .await;
+    let declared = start(
+        "BaseProcessManager",
+        "",
+        json!({ "states": ["created", "running", "completed"], "terminal": ["completed"],
+                "transitions": { "created": { "go": "runing" } } }),
+    )
+    .await;
+    fails_with(
+        &declared,
+        json!({ "op": "start", "id": "x" }),
+        &["ConfigError: settings.transitions.created.go: \"runing\" is not one of settings.states (created, running, completed)"],
     )
     .await;
 }

@@ -1,4 +1,3 @@
-
 // ---------------------------------------------------------------------------------------------
 // klf:base library — common helpers: the error classes, paths, JSON-schema checks, conditions.
 //
@@ -252,7 +251,9 @@ function parsePath(path, label = "path") {
       const inner = path.slice(i + 1, close).trim();
       if (/^\d+$/.test(inner)) {
         segments.push(Number(inner));
-      } else if (inner.length >= 2 && (inner[0] === '"' || inner[0] === "'") && inner.at(-1) === inner[0]) {
+      } else if (
+        inner.length >= 2 && (inner[0] === '"' || inner[0] === "'") && inner.at(-1) === inner[0]
+      ) {
         segments.push(inner.slice(1, -1));
       } else {
         throw bad(`[${inner}] is neither an index nor a quoted key`);
@@ -352,7 +353,10 @@ function schemaPattern(pattern, spath) {
     try {
       regex = new RegExp(pattern, "u");
     } catch (error) {
-      throw new ConfigError(`${spath}: ${JSON.stringify(pattern)} is not a valid regular expression (${error.message})`, { path: spath });
+      throw new ConfigError(
+        `${spath}: ${JSON.stringify(pattern)} is not a valid regular expression (${error.message})`,
+        { path: spath },
+      );
     }
     if (patternCache.size >= 128) patternCache.clear();
     patternCache.set(pattern, regex);
@@ -383,27 +387,38 @@ function hasType(value, type) {
 
 function validDate(year, month, day) {
   const date = new Date(Date.UTC(year, month - 1, day));
-  return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day;
+  return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1
+    && date.getUTCDate() === day;
 }
 
 const FORMATS = {
   "date-time": (s) => {
-    const m = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$/.exec(s);
+    const m =
+      /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$/
+        .exec(s);
     return (
-      m !== null && validDate(+m[1], +m[2], +m[3]) && +m[4] < 24 && +m[5] < 60 && +m[6] < 61 &&
-      (m[9] === undefined || (+m[9] < 24 && +m[10] < 60))
+      m !== null && validDate(+m[1], +m[2], +m[3]) && +m[4] < 24 && +m[5] < 60 && +m[6] < 61
+      && (m[9] === undefined || (+m[9] < 24 && +m[10] < 60))
     );
   },
   date: (s) => {
     const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(s);
     return m !== null && validDate(+m[1], +m[2], +m[3]);
   },
-  email: (s) => /^[^\s@"<>()[\],;:]+@[^\s@"<>()[\],;:]+\.[^\s@"<>()[\],;:.]+$/.test(s) && s.length <= 254,
+  email: (s) =>
+    /^[^\s@"<>()[\],;:]+@[^\s@"<>()[\],;:]+\.[^\s@"<>()[\],;:.]+$/.test(s) && s.length <= 254,
   uri: (s) => /^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$/.test(s),
-  uuid: (s) => /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(s),
+  uuid: (s) =>
+    /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(s),
 };
 
-const FORMAT_NAMES = { "date-time": "a date-time (RFC 3339)", date: "a date (YYYY-MM-DD)", email: "an email address", uri: "a URI", uuid: "a UUID" };
+const FORMAT_NAMES = {
+  "date-time": "a date-time (RFC 3339)",
+  date: "a date (YYYY-MM-DD)",
+  email: "an email address",
+  uri: "a URI",
+  uuid: "a UUID",
+};
 
 const MAX_SCHEMA_ERRORS = 100;
 
@@ -430,31 +445,54 @@ const SCHEMA_LISTS = ["allOf", "anyOf", "oneOf"];
 // this value does not reach is still reported.
 function checkSchemaShape(schema, spath) {
   if (typeof schema === "boolean") return;
-  if (!isPlainObject(schema)) throw configError(spath, "a JSON schema (an object or a boolean)", schema);
+  if (!isPlainObject(schema)) {
+    throw configError(spath, "a JSON schema (an object or a boolean)", schema);
+  }
   if (checkedSchemas.has(schema)) return;
   if (schema.type !== undefined) {
-    if (Array.isArray(schema.type)) schema.type.forEach((t, i) => oneOf(t, SCHEMA_TYPES, `${spath}.type[${i}]`, configError));
-    else oneOf(schema.type, SCHEMA_TYPES, `${spath}.type`, configError);
+    if (Array.isArray(schema.type)) {
+      schema.type.forEach((t, i) => oneOf(t, SCHEMA_TYPES, `${spath}.type[${i}]`, configError));
+    } else oneOf(schema.type, SCHEMA_TYPES, `${spath}.type`, configError);
   }
   if (schema.enum !== undefined) requireArray(schema.enum, `${spath}.enum`, configError);
-  for (const key of SCHEMA_NUMBERS) if (schema[key] !== undefined) requireNumber(schema[key], `${spath}.${key}`, configError);
+  for (const key of SCHEMA_NUMBERS) {
+    if (schema[key] !== undefined) requireNumber(schema[key], `${spath}.${key}`, configError);
+  }
   for (const key of ["exclusiveMinimum", "exclusiveMaximum"]) {
-    if (schema[key] !== undefined && typeof schema[key] !== "boolean") requireNumber(schema[key], `${spath}.${key}`, configError);
+    if (schema[key] !== undefined && typeof schema[key] !== "boolean") {
+      requireNumber(schema[key], `${spath}.${key}`, configError);
+    }
   }
-  for (const key of SCHEMA_COUNTS) if (schema[key] !== undefined) requireInteger(schema[key], `${spath}.${key}`, 0, configError);
-  if (schema.pattern !== undefined) schemaPattern(requireString(schema.pattern, `${spath}.pattern`, configError), `${spath}.pattern`);
+  for (const key of SCHEMA_COUNTS) {
+    if (schema[key] !== undefined) requireInteger(schema[key], `${spath}.${key}`, 0, configError);
+  }
+  if (schema.pattern !== undefined) {
+    schemaPattern(
+      requireString(schema.pattern, `${spath}.pattern`, configError),
+      `${spath}.pattern`,
+    );
+  }
   if (schema.format !== undefined) requireString(schema.format, `${spath}.format`, configError);
-  if (schema.uniqueItems !== undefined && typeof schema.uniqueItems !== "boolean") throw configError(`${spath}.uniqueItems`, "true or false", schema.uniqueItems);
-  if (schema.required !== undefined) {
-    requireArray(schema.required, `${spath}.required`, configError).forEach((key, i) => requireString(key, `${spath}.required[${i}]`, configError));
+  if (schema.uniqueItems !== undefined && typeof schema.uniqueItems !== "boolean") {
+    throw configError(`${spath}.uniqueItems`, "true or false", schema.uniqueItems);
   }
-  if (Array.isArray(schema.items)) schema.items.forEach((sub, i) => checkSchemaShape(sub, `${spath}.items[${i}]`));
-  else if (schema.items !== undefined) checkSchemaShape(schema.items, `${spath}.items`);
+  if (schema.required !== undefined) {
+    requireArray(schema.required, `${spath}.required`, configError).forEach((key, i) =>
+      requireString(key, `${spath}.required[${i}]`, configError)
+    );
+  }
+  if (Array.isArray(schema.items)) {
+    schema.items.forEach((sub, i) => checkSchemaShape(sub, `${spath}.items[${i}]`));
+  } else if (schema.items !== undefined) checkSchemaShape(schema.items, `${spath}.items`);
   if (schema.properties !== undefined) {
     const properties = requireObject(schema.properties, `${spath}.properties`, configError);
-    for (const key of Object.keys(properties)) checkSchemaShape(properties[key], `${spath}.properties.${key}`);
+    for (const key of Object.keys(properties)) {
+      checkSchemaShape(properties[key], `${spath}.properties.${key}`);
+    }
   }
-  if (schema.additionalProperties !== undefined) checkSchemaShape(schema.additionalProperties, `${spath}.additionalProperties`);
+  if (schema.additionalProperties !== undefined) {
+    checkSchemaShape(schema.additionalProperties, `${spath}.additionalProperties`);
+  }
   for (const key of SCHEMA_LISTS) {
     if (schema[key] === undefined) continue;
     const list = requireArray(schema[key], `${spath}.${key}`, configError);
@@ -472,7 +510,9 @@ function checkSchema(value, schema, path, spath, errors) {
     errors.push({ path, message: "is not allowed here" });
     return;
   }
-  if (!isPlainObject(schema)) throw configError(spath, "a JSON schema (an object or a boolean)", schema);
+  if (!isPlainObject(schema)) {
+    throw configError(spath, "a JSON schema (an object or a boolean)", schema);
+  }
   const fail = (message) => errors.push({ path, message });
 
   if (schema.type !== undefined) {
@@ -486,7 +526,11 @@ function checkSchema(value, schema, path, spath, errors) {
   if (schema.enum !== undefined) {
     requireArray(schema.enum, `${spath}.enum`, configError);
     if (!schema.enum.some((option) => deepEqual(option, value))) {
-      fail(`expected one of ${schema.enum.map((option) => JSON.stringify(option)).join(", ")}, got ${show(value)}`);
+      fail(
+        `expected one of ${schema.enum.map((option) => JSON.stringify(option)).join(", ")}, got ${
+          show(value)
+        }`,
+      );
     }
   }
   if (Object.hasOwn(schema, "const") && !deepEqual(schema.const, value)) {
@@ -511,7 +555,10 @@ function checkSchema(value, schema, path, spath, errors) {
     });
     const passing = outcomes.filter((found) => found.length === 0).length;
     if (passing === 0) {
-      const closest = outcomes.reduce((best, found) => (found.length < best.length ? found : best), outcomes[0] ?? []);
+      const closest = outcomes.reduce(
+        (best, found) => (found.length < best.length ? found : best),
+        outcomes[0] ?? [],
+      );
       const hint = closest.length > 0 ? ` (closest: ${closest[0].path} ${closest[0].message})` : "";
       fail(`does not match any of the ${options.length} schemas in ${k}${hint}`);
     } else if (k === "oneOf" && passing > 1) {
@@ -536,23 +583,35 @@ function checkNumber(value, schema, spath, fail) {
   const exMin = schema.exclusiveMinimum === true ? min : bound("exclusiveMinimum");
   const exMax = schema.exclusiveMaximum === true ? max : bound("exclusiveMaximum");
   if (exMin !== undefined && !(value > exMin)) fail(`expected a number > ${exMin}, got ${value}`);
-  else if (min !== undefined && schema.exclusiveMinimum !== true && value < min) fail(`expected a number ≥ ${min}, got ${value}`);
+  else if (min !== undefined && schema.exclusiveMinimum !== true && value < min) {
+    fail(`expected a number ≥ ${min}, got ${value}`);
+  }
   if (exMax !== undefined && !(value < exMax)) fail(`expected a number < ${exMax}, got ${value}`);
-  else if (max !== undefined && schema.exclusiveMaximum !== true && value > max) fail(`expected a number ≤ ${max}, got ${value}`);
+  else if (max !== undefined && schema.exclusiveMaximum !== true && value > max) {
+    fail(`expected a number ≤ ${max}, got ${value}`);
+  }
   if (schema.multipleOf !== undefined) {
     const step = requireNumber(schema.multipleOf, `${spath}.multipleOf`, configError);
     const ratio = value / step;
-    if (Math.abs(ratio - Math.round(ratio)) > 1e-9) fail(`expected a multiple of ${step}, got ${value}`);
+    if (Math.abs(ratio - Math.round(ratio)) > 1e-9) {
+      fail(`expected a multiple of ${step}, got ${value}`);
+    }
   }
 }
 
 function checkString(value, schema, spath, fail) {
   if (schema.minLength !== undefined || schema.maxLength !== undefined) {
     const length = [...value].length;
-    if (schema.minLength !== undefined && length < requireInteger(schema.minLength, `${spath}.minLength`, 0, configError)) {
+    if (
+      schema.minLength !== undefined
+      && length < requireInteger(schema.minLength, `${spath}.minLength`, 0, configError)
+    ) {
       fail(`expected at least ${schema.minLength} characters, got ${length}`);
     }
-    if (schema.maxLength !== undefined && length > requireInteger(schema.maxLength, `${spath}.maxLength`, 0, configError)) {
+    if (
+      schema.maxLength !== undefined
+      && length > requireInteger(schema.maxLength, `${spath}.maxLength`, 0, configError)
+    ) {
       fail(`expected at most ${schema.maxLength} characters, got ${length}`);
     }
   }
@@ -566,15 +625,23 @@ function checkString(value, schema, spath, fail) {
     requireString(schema.format, `${spath}.format`, configError);
     const check = Object.hasOwn(FORMATS, schema.format) ? FORMATS[schema.format] : undefined;
     // Unknown formats are annotations only, as in JSON Schema.
-    if (check !== undefined && !check(value)) fail(`expected ${FORMAT_NAMES[schema.format]}, got ${show(value)}`);
+    if (check !== undefined && !check(value)) {
+      fail(`expected ${FORMAT_NAMES[schema.format]}, got ${show(value)}`);
+    }
   }
 }
 
 function checkArray(value, schema, path, spath, errors, fail) {
-  if (schema.minItems !== undefined && value.length < requireInteger(schema.minItems, `${spath}.minItems`, 0, configError)) {
+  if (
+    schema.minItems !== undefined
+    && value.length < requireInteger(schema.minItems, `${spath}.minItems`, 0, configError)
+  ) {
     fail(`expected at least ${schema.minItems} items, got ${value.length}`);
   }
-  if (schema.maxItems !== undefined && value.length > requireInteger(schema.maxItems, `${spath}.maxItems`, 0, configError)) {
+  if (
+    schema.maxItems !== undefined
+    && value.length > requireInteger(schema.maxItems, `${spath}.maxItems`, 0, configError)
+  ) {
     fail(`expected at most ${schema.maxItems} items, got ${value.length}`);
   }
   if (schema.uniqueItems === true) {
@@ -591,7 +658,9 @@ function checkArray(value, schema, path, spath, errors, fail) {
   if (schema.items !== undefined) {
     if (Array.isArray(schema.items)) {
       schema.items.forEach((sub, i) => {
-        if (i < value.length) checkSchema(value[i], sub, `${path}[${i}]`, `${spath}.items[${i}]`, errors);
+        if (i < value.length) {
+          checkSchema(value[i], sub, `${path}[${i}]`, `${spath}.items[${i}]`, errors);
+        }
       });
     } else {
       for (let i = 0; i < value.length && errors.length < MAX_SCHEMA_ERRORS; i++) {
@@ -610,10 +679,18 @@ function checkObject(value, schema, path, spath, errors) {
       }
     }
   }
-  const properties = schema.properties === undefined ? {} : requireObject(schema.properties, `${spath}.properties`, configError);
+  const properties = schema.properties === undefined
+    ? {}
+    : requireObject(schema.properties, `${spath}.properties`, configError);
   for (const key of Object.keys(properties)) {
     if (Object.hasOwn(value, key) && value[key] !== undefined) {
-      checkSchema(value[key], properties[key], joinPath(path, key), `${spath}.properties.${key}`, errors);
+      checkSchema(
+        value[key],
+        properties[key],
+        joinPath(path, key),
+        `${spath}.properties.${key}`,
+        errors,
+      );
     }
   }
   const extra = schema.additionalProperties;
@@ -621,9 +698,18 @@ function checkObject(value, schema, path, spath, errors) {
     for (const key of Object.keys(value)) {
       if (Object.hasOwn(properties, key)) continue;
       if (extra === false) {
-        errors.push({ path: joinPath(path, key), message: "is not allowed (no such property in the schema)" });
+        errors.push({
+          path: joinPath(path, key),
+          message: "is not allowed (no such property in the schema)",
+        });
       } else {
-        checkSchema(value[key], extra, joinPath(path, key), `${spath}.additionalProperties`, errors);
+        checkSchema(
+          value[key],
+          extra,
+          joinPath(path, key),
+          `${spath}.additionalProperties`,
+          errors,
+        );
       }
     }
   }
@@ -638,7 +724,19 @@ function summarizeErrors(errors) {
 
 // ---- conditions: {all:[c]} | {any:[c]} | {not:c} | {field, op, value} -------------------------
 
-const CONDITION_OPS = ["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "contains", "matches", "exists"];
+const CONDITION_OPS = [
+  "eq",
+  "ne",
+  "gt",
+  "gte",
+  "lt",
+  "lte",
+  "in",
+  "nin",
+  "contains",
+  "matches",
+  "exists",
+];
 const compiledConditions = new WeakMap();
 
 /** True when `condition` holds for `facts`. A malformed condition throws KlfInputError. */
@@ -651,7 +749,11 @@ export function evaluateCondition(condition, facts, path = "condition") {
 function compileCondition(condition, path) {
   if (typeof condition === "boolean") return () => condition;
   if (!isPlainObject(condition)) {
-    throw inputError(path, "a condition ({all}, {any}, {not} or {field, op, value}) or a boolean", condition);
+    throw inputError(
+      path,
+      "a condition ({all}, {any}, {not} or {field, op, value}) or a boolean",
+      condition,
+    );
   }
   const cached = compiledConditions.get(condition);
   if (cached !== undefined) return cached;
@@ -660,7 +762,9 @@ function compileCondition(condition, path) {
     throw new KlfInputError(
       kinds.length === 0
         ? `${path}: a condition needs one of "all", "any", "not" or "field"`
-        : `${path}: a condition has exactly one of "all", "any", "not", "field", not ${kinds.join(" and ")}`,
+        : `${path}: a condition has exactly one of "all", "any", "not", "field", not ${
+          kinds.join(" and ")
+        }`,
       { path },
     );
   }
@@ -669,7 +773,9 @@ function compileCondition(condition, path) {
   if (kind === "all" || kind === "any") {
     requireArray(condition[kind], `${path}.${kind}`);
     const parts = condition[kind].map((c, i) => compileCondition(c, `${path}.${kind}[${i}]`));
-    predicate = kind === "all" ? (facts) => parts.every((p) => p(facts)) : (facts) => parts.some((p) => p(facts));
+    predicate = kind === "all"
+      ? (facts) => parts.every((p) => p(facts))
+      : (facts) => parts.some((p) => p(facts));
   } else if (kind === "not") {
     const inner = compileCondition(condition.not, `${path}.not`);
     predicate = (facts) => !inner(facts);
@@ -683,31 +789,56 @@ function compileCondition(condition, path) {
 function compileComparison(condition, path) {
   for (const key of Object.keys(condition)) {
     if (!["field", "op", "value", "valueFrom", "flags"].includes(key)) {
-      throw new KlfInputError(`${path}.${key}: unknown key (a comparison has field, op, value or valueFrom, flags)`, { path: `${path}.${key}` });
+      throw new KlfInputError(
+        `${path}.${key}: unknown key (a comparison has field, op, value or valueFrom, flags)`,
+        { path: `${path}.${key}` },
+      );
     }
   }
   const field = parsePath(condition.field, `${path}.field`);
   const op = condition.op ?? "eq";
   if (!CONDITION_OPS.includes(op)) {
-    throw new KlfInputError(`${path}.op: unknown operator ${show(op)} (expected one of ${CONDITION_OPS.join(", ")})`, { path: `${path}.op` });
+    throw new KlfInputError(
+      `${path}.op: unknown operator ${show(op)} (expected one of ${CONDITION_OPS.join(", ")})`,
+      { path: `${path}.op` },
+    );
   }
-  const from = condition.valueFrom === undefined ? null : parsePath(condition.valueFrom, `${path}.valueFrom`);
+  const from = condition.valueFrom === undefined
+    ? null
+    : parsePath(condition.valueFrom, `${path}.valueFrom`);
   const fixed = condition.value;
   if (from === null) {
-    if ((op === "in" || op === "nin") && !Array.isArray(fixed)) throw inputError(`${path}.value`, `an array for "${op}"`, fixed);
-    if (op === "exists" && fixed !== undefined && typeof fixed !== "boolean") throw inputError(`${path}.value`, 'true or false for "exists"', fixed);
-    if (["gt", "gte", "lt", "lte"].includes(op) && typeof fixed !== "number" && typeof fixed !== "string") {
+    if ((op === "in" || op === "nin") && !Array.isArray(fixed)) {
+      throw inputError(`${path}.value`, `an array for "${op}"`, fixed);
+    }
+    if (op === "exists" && fixed !== undefined && typeof fixed !== "boolean") {
+      throw inputError(`${path}.value`, 'true or false for "exists"', fixed);
+    }
+    if (
+      ["gt", "gte", "lt", "lte"].includes(op) && typeof fixed !== "number"
+      && typeof fixed !== "string"
+    ) {
       throw inputError(`${path}.value`, `a number or a string for "${op}"`, fixed);
     }
-    if (["eq", "ne", "contains"].includes(op) && fixed === undefined) throw inputError(`${path}.value`, `a value for "${op}"`, fixed);
+    if (["eq", "ne", "contains"].includes(op) && fixed === undefined) {
+      throw inputError(`${path}.value`, `a value for "${op}"`, fixed);
+    }
   }
   let regex = null;
   if (op === "matches") {
     requireString(fixed, `${path}.value`);
     try {
-      regex = new RegExp(fixed, condition.flags === undefined ? "" : String(condition.flags).replace(/[gy]/g, ""));
+      regex = new RegExp(
+        fixed,
+        condition.flags === undefined ? "" : String(condition.flags).replace(/[gy]/g, ""),
+      );
     } catch (error) {
-      throw new KlfInputError(`${path}.value: ${JSON.stringify(fixed)} is not a valid regular expression (${error.message})`, { path: `${path}.value` });
+      throw new KlfInputError(
+        `${path}.value: ${
+          JSON.stringify(fixed)
+        } is not a valid regular expression (${error.message})`,
+        { path: `${path}.value` },
+      );
     }
   }
   return (facts) => {
@@ -722,9 +853,8 @@ function compileComparison(condition, path) {
       case "gte":
       case "lt":
       case "lte": {
-        const comparable =
-          (typeof actual === "number" && typeof value === "number") ||
-          (typeof actual === "string" && typeof value === "string");
+        const comparable = (typeof actual === "number" && typeof value === "number")
+          || (typeof actual === "string" && typeof value === "string");
         if (!comparable) return false;
         if (op === "gt") return actual > value;
         if (op === "gte") return actual >= value;
@@ -786,7 +916,15 @@ function aggregate(op, values) {
 // missing last. Deterministic (code-unit order for strings, no locale).
 function compareValues(a, b) {
   const rank = (v) =>
-    typeof v === "number" ? 0 : typeof v === "string" ? 1 : typeof v === "boolean" ? 2 : v === null || v === undefined ? 4 : 3;
+    typeof v === "number"
+      ? 0
+      : typeof v === "string"
+      ? 1
+      : typeof v === "boolean"
+      ? 2
+      : v === null || v === undefined
+      ? 4
+      : 3;
   const ra = rank(a);
   const rb = rank(b);
   if (ra !== rb) return ra - rb;

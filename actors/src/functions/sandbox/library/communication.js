@@ -1,4 +1,3 @@
-
 // ---- Communication: BaseMessageProcessor, BaseProtocolHandler, BaseSerializer, BaseConnector --
 
 const RESERVED_HANDLERS = new Set(["onInitialize", "onExecute", "onError"]);
@@ -8,7 +7,13 @@ const RESERVED_HANDLERS = new Set(["onInitialize", "onExecute", "onError"]);
  * or to other functions (settings.routes), with duplicate suppression by id.
  */
 export class BaseMessageProcessor extends BaseFunction {
-  static defaults = { routes: {}, dedupe: true, dedupeSize: 10000, dedupeStore: "memory", dedupePrefix: "dedupe/" };
+  static defaults = {
+    routes: {},
+    dedupe: true,
+    dedupeSize: 10000,
+    dedupeStore: "memory",
+    dedupePrefix: "dedupe/",
+  };
 
   #seen = new Map(); // id → true, oldest first (an LRU)
 
@@ -17,7 +22,9 @@ export class BaseMessageProcessor extends BaseFunction {
     ctx = ctxOf(this, ctx);
     requireObject(message, "message");
     const { id, type } = message;
-    if (typeof id !== "string" && !Number.isFinite(id)) throw inputError("message.id", "a string or a number", id);
+    if (typeof id !== "string" && !Number.isFinite(id)) {
+      throw inputError("message.id", "a string or a number", id);
+    }
     requireString(type, "message.type");
     if (message.headers !== undefined) requireObject(message.headers, "message.headers");
     const handler = this.#handlerFor(type);
@@ -29,7 +36,9 @@ export class BaseMessageProcessor extends BaseFunction {
     // if handling fails, so a retry is handled.
     if (dedupe) await this.#markSeen(key, true, ctx);
     try {
-      const result = handler.kind === "method" ? await this[handler.name](message.payload, message, ctx) : await ctx.call(handler.target, message);
+      const result = handler.kind === "method"
+        ? await this[handler.name](message.payload, message, ctx)
+        : await ctx.call(handler.target, message);
       return { id, type, status: "handled", result: result ?? null };
     } catch (error) {
       if (dedupe) await this.#markSeen(key, false, ctx);
@@ -59,7 +68,9 @@ export class BaseMessageProcessor extends BaseFunction {
   /** An array (or `{messages: [...]}`) → processBatch; one envelope → process. */
   async execute(input, ctx) {
     if (Array.isArray(input)) return this.processBatch(input, ctx);
-    if (isPlainObject(input) && Array.isArray(input.messages)) return this.processBatch(input.messages, ctx);
+    if (isPlainObject(input) && Array.isArray(input.messages)) {
+      return this.processBatch(input.messages, ctx);
+    }
     return this.process(input, ctx);
   }
 
@@ -67,27 +78,49 @@ export class BaseMessageProcessor extends BaseFunction {
     const routes = requireObject(this.settings.routes ?? {}, "settings.routes", configError);
     if (Object.hasOwn(routes, type)) {
       const route = routes[type];
-      const target = typeof route === "string" ? route : isPlainObject(route) ? route.call : undefined;
-      return { kind: "call", target: requireString(target, `settings.routes[${JSON.stringify(type)}]`, configError) };
+      const target = typeof route === "string"
+        ? route
+        : isPlainObject(route)
+        ? route.call
+        : undefined;
+      return {
+        kind: "call",
+        target: requireString(target, `settings.routes[${JSON.stringify(type)}]`, configError),
+      };
     }
     const name = `on${pascalCase(type)}`;
-    if (!RESERVED_HANDLERS.has(name) && typeof this[name] === "function") return { kind: "method", name };
+    if (!RESERVED_HANDLERS.has(name) && typeof this[name] === "function") {
+      return { kind: "method", name };
+    }
     if (typeof this.onMessage === "function") return { kind: "method", name: "onMessage" };
     const methods = [];
-    for (let proto = Object.getPrototypeOf(this); proto && proto !== BaseMessageProcessor.prototype; proto = Object.getPrototypeOf(proto)) {
+    for (
+      let proto = Object.getPrototypeOf(this);
+      proto && proto !== BaseMessageProcessor.prototype;
+      proto = Object.getPrototypeOf(proto)
+    ) {
       for (const key of Object.getOwnPropertyNames(proto)) {
-        if (/^on[A-Z]/.test(key) && !RESERVED_HANDLERS.has(key) && typeof proto[key] === "function") methods.push(key);
+        if (
+          /^on[A-Z]/.test(key) && !RESERVED_HANDLERS.has(key) && typeof proto[key] === "function"
+        ) methods.push(key);
       }
     }
-    const known = [...Object.keys(routes).map((t) => JSON.stringify(t)), ...methods.map((m) => `${m}()`)];
+    const known = [
+      ...Object.keys(routes).map((t) => JSON.stringify(t)),
+      ...methods.map((m) => `${m}()`),
+    ];
     throw new KlfInputError(
-      `message.type: no handler for "${type}" (expected a method ${name}() or a route; known: ${known.length === 0 ? "none" : known.join(", ")})`,
+      `message.type: no handler for "${type}" (expected a method ${name}() or a route; known: ${
+        known.length === 0 ? "none" : known.join(", ")
+      })`,
       { path: "message.type" },
     );
   }
 
   async #isSeen(key, ctx) {
-    if (this.settings.dedupeStore === "kv") return (await ctx.kv.get(`${this.settings.dedupePrefix}${key}`)) !== undefined;
+    if (this.settings.dedupeStore === "kv") {
+      return (await ctx.kv.get(`${this.settings.dedupePrefix}${key}`)) !== undefined;
+    }
     if (!this.#seen.has(key)) return false;
     this.#seen.delete(key);
     this.#seen.set(key, true);
@@ -146,8 +179,16 @@ function formatQuery(value, path = "data") {
     const items = Array.isArray(value[key]) ? value[key] : [value[key]];
     for (const item of items) {
       if (item === undefined) continue;
-      if (item !== null && typeof item === "object") throw inputError(joinPath(path, key), "a string, number, boolean or an array of them", item);
-      parts.push(`${encodeURIComponent(key)}=${encodeURIComponent(item === null ? "" : String(item))}`);
+      if (item !== null && typeof item === "object") {
+        throw inputError(
+          joinPath(path, key),
+          "a string, number, boolean or an array of them",
+          item,
+        );
+      }
+      parts.push(
+        `${encodeURIComponent(key)}=${encodeURIComponent(item === null ? "" : String(item))}`,
+      );
     }
   }
   return parts.join("&");
@@ -171,7 +212,12 @@ function utf8Encode(text) {
     if (c < 0x80) bytes.push(c);
     else if (c < 0x800) bytes.push(0xc0 | (c >> 6), 0x80 | (c & 63));
     else if (c < 0x10000) bytes.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-    else bytes.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else {bytes.push(
+        0xf0 | (c >> 18),
+        0x80 | ((c >> 12) & 63),
+        0x80 | ((c >> 6) & 63),
+        0x80 | (c & 63),
+      );}
   }
   return bytes;
 }
@@ -179,8 +225,9 @@ function utf8Encode(text) {
 function utf8Decode(bytes, path) {
   const units = [];
   let out = "";
-  const bad = (i) => new KlfInputError(`${path}: not UTF-8 text (invalid byte at offset ${i})`, { path });
-  for (let i = 0; i < bytes.length; ) {
+  const bad = (i) =>
+    new KlfInputError(`${path}: not UTF-8 text (invalid byte at offset ${i})`, { path });
+  for (let i = 0; i < bytes.length;) {
     const b = bytes[i];
     let c;
     let extra;
@@ -204,7 +251,10 @@ function utf8Decode(bytes, path) {
       if (next === undefined || (next & 0xc0) !== 0x80) throw bad(i + k);
       c = (c << 6) | (next & 63);
     }
-    if ((extra === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (extra === 3 && (c < 0x10000 || c > 0x10ffff))) throw bad(i);
+    if (
+      (extra === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff)))
+      || (extra === 3 && (c < 0x10000 || c > 0x10ffff))
+    ) throw bad(i);
     if (c >= 0x10000) {
       c -= 0x10000;
       units.push(0xd800 + (c >> 10), 0xdc00 + (c & 1023));
@@ -246,9 +296,17 @@ function base64ToBytes(text, path) {
   const clean = text.replace(/\s+/g, "");
   const body = clean.replace(/={1,2}$/, "");
   if (clean.length !== body.length && clean.length % 4 !== 0) {
-    throw new KlfInputError(`${path}: not base64 (padding does not make the length a multiple of 4)`, { path });
+    throw new KlfInputError(
+      `${path}: not base64 (padding does not make the length a multiple of 4)`,
+      { path },
+    );
   }
-  if (body.length % 4 === 1) throw new KlfInputError(`${path}: not base64 (a length of ${body.length} characters is impossible)`, { path });
+  if (body.length % 4 === 1) {
+    throw new KlfInputError(
+      `${path}: not base64 (a length of ${body.length} characters is impossible)`,
+      { path },
+    );
+  }
   const bytes = [];
   let buffer = 0;
   let bits = 0;
@@ -257,7 +315,11 @@ function base64ToBytes(text, path) {
     let v = B64.indexOf(ch);
     if (ch === "-") v = 62;
     else if (ch === "_") v = 63;
-    if (v < 0) throw new KlfInputError(`${path}: not base64 (${JSON.stringify(ch)} at offset ${i})`, { path });
+    if (v < 0) {
+      throw new KlfInputError(`${path}: not base64 (${JSON.stringify(ch)} at offset ${i})`, {
+        path,
+      });
+    }
     buffer = (buffer << 6) | v;
     bits += 6;
     if (bits >= 8) {
@@ -273,8 +335,15 @@ function base64ToBytes(text, path) {
 function csvOptions(options, path) {
   const o = options === undefined ? {} : requireObject(options, path);
   const delimiter = o.delimiter ?? ",";
-  if (typeof delimiter !== "string" || delimiter.length !== 1 || delimiter === '"' || delimiter === "\n" || delimiter === "\r") {
-    throw inputError(`${path}.delimiter`, "one character other than a quote or a line break", delimiter);
+  if (
+    typeof delimiter !== "string" || delimiter.length !== 1 || delimiter === '"'
+    || delimiter === "\n" || delimiter === "\r"
+  ) {
+    throw inputError(
+      `${path}.delimiter`,
+      "one character other than a quote or a line break",
+      delimiter,
+    );
   }
   return { ...o, delimiter };
 }
@@ -331,7 +400,11 @@ function splitCSV(text, delimiter) {
   const fail = (at, why) => new KlfInputError(`CSV line ${at}: ${why}`, { path: "text" });
   const endRow = () => {
     row.push(field);
-    rows.push({ fields: row, line: rowLine, blank: row.length === 1 && field === "" && !wasQuoted });
+    rows.push({
+      fields: row,
+      line: rowLine,
+      blank: row.length === 1 && field === "" && !wasQuoted,
+    });
     row = [];
     field = "";
     wasQuoted = false;
@@ -363,9 +436,19 @@ function splitCSV(text, delimiter) {
       line++;
       rowLine = line;
     } else if (wasQuoted) {
-      throw fail(line, `unexpected ${JSON.stringify(c)} after a closing quote (a field is either quoted as a whole or not at all)`);
+      throw fail(
+        line,
+        `unexpected ${
+          JSON.stringify(c)
+        } after a closing quote (a field is either quoted as a whole or not at all)`,
+      );
     } else if (c === '"') {
-      if (field !== "") throw fail(line, "a quote inside an unquoted field (quote the whole field and double the quote)");
+      if (field !== "") {
+        throw fail(
+          line,
+          "a quote inside an unquoted field (quote the whole field and double the quote)",
+        );
+      }
       quoted = true;
       quoteLine = line;
     } else {
@@ -383,13 +466,18 @@ function castCell(text, type, line, column) {
   const trimmed = text.trim();
   if (trimmed === "") return null;
   if (type === "number") {
-    if (!NUMBER_TEXT.test(trimmed)) throw new KlfInputError(`${where}: expected a number, got ${show(text)}`, { path: "text" });
+    if (!NUMBER_TEXT.test(trimmed)) {
+      throw new KlfInputError(`${where}: expected a number, got ${show(text)}`, { path: "text" });
+    }
     return Number(trimmed);
   }
   const lower = trimmed.toLowerCase();
   if (["true", "1", "yes"].includes(lower)) return true;
   if (["false", "0", "no"].includes(lower)) return false;
-  throw new KlfInputError(`${where}: expected a boolean (true/false, 1/0, yes/no), got ${show(text)}`, { path: "text" });
+  throw new KlfInputError(
+    `${where}: expected a boolean (true/false, 1/0, yes/no), got ${show(text)}`,
+    { path: "text" },
+  );
 }
 
 function parseCSV(text, options) {
@@ -397,29 +485,59 @@ function parseCSV(text, options) {
   const o = csvOptions(options, "options");
   const header = o.header ?? true;
   const types = o.types === undefined ? {} : requireObject(o.types, "options.types");
-  for (const key of Object.keys(types)) oneOf(types[key], ["number", "boolean", "string"], `options.types.${key}`);
-  const rows = splitCSV(text, o.delimiter).filter((row) => !(row.blank && (o.skipEmptyLines ?? true)));
+  for (const key of Object.keys(types)) {
+    oneOf(types[key], ["number", "boolean", "string"], `options.types.${key}`);
+  }
+  const rows = splitCSV(text, o.delimiter).filter((row) =>
+    !(row.blank && (o.skipEmptyLines ?? true))
+  );
   const cell = (value) => (o.trim === true ? value.trim() : value);
   if (!header) {
-    return rows.map((row) => row.fields.map((value, i) => (Object.hasOwn(types, String(i)) ? castCell(value, types[i], row.line, i) : cell(value))));
+    return rows.map((row) =>
+      row.fields.map((
+        value,
+        i,
+      ) => (Object.hasOwn(types, String(i)) ? castCell(value, types[i], row.line, i) : cell(value)))
+    );
   }
   if (rows.length === 0) return [];
   const names = rows[0].fields.map((name) => name.trim());
   names.forEach((name, i) => {
-    if (name === "") throw new KlfInputError(`CSV line ${rows[0].line}: column ${i + 1} of the header has no name`, { path: "text" });
-    if (names.indexOf(name) !== i) throw new KlfInputError(`CSV line ${rows[0].line}: the header names column "${name}" twice`, { path: "text" });
+    if (name === "") {
+      throw new KlfInputError(
+        `CSV line ${rows[0].line}: column ${i + 1} of the header has no name`,
+        { path: "text" },
+      );
+    }
+    if (names.indexOf(name) !== i) {
+      throw new KlfInputError(`CSV line ${rows[0].line}: the header names column "${name}" twice`, {
+        path: "text",
+      });
+    }
   });
   for (const key of Object.keys(types)) {
-    if (!names.includes(key)) throw new KlfInputError(`options.types.${key}: no such column (columns: ${names.join(", ")})`, { path: `options.types.${key}` });
+    if (!names.includes(key)) {
+      throw new KlfInputError(
+        `options.types.${key}: no such column (columns: ${names.join(", ")})`,
+        { path: `options.types.${key}` },
+      );
+    }
   }
   return rows.slice(1).map((row) => {
     if (row.fields.length !== names.length) {
-      throw new KlfInputError(`CSV line ${row.line}: ${row.fields.length} fields, expected ${names.length} (columns: ${names.join(", ")})`, { path: "text" });
+      throw new KlfInputError(
+        `CSV line ${row.line}: ${row.fields.length} fields, expected ${names.length} (columns: ${
+          names.join(", ")
+        })`,
+        { path: "text" },
+      );
     }
     const record = {};
     names.forEach((name, i) => {
       if (FORBIDDEN_KEYS.has(name)) return;
-      record[name] = Object.hasOwn(types, name) ? castCell(row.fields[i], types[name], row.line, name) : cell(row.fields[i]);
+      record[name] = Object.hasOwn(types, name)
+        ? castCell(row.fields[i], types[name], row.line, name)
+        : cell(row.fields[i]);
     });
     return record;
   });
@@ -432,7 +550,10 @@ function jsonErrorOffset(text) {
     throw i;
   };
   const space = () => {
-    while (i < text.length && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")) i++;
+    while (
+      i < text.length
+      && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")
+    ) i++;
   };
   const string = () => {
     i++;
@@ -516,7 +637,11 @@ export class BaseSerializer extends BaseFunction {
 
   /** CSV text of records (objects, or arrays as raw rows). Options: columns, delimiter, header, eol. */
   toCSV(records, options = {}) {
-    return formatCSV(records, { delimiter: this.settings.delimiter, header: this.settings.header, ...options });
+    return formatCSV(records, {
+      delimiter: this.settings.delimiter,
+      header: this.settings.header,
+      ...options,
+    });
   }
 
   /** Records (header: true) or arrays of strings. Options: header, delimiter, types, trim, skipEmptyLines. */
@@ -531,7 +656,9 @@ export class BaseSerializer extends BaseFunction {
     try {
       text = JSON.stringify(value, null, options.pretty ?? this.settings.pretty ? 2 : undefined);
     } catch (error) {
-      throw new KlfInputError(`value: cannot be written as JSON (${error.message})`, { path: "value" });
+      throw new KlfInputError(`value: cannot be written as JSON (${error.message})`, {
+        path: "value",
+      });
     }
     if (text === undefined) throw inputError("value", "a JSON value", value);
     return text;
@@ -543,11 +670,16 @@ export class BaseSerializer extends BaseFunction {
       return JSON.parse(text);
     } catch (error) {
       const at = jsonErrorOffset(text);
-      if (at === null) throw new KlfInputError(`text: not valid JSON (${error.message})`, { path: "text" });
+      if (at === null) {
+        throw new KlfInputError(`text: not valid JSON (${error.message})`, { path: "text" });
+      }
       const before = text.slice(0, at);
       const line = before.split("\n").length;
       const column = at - before.lastIndexOf("\n");
-      throw new KlfInputError(`text: not valid JSON at line ${line}, column ${column} (offset ${at}): ${error.message}`, { path: "text" });
+      throw new KlfInputError(
+        `text: not valid JSON at line ${line}, column ${column} (offset ${at}): ${error.message}`,
+        { path: "text" },
+      );
     }
   }
 
@@ -633,23 +765,41 @@ export class BaseProtocolHandler extends BaseFunction {
       if (params !== null) matching.push({ route, params });
     }
     if (matching.length === 0) {
-      return respond(404, { error: `no route for ${parsed.method} ${parsed.path}`, paths: [...new Set(routes.map((r) => r.path))] });
+      return respond(404, {
+        error: `no route for ${parsed.method} ${parsed.path}`,
+        paths: [...new Set(routes.map((r) => r.path))],
+      });
     }
-    const found = matching.find(({ route }) => route.methods === null || route.methods.includes(parsed.method));
+    const found = matching.find(({ route }) =>
+      route.methods === null || route.methods.includes(parsed.method)
+    );
     if (found === undefined) {
       const allow = [...new Set(matching.flatMap(({ route }) => route.methods))].join(", ");
-      return respond(405, { error: `${parsed.method} is not allowed on ${parsed.path} (allowed: ${allow})` }, { allow });
+      return respond(405, {
+        error: `${parsed.method} is not allowed on ${parsed.path} (allowed: ${allow})`,
+      }, { allow });
     }
-    const req = { method: parsed.method, path: parsed.path, params: found.params, query: parsed.query, headers: parsed.headers, body: parsed.body };
+    const req = {
+      method: parsed.method,
+      path: parsed.path,
+      params: found.params,
+      query: parsed.query,
+      headers: parsed.headers,
+      body: parsed.body,
+    };
     let out;
     try {
       const handler = found.route.handler;
-      out = typeof handler === "string" ? await this[handler](req, ctx) : await ctx.call(handler.call, req);
+      out = typeof handler === "string"
+        ? await this[handler](req, ctx)
+        : await ctx.call(handler.call, req);
     } catch (error) {
       try {
         await this.onError(error, ctx);
       } catch (hookError) {
-        ctx.log?.warn?.(`onError threw while handling an error: ${hookError?.message ?? hookError}`);
+        ctx.log?.warn?.(
+          `onError threw while handling an error: ${hookError?.message ?? hookError}`,
+        );
       }
       return errorResponse(error);
     }
@@ -662,14 +812,20 @@ export class BaseProtocolHandler extends BaseFunction {
 
   #parseRequest(request) {
     requireObject(request, "request");
-    if (typeof request.method !== "string" || !/^[A-Za-z]+$/.test(request.method)) throw inputError("request.method", 'an HTTP method such as "GET"', request.method);
-    if (typeof request.path !== "string" || !request.path.startsWith("/")) throw inputError("request.path", 'a path starting with "/"', request.path);
+    if (typeof request.method !== "string" || !/^[A-Za-z]+$/.test(request.method)) {
+      throw inputError("request.method", 'an HTTP method such as "GET"', request.method);
+    }
+    if (typeof request.path !== "string" || !request.path.startsWith("/")) {
+      throw inputError("request.path", 'a path starting with "/"', request.path);
+    }
     const headers = {};
     if (request.headers !== undefined) {
       requireObject(request.headers, "request.headers");
       for (const key of Object.keys(request.headers)) {
         const value = request.headers[key];
-        if (typeof value !== "string" && !Array.isArray(value)) throw inputError(`request.headers.${key}`, "a string", value);
+        if (typeof value !== "string" && !Array.isArray(value)) {
+          throw inputError(`request.headers.${key}`, "a string", value);
+        }
         headers[key.toLowerCase()] = Array.isArray(value) ? value.join(", ") : value;
       }
     }
@@ -679,7 +835,9 @@ export class BaseProtocolHandler extends BaseFunction {
     const path = mark < 0 ? raw : raw.slice(0, mark);
     let query = mark < 0 ? {} : parseQuery(raw.slice(mark + 1), "request.path");
     if (request.query !== undefined) {
-      const given = typeof request.query === "string" ? parseQuery(request.query, "request.query") : requireObject(request.query, "request.query");
+      const given = typeof request.query === "string"
+        ? parseQuery(request.query, "request.query")
+        : requireObject(request.query, "request.query");
       query = { ...query, ...given };
     }
     const segments = path
@@ -687,7 +845,14 @@ export class BaseProtocolHandler extends BaseFunction {
       .slice(1)
       .map((segment) => decodeComponent(segment.replace(/\+/g, "%2B"), "request.path"));
     if (segments.length > 1 && segments.at(-1) === "") segments.pop();
-    return { method: request.method.toUpperCase(), path, segments, query, headers, body: request.body ?? null };
+    return {
+      method: request.method.toUpperCase(),
+      path,
+      segments,
+      query,
+      headers,
+      body: request.body ?? null,
+    };
   }
 
   #routes() {
@@ -700,20 +865,41 @@ export class BaseProtocolHandler extends BaseFunction {
       const method = route.method ?? "*";
       const list = Array.isArray(method) ? method : [method];
       list.forEach((m, j) => {
-        if (typeof m !== "string" || !/^([A-Za-z]+|\*)$/.test(m)) throw configError(Array.isArray(method) ? `${at}.method[${j}]` : `${at}.method`, 'an HTTP method such as "GET" or "*"', m);
+        if (typeof m !== "string" || !/^([A-Za-z]+|\*)$/.test(m)) {
+          throw configError(
+            Array.isArray(method) ? `${at}.method[${j}]` : `${at}.method`,
+            'an HTTP method such as "GET" or "*"',
+            m,
+          );
+        }
       });
       const methods = list.includes("*") ? null : list.map((m) => m.toUpperCase());
-      if (typeof route.path !== "string" || !route.path.startsWith("/")) throw configError(`${at}.path`, 'a path pattern such as "/orders/:id"', route.path);
+      if (typeof route.path !== "string" || !route.path.startsWith("/")) {
+        throw configError(`${at}.path`, 'a path pattern such as "/orders/:id"', route.path);
+      }
       const segments = route.path.split("/").slice(1);
       if (segments.length > 1 && segments.at(-1) === "") segments.pop();
       segments.forEach((segment, j) => {
-        if (segment === "*" && j !== segments.length - 1) throw new ConfigError(`${at}.path: "*" may only end a path`, { path: `${at}.path` });
-        if (segment.startsWith(":") && !/^:[A-Za-z_][A-Za-z0-9_]*$/.test(segment)) throw new ConfigError(`${at}.path: ${JSON.stringify(segment)} is not a parameter name`, { path: `${at}.path` });
+        if (segment === "*" && j !== segments.length - 1) {
+          throw new ConfigError(`${at}.path: "*" may only end a path`, { path: `${at}.path` });
+        }
+        if (segment.startsWith(":") && !/^:[A-Za-z_][A-Za-z0-9_]*$/.test(segment)) {
+          throw new ConfigError(`${at}.path: ${JSON.stringify(segment)} is not a parameter name`, {
+            path: `${at}.path`,
+          });
+        }
       });
       const handler = route.handler;
       if (typeof handler === "string") {
-        if (typeof this[handler] !== "function") throw new ConfigError(`${at}.handler: the class has no method ${JSON.stringify(handler)}`, { path: `${at}.handler` });
-      } else if (!isPlainObject(handler) || typeof handler.call !== "string" || handler.call === "") {
+        if (typeof this[handler] !== "function") {
+          throw new ConfigError(
+            `${at}.handler: the class has no method ${JSON.stringify(handler)}`,
+            { path: `${at}.handler` },
+          );
+        }
+      } else if (
+        !isPlainObject(handler) || typeof handler.call !== "string" || handler.call === ""
+      ) {
         throw configError(`${at}.handler`, 'a method name or {call: "function-name"}', handler);
       }
       return { path: route.path, segments, methods, handler };
@@ -753,14 +939,18 @@ function respond(status, body, headers = {}) {
 // anything else is the body of a 200 (204 when nothing).
 function toResponse(out) {
   if (
-    isPlainObject(out) &&
-    Number.isInteger(out.status) &&
-    out.status >= 100 &&
-    out.status <= 599 &&
-    Object.keys(out).every((key) => key === "status" || key === "headers" || key === "body")
+    isPlainObject(out)
+    && Number.isInteger(out.status)
+    && out.status >= 100
+    && out.status <= 599
+    && Object.keys(out).every((key) => key === "status" || key === "headers" || key === "body")
   ) {
     const headers = {};
-    if (isPlainObject(out.headers)) for (const key of Object.keys(out.headers)) headers[key.toLowerCase()] = String(out.headers[key]);
+    if (isPlainObject(out.headers)) {
+      for (const key of Object.keys(out.headers)) {
+        headers[key.toLowerCase()] = String(out.headers[key]);
+      }
+    }
     return respond(out.status, out.body, headers);
   }
   return out === undefined ? respond(204, null) : respond(200, out);
@@ -770,10 +960,13 @@ function errorResponse(error) {
   const name = error?.name ?? "Error";
   const message = error instanceof Error ? error.message : String(error);
   let status = 500;
-  if (Number.isInteger(error?.status) && error.status >= 400 && error.status <= 599) status = error.status;
-  else if (name === "InputError") status = 400;
+  if (Number.isInteger(error?.status) && error.status >= 400 && error.status <= 599) {
+    status = error.status;
+  } else if (name === "InputError") status = 400;
   const headers = {};
-  if (status === 429 && Number.isFinite(error?.retryAfterMs)) headers["retry-after"] = String(Math.ceil(error.retryAfterMs / 1000));
+  if (status === 429 && Number.isFinite(error?.retryAfterMs)) {
+    headers["retry-after"] = String(Math.ceil(error.retryAfterMs / 1000));
+  }
   return respond(status, { error: message, name }, headers);
 }
 
@@ -782,7 +975,14 @@ function errorResponse(error) {
  * calls. (No HTTP: the sandbox has no network capability.)
  */
 export class BaseConnector extends BaseFunction {
-  static defaults = { target: null, retries: 2, backoffMs: 50, rateLimit: null, waitForToken: false, maxWaitMs: 100 };
+  static defaults = {
+    target: null,
+    retries: 2,
+    backoffMs: 50,
+    rateLimit: null,
+    waitForToken: false,
+    maxWaitMs: 100,
+  };
 
   #bucket = null;
 
@@ -792,11 +992,13 @@ export class BaseConnector extends BaseFunction {
     const s = this.settings;
     const to = target ?? s.target;
     if (typeof to !== "string" || to === "") {
-      throw target === undefined || target === null ? configError("settings.target", "the name of the function to call", to) : inputError("target", "a function name", to);
+      throw target === undefined || target === null
+        ? configError("settings.target", "the name of the function to call", to)
+        : inputError("target", "a function name", to);
     }
     const retries = requireInteger(s.retries, "settings.retries", 0, configError);
     this.#acquire(ctx);
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1;; attempt++) {
       try {
         return { result: await ctx.call(to, input), attempts: attempt };
       } catch (error) {
@@ -807,7 +1009,11 @@ export class BaseConnector extends BaseFunction {
         }
         // There are no timers in the sandbox: the retry goes out at once. The delay it would have
         // waited is logged, so the policy stays visible.
-        ctx.log?.debug?.(`${to} failed (${error.message}); attempt ${attempt + 1} of ${retries + 1} (backoff ${s.backoffMs * 2 ** (attempt - 1)} ms not applied)`);
+        ctx.log?.debug?.(
+          `${to} failed (${error.message}); attempt ${attempt + 1} of ${retries + 1} (backoff ${
+            s.backoffMs * 2 ** (attempt - 1)
+          } ms not applied)`,
+        );
       }
     }
   }
@@ -828,8 +1034,12 @@ export class BaseConnector extends BaseFunction {
     if (limit === null || limit === undefined) return null;
     requireObject(limit, "settings.rateLimit", configError);
     const perSecond = requireNumber(limit.perSecond, "settings.rateLimit.perSecond", configError);
-    if (perSecond <= 0) throw configError("settings.rateLimit.perSecond", "a number > 0", perSecond);
-    const burst = limit.burst === undefined ? Math.max(1, perSecond) : requireNumber(limit.burst, "settings.rateLimit.burst", configError);
+    if (perSecond <= 0) {
+      throw configError("settings.rateLimit.perSecond", "a number > 0", perSecond);
+    }
+    const burst = limit.burst === undefined
+      ? Math.max(1, perSecond)
+      : requireNumber(limit.burst, "settings.rateLimit.burst", configError);
     if (burst < 1) throw configError("settings.rateLimit.burst", "a number ≥ 1", burst);
     return { perSecond, burst };
   }
@@ -862,6 +1072,9 @@ export class BaseConnector extends BaseFunction {
       this.#refill(limit, ctx.now()).tokens -= 1;
       return;
     }
-    throw new RateLimitedError(`rate limit of ${limit.perSecond}/s (burst ${limit.burst}) reached; retry after ${waitMs} ms`, waitMs);
+    throw new RateLimitedError(
+      `rate limit of ${limit.perSecond}/s (burst ${limit.burst}) reached; retry after ${waitMs} ms`,
+      waitMs,
+    );
   }
 }

@@ -1,4 +1,3 @@
-
 // ---- Data: BaseDataStore, BaseDataProcessor, BaseDataValidator, BaseDataTransformer -----------
 
 const STAMPS = ["_version", "_createdAt", "_updatedAt"];
@@ -25,23 +24,44 @@ export class BaseDataStore extends BaseFunction {
     const plain = {};
     for (const key of Object.keys(record)) if (!STAMPS.includes(key)) plain[key] = record[key];
     if (this.settings.schema !== null && this.settings.schema !== undefined) {
-      const result = validateSchema(plain, this.settings.schema, { root: "record", schemaPath: "settings.schema" });
-      if (!result.valid) throw new KlfInputError(`invalid record: ${summarizeErrors(result.errors)}`, { path: result.errors[0].path, errors: result.errors });
+      const result = validateSchema(plain, this.settings.schema, {
+        root: "record",
+        schemaPath: "settings.schema",
+      });
+      if (!result.valid) {
+        throw new KlfInputError(`invalid record: ${summarizeErrors(result.errors)}`, {
+          path: result.errors[0].path,
+          errors: result.errors,
+        });
+      }
     }
     const expected = options?.expectedVersion ?? record._version;
-    if (expected !== undefined) requireInteger(expected, options?.expectedVersion !== undefined ? "options.expectedVersion" : "record._version", 0);
+    if (expected !== undefined) {
+      requireInteger(
+        expected,
+        options?.expectedVersion !== undefined ? "options.expectedVersion" : "record._version",
+        0,
+      );
+    }
     const key = this.#kvKey(id);
     return this.#locks.run(key, async () => {
       const current = await ctx.kv.get(key);
       const version = current?._version ?? 0;
       if (expected !== undefined && expected !== version) {
         throw new ConflictError(
-          `${this.settings.collection}/${id}: expected version ${expected}, but the stored version is ${version}${version === 0 ? " (no such record)" : ""}`,
+          `${this.settings.collection}/${id}: expected version ${expected}, but the stored version is ${version}${
+            version === 0 ? " (no such record)" : ""
+          }`,
           { expectedVersion: expected, actualVersion: version },
         );
       }
       const now = isoTime(ctx.now());
-      const stored = { ...cloneData(plain), _version: version + 1, _createdAt: current?._createdAt ?? now, _updatedAt: now };
+      const stored = {
+        ...cloneData(plain),
+        _version: version + 1,
+        _createdAt: current?._createdAt ?? now,
+        _updatedAt: now,
+      };
       await ctx.kv.put(key, stored);
       return stored;
     });
@@ -63,7 +83,10 @@ export class BaseDataStore extends BaseFunction {
       const current = await ctx.kv.get(key);
       const version = current?._version ?? 0;
       if (expected !== undefined && expected !== version) {
-        throw new ConflictError(`${this.settings.collection}/${id}: expected version ${expected}, but the stored version is ${version}`, { expectedVersion: expected, actualVersion: version });
+        throw new ConflictError(
+          `${this.settings.collection}/${id}: expected version ${expected}, but the stored version is ${version}`,
+          { expectedVersion: expected, actualVersion: version },
+        );
       }
       if (current === undefined) return false;
       await ctx.kv.delete(key);
@@ -112,11 +135,15 @@ export class BaseDataStore extends BaseFunction {
     requireObject(input, "input");
     switch (oneOf(input.op, ["put", "get", "delete", "list", "query"], "input.op")) {
       case "put":
-        return { record: await this.put(input.record, { expectedVersion: input.expectedVersion }, ctx) };
+        return {
+          record: await this.put(input.record, { expectedVersion: input.expectedVersion }, ctx),
+        };
       case "get":
         return { record: await this.get(input.id, ctx) };
       case "delete":
-        return { deleted: await this.delete(input.id, { expectedVersion: input.expectedVersion }, ctx) };
+        return {
+          deleted: await this.delete(input.id, { expectedVersion: input.expectedVersion }, ctx),
+        };
       case "list":
         return { records: await this.list({ prefix: input.prefix, limit: input.limit }, ctx) };
       default:
@@ -130,7 +157,9 @@ export class BaseDataStore extends BaseFunction {
 
   #id(id, path) {
     if (typeof id === "number" && Number.isFinite(id)) return String(id);
-    if (typeof id !== "string" || id === "") throw inputError(path, "a record id (a non-empty string or a number)", id);
+    if (typeof id !== "string" || id === "") {
+      throw inputError(path, "a record id (a non-empty string or a number)", id);
+    }
     return id;
   }
 
@@ -148,7 +177,10 @@ const AGGREGATE_OPS = ["count", "sum", "avg", "min", "max", "first", "last", "st
 function numericField(record, field, index, where) {
   const value = getPath(record, field);
   if (typeof value !== "number" || !Number.isFinite(value)) {
-    throw new KlfInputError(`${where}: records[${index}].${field} is ${show(value)}, expected a number`, { path: `records[${index}].${field}` });
+    throw new KlfInputError(
+      `${where}: records[${index}].${field} is ${show(value)}, expected a number`,
+      { path: `records[${index}].${field}` },
+    );
   }
   return value;
 }
@@ -184,7 +216,12 @@ export class BaseDataProcessor extends BaseFunction {
     requireObject(step, where);
     const keys = Object.keys(step);
     if (keys.length !== 1 || !STEP_KINDS.includes(keys[0])) {
-      throw new KlfInputError(`${where}: unknown step ${keys.length === 1 ? JSON.stringify(keys[0]) : `with keys ${keys.join(", ") || "none"}`} (a step is one of ${STEP_KINDS.map((k) => `{${k}}`).join(", ")})`, { path: where });
+      throw new KlfInputError(
+        `${where}: unknown step ${
+          keys.length === 1 ? JSON.stringify(keys[0]) : `with keys ${keys.join(", ") || "none"}`
+        } (a step is one of ${STEP_KINDS.map((k) => `{${k}}`).join(", ")})`,
+        { path: where },
+      );
     }
     const kind = keys[0];
     const arg = step[kind];
@@ -236,7 +273,9 @@ export class BaseDataProcessor extends BaseFunction {
         const fields = fieldList(arg, at);
         const seen = new Set();
         return records.filter((record) => {
-          const key = canonical(fields.length === 0 ? record : fields.map((f) => getPath(record, f) ?? null));
+          const key = canonical(
+            fields.length === 0 ? record : fields.map((f) => getPath(record, f) ?? null),
+          );
           if (seen.has(key)) return false;
           seen.add(key);
           return true;
@@ -279,13 +318,34 @@ function computeStep(records, spec, at) {
 function compileExpression(expression, at, nested = false) {
   requireObject(expression, at);
   const op = oneOf(expression.op, EXPRESSION_OPS, `${at}.op`);
-  if (nested && op === "pct_change" && Array.isArray(expression.args) && expression.args.length === 1) {
-    throw new KlfInputError(`${at}: pct_change against the previous record must be a whole expression, not an argument`, { path: at });
+  if (
+    nested && op === "pct_change" && Array.isArray(expression.args) && expression.args.length === 1
+  ) {
+    throw new KlfInputError(
+      `${at}: pct_change against the previous record must be a whole expression, not an argument`,
+      { path: at },
+    );
   }
   const args = requireArray(expression.args ?? [], `${at}.args`);
-  const arity = { add: [2, Infinity], mul: [2, Infinity], min: [1, Infinity], max: [1, Infinity], sub: [2, 2], div: [2, 2], pct_change: [1, 2], abs: [1, 1], round: [1, 2] }[op];
+  const arity =
+    {
+      add: [2, Infinity],
+      mul: [2, Infinity],
+      min: [1, Infinity],
+      max: [1, Infinity],
+      sub: [2, 2],
+      div: [2, 2],
+      pct_change: [1, 2],
+      abs: [1, 1],
+      round: [1, 2],
+    }[op];
   if (args.length < arity[0] || args.length > arity[1]) {
-    throw new KlfInputError(`${at}.args: "${op}" takes ${arity[0] === arity[1] ? arity[0] : `${arity[0]} or more`} arguments, got ${args.length}`, { path: `${at}.args` });
+    throw new KlfInputError(
+      `${at}.args: "${op}" takes ${
+        arity[0] === arity[1] ? arity[0] : `${arity[0]} or more`
+      } arguments, got ${args.length}`,
+      { path: `${at}.args` },
+    );
   }
   const parts = args.map((arg, i) => {
     const where = `${at}.args[${i}]`;
@@ -324,7 +384,11 @@ function compileExpression(expression, at, nested = false) {
       }
       default: {
         // pct_change: (a - b) / b with two arguments; with one, the change from the previous record.
-        if (values.length === 2) return values[1] === 0 ? null : (values[0] - values[1]) / values[1];
+        if (values.length === 2) {
+          return values[1] === 0
+            ? null
+            : (values[0] - values[1]) / values[1];
+        }
         state.current = values[0];
         const before = state.previous;
         return before === null || before === 0 ? null : (values[0] - before) / before;
@@ -381,9 +445,12 @@ function groupByStep(records, spec, at) {
     plan.forEach((p, k) => {
       if (p.field === undefined) group.columns[k].push(1);
       else if (p.op === "count") {
-        if (getPath(record, p.field) !== undefined && getPath(record, p.field) !== null) group.columns[k].push(1);
-      } else if (p.op === "first" || p.op === "last") group.columns[k].push(getPath(record, p.field) ?? null);
-      else group.columns[k].push(numericField(record, p.field, index, p.where));
+        if (getPath(record, p.field) !== undefined && getPath(record, p.field) !== null) {
+          group.columns[k].push(1);
+        }
+      } else if (p.op === "first" || p.op === "last") {
+        group.columns[k].push(getPath(record, p.field) ?? null);
+      } else group.columns[k].push(numericField(record, p.field, index, p.where));
     });
   });
   return [...groups.values()].map((group) => {
@@ -410,9 +477,17 @@ export class BaseDataValidator extends BaseFunction {
     const schema = this.settings.schema;
     records.forEach((record, i) => {
       if (schema !== null && schema !== undefined) {
-        errors[i].push(...validateSchema(record, schema, { root: `records[${i}]`, schemaPath: "settings.schema" }).errors);
+        errors[i].push(
+          ...validateSchema(record, schema, {
+            root: `records[${i}]`,
+            schemaPath: "settings.schema",
+          }).errors,
+        );
       } else if (!isPlainObject(record)) {
-        errors[i].push({ path: `records[${i}]`, message: `expected an object, got ${show(record)}` });
+        errors[i].push({
+          path: `records[${i}]`,
+          message: `expected an object, got ${show(record)}`,
+        });
       }
     });
     const rules = requireArray(this.settings.rules ?? [], "settings.rules", configError);
@@ -423,12 +498,18 @@ export class BaseDataValidator extends BaseFunction {
       if (errors[index].length === 0) valid.push(record);
       else invalid.push({ index, record, errors: errors[index] });
     });
-    return { valid, invalid, summary: { total: records.length, valid: valid.length, invalid: invalid.length } };
+    return {
+      valid,
+      invalid,
+      summary: { total: records.length, valid: valid.length, invalid: invalid.length },
+    };
   }
 
   /** An array, or `{records}`. */
   async execute(input) {
-    return this.validateRecords(Array.isArray(input) ? input : requireObject(input, "input").records);
+    return this.validateRecords(
+      Array.isArray(input) ? input : requireObject(input, "input").records,
+    );
   }
 
   #applyRule(rule, at, records, errors) {
@@ -436,7 +517,12 @@ export class BaseDataValidator extends BaseFunction {
     const keys = Object.keys(rule);
     const kinds = ["unique", "range", "required", "pattern", "custom"];
     if (keys.length !== 1 || !kinds.includes(keys[0])) {
-      throw new ConfigError(`${at}: a rule is one of ${kinds.map((k) => `{${k}}`).join(", ")}, got keys ${keys.join(", ") || "none"}`, { path: at });
+      throw new ConfigError(
+        `${at}: a rule is one of ${kinds.map((k) => `{${k}}`).join(", ")}, got keys ${
+          keys.join(", ") || "none"
+        }`,
+        { path: at },
+      );
     }
     const kind = keys[0];
     const arg = rule[kind];
@@ -450,7 +536,9 @@ export class BaseDataValidator extends BaseFunction {
         each((record, i) => {
           for (const field of fields) {
             const value = getPath(record, field);
-            if (value === undefined || value === null || value === "") errors[i].push({ path: `records[${i}].${field}`, message: "is required" });
+            if (value === undefined || value === null || value === "") {
+              errors[i].push({ path: `records[${i}].${field}`, message: "is required" });
+            }
           }
         });
         break;
@@ -463,7 +551,10 @@ export class BaseDataValidator extends BaseFunction {
           if (values.every((v) => v === null)) return;
           const key = canonical(values);
           if (first.has(key)) {
-            errors[i].push({ path: `records[${i}].${fields[0]}`, message: `duplicates records[${first.get(key)}] on ${fields.join(", ")}` });
+            errors[i].push({
+              path: `records[${i}].${fields[0]}`,
+              message: `duplicates records[${first.get(key)}] on ${fields.join(", ")}`,
+            });
           } else {
             first.set(key, i);
           }
@@ -473,34 +564,65 @@ export class BaseDataValidator extends BaseFunction {
       case "range": {
         requireObject(arg, `${at}.range`, configError);
         const field = requireString(arg.field, `${at}.range.field`, configError);
-        const min = arg.min === undefined ? -Infinity : requireNumber(arg.min, `${at}.range.min`, configError);
-        const max = arg.max === undefined ? Infinity : requireNumber(arg.max, `${at}.range.max`, configError);
+        const min = arg.min === undefined
+          ? -Infinity
+          : requireNumber(arg.min, `${at}.range.min`, configError);
+        const max = arg.max === undefined
+          ? Infinity
+          : requireNumber(arg.max, `${at}.range.max`, configError);
         each((record, i) => {
           const value = getPath(record, field);
           if (value === undefined || value === null) return;
-          if (typeof value !== "number" || !Number.isFinite(value)) errors[i].push({ path: `records[${i}].${field}`, message: `expected a number, got ${show(value)}` });
-          else if (value < min || value > max) errors[i].push({ path: `records[${i}].${field}`, message: `expected a number in [${min}, ${max}], got ${value}` });
+          if (typeof value !== "number" || !Number.isFinite(value)) {
+            errors[i].push({
+              path: `records[${i}].${field}`,
+              message: `expected a number, got ${show(value)}`,
+            });
+          } else if (value < min || value > max) {
+            errors[i].push({
+              path: `records[${i}].${field}`,
+              message: `expected a number in [${min}, ${max}], got ${value}`,
+            });
+          }
         });
         break;
       }
       case "pattern": {
         requireObject(arg, `${at}.pattern`, configError);
         const field = requireString(arg.field, `${at}.pattern.field`, configError);
-        const regex = schemaPattern(requireString(arg.pattern, `${at}.pattern.pattern`, configError), `${at}.pattern.pattern`);
+        const regex = schemaPattern(
+          requireString(arg.pattern, `${at}.pattern.pattern`, configError),
+          `${at}.pattern.pattern`,
+        );
         each((record, i) => {
           const value = getPath(record, field);
           if (value === undefined || value === null) return;
-          if (typeof value !== "string" || !regex.test(value)) errors[i].push({ path: `records[${i}].${field}`, message: `expected a string matching /${arg.pattern}/, got ${show(value)}` });
+          if (typeof value !== "string" || !regex.test(value)) {
+            errors[i].push({
+              path: `records[${i}].${field}`,
+              message: `expected a string matching /${arg.pattern}/, got ${show(value)}`,
+            });
+          }
         });
         break;
       }
       default: {
         const name = requireString(arg, `${at}.custom`, configError);
-        if (typeof this[name] !== "function") throw new ConfigError(`${at}.custom: the class has no method ${JSON.stringify(name)}`, { path: `${at}.custom` });
+        if (typeof this[name] !== "function") {
+          throw new ConfigError(`${at}.custom: the class has no method ${JSON.stringify(name)}`, {
+            path: `${at}.custom`,
+          });
+        }
         each((record, i) => {
           const found = this[name](record, i, records);
-          const list = found === null || found === undefined || found === true ? [] : Array.isArray(found) ? found : [found];
-          for (const message of list) errors[i].push({ path: `records[${i}]`, message: String(message) });
+          const list = found === null || found === undefined || found === true
+            ? []
+            : Array.isArray(found)
+            ? found
+            : [found];
+          for (const message of list) {
+            errors[i].push({ path: `records[${i}]`, message: String(message) });
+          }
         });
       }
     }
@@ -508,7 +630,16 @@ export class BaseDataValidator extends BaseFunction {
 }
 
 const CASTS = ["number", "string", "boolean", "date"];
-const MAPPING_KEYS = ["from", "value", "cast", "default", "required", "trim", "lowercase", "uppercase"];
+const MAPPING_KEYS = [
+  "from",
+  "value",
+  "cast",
+  "default",
+  "required",
+  "trim",
+  "lowercase",
+  "uppercase",
+];
 
 /**
  * Declarative reshaping of records: output fields from input paths with casts, defaults and
@@ -531,17 +662,26 @@ export class BaseDataTransformer extends BaseFunction {
         if (field.lowercase) value = value.toLowerCase();
         if (field.uppercase) value = value.toUpperCase();
       }
-      if (value === undefined || value === null || (value === "" && field.cast !== undefined && field.cast !== "string")) {
+      if (
+        value === undefined || value === null
+        || (value === "" && field.cast !== undefined && field.cast !== "string")
+      ) {
         if (field.default !== undefined) value = cloneData(field.default);
-        else if (field.required) throw new KlfInputError(`${joinPathText(where, field.from)}: is required (mapped to ${field.to})`, { path: joinPathText(where, field.from) });
-        else if (value === undefined) continue;
+        else if (field.required) {
+          throw new KlfInputError(
+            `${joinPathText(where, field.from)}: is required (mapped to ${field.to})`,
+            { path: joinPathText(where, field.from) },
+          );
+        } else if (value === undefined) continue;
         else value = null;
       } else if (field.cast !== undefined) {
         value = castValue(value, field.cast, joinPathText(where, field.from));
       }
       setPath(out, field.to, value);
     }
-    for (const path of requireArray(s.drop ?? [], "settings.drop", configError)) deletePath(out, path);
+    for (const path of requireArray(s.drop ?? [], "settings.drop", configError)) {
+      deletePath(out, path);
+    }
     return out;
   }
 
@@ -573,7 +713,9 @@ export class BaseDataTransformer extends BaseFunction {
     if (typeof sep !== "string" || sep === "") throw inputError("sep", "a non-empty string", sep);
     const out = {};
     for (const key of Object.keys(obj)) {
-      const segments = key.split(sep).map((part) => (/^(0|[1-9]\d{0,8})$/.test(part) ? Number(part) : part));
+      const segments = key.split(sep).map((
+        part,
+      ) => (/^(0|[1-9]\d{0,8})$/.test(part) ? Number(part) : part));
       if (typeof segments[0] === "number") segments[0] = String(segments[0]);
       setPath(out, segments, cloneData(obj[key]));
     }
@@ -596,11 +738,20 @@ export class BaseDataTransformer extends BaseFunction {
     const fields = Object.keys(source).map((to) => {
       const at = `settings.mapping.${to}`;
       parsePath(to, at);
-      const spec = typeof source[to] === "string" ? { from: source[to] } : requireObject(source[to], at, configError);
-      if (spec.value === undefined) parsePath(requireString(spec.from, `${at}.from`, configError), `${at}.from`);
+      const spec = typeof source[to] === "string"
+        ? { from: source[to] }
+        : requireObject(source[to], at, configError);
+      if (spec.value === undefined) {
+        parsePath(requireString(spec.from, `${at}.from`, configError), `${at}.from`);
+      }
       if (spec.cast !== undefined) oneOf(spec.cast, CASTS, `${at}.cast`, configError);
       for (const key of Object.keys(spec)) {
-        if (!MAPPING_KEYS.includes(key)) throw new ConfigError(`${at}.${key}: unknown option (expected ${MAPPING_KEYS.join(", ")})`, { path: `${at}.${key}` });
+        if (!MAPPING_KEYS.includes(key)) {
+          throw new ConfigError(
+            `${at}.${key}: unknown option (expected ${MAPPING_KEYS.join(", ")})`,
+            { path: `${at}.${key}` },
+          );
+        }
       }
       return { ...spec, to, from: spec.from ?? to };
     });
@@ -616,7 +767,11 @@ function joinPathText(base, path) {
 function castValue(value, cast, path) {
   switch (cast) {
     case "string":
-      return typeof value === "string" ? value : typeof value === "object" ? JSON.stringify(value) : String(value);
+      return typeof value === "string"
+        ? value
+        : typeof value === "object"
+        ? JSON.stringify(value)
+        : String(value);
     case "number": {
       if (typeof value === "number" && Number.isFinite(value)) return value;
       if (typeof value === "string" && NUMBER_TEXT.test(value.trim())) return Number(value.trim());
@@ -633,8 +788,18 @@ function castValue(value, cast, path) {
     }
     default: {
       // date: ISO 8601 text (UTC) from milliseconds since the epoch or a date string.
-      const ms = typeof value === "number" ? value : typeof value === "string" ? Date.parse(value.trim()) : NaN;
-      if (!Number.isFinite(ms) || Math.abs(ms) > 8.64e15) throw inputError(path, "a date (milliseconds since the epoch or an ISO 8601 string) to cast", value);
+      const ms = typeof value === "number"
+        ? value
+        : typeof value === "string"
+        ? Date.parse(value.trim())
+        : NaN;
+      if (!Number.isFinite(ms) || Math.abs(ms) > 8.64e15) {
+        throw inputError(
+          path,
+          "a date (milliseconds since the epoch or an ISO 8601 string) to cast",
+          value,
+        );
+      }
       return new Date(ms).toISOString();
     }
   }

@@ -1,4 +1,3 @@
-
 // ---- Intelligence: BaseModelProcessor, BaseDecisionEngine, BaseLearningEngine, BasePredictor ---
 
 function sigmoid(z) {
@@ -9,7 +8,11 @@ function sigmoid(z) {
 function fillTemplate(template, input) {
   return template.replace(/\{\{\s*([^{}\s]+)\s*\}\}/g, (_, path) => {
     const value = path === "." ? input : getPath(input, path);
-    if (value === undefined) throw new KlfInputError(`input.${path}: is required by the prompt template`, { path: `input.${path}` });
+    if (value === undefined) {
+      throw new KlfInputError(`input.${path}: is required by the prompt template`, {
+        path: `input.${path}`,
+      });
+    }
     return typeof value === "string" ? value : JSON.stringify(value);
   });
 }
@@ -42,7 +45,9 @@ export class BaseModelProcessor extends BaseFunction {
     ctx = ctxOf(this, ctx);
     const request = { prompt: this.#prompt(model, input) };
     if (model.system !== undefined) request.system = model.system;
-    for (const key of ["maxTokens", "temperature"]) if (model[key] !== undefined) request[key] = model[key];
+    for (const key of ["maxTokens", "temperature"]) {
+      if (model[key] !== undefined) request[key] = model[key];
+    }
     if (model.json === true) request.json = true;
     const answer = await ctx.model.complete(request);
     const out = { text: answer.text, model: answer.model, usage: answer.usage };
@@ -53,13 +58,21 @@ export class BaseModelProcessor extends BaseFunction {
   /** A local model's `{score, label?}`; every weighted feature must be a number. */
   score(features, where = "features") {
     const model = this.#model();
-    if (model.kind === "provider") throw new ConfigError("settings.model: score() needs a local model (linear or logistic); use infer() with a provider", { path: "settings.model.kind" });
+    if (model.kind === "provider") {
+      throw new ConfigError(
+        "settings.model: score() needs a local model (linear or logistic); use infer() with a provider",
+        { path: "settings.model.kind" },
+      );
+    }
     requireObject(features, where);
     let z = model.bias;
     for (const name of Object.keys(model.weights)) {
       const value = features[name];
       if (typeof value !== "number" || !Number.isFinite(value)) {
-        throw new KlfInputError(`${where}.${name}: expected a number (the model weighs it), got ${show(value)}`, { path: `${where}.${name}` });
+        throw new KlfInputError(
+          `${where}.${name}: expected a number (the model weighs it), got ${show(value)}`,
+          { path: `${where}.${name}` },
+        );
       }
       z += model.weights[name] * value;
     }
@@ -78,7 +91,9 @@ export class BaseModelProcessor extends BaseFunction {
     this.score(features);
     return Object.keys(model.weights)
       .map((feature) => ({ feature, contribution: model.weights[feature] * features[feature] }))
-      .sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution) || (a.feature < b.feature ? -1 : 1));
+      .sort((a, b) =>
+        Math.abs(b.contribution) - Math.abs(a.contribution) || (a.feature < b.feature ? -1 : 1)
+      );
   }
 
   /** Copies of the records with `score` (and `label`) added; provider models add `inference`. */
@@ -87,32 +102,52 @@ export class BaseModelProcessor extends BaseFunction {
     const model = this.#model();
     const out = [];
     for (let i = 0; i < records.length; i++) {
-      if (model.kind === "provider") out.push({ ...records[i], inference: await this.infer(records[i], ctx) });
-      else out.push({ ...records[i], ...this.score(records[i], `records[${i}]`) });
+      if (model.kind === "provider") {
+        out.push({ ...records[i], inference: await this.infer(records[i], ctx) });
+      } else out.push({ ...records[i], ...this.score(records[i], `records[${i}]`) });
     }
     return out;
   }
 
   /** `{records}` → `{records}`; `{features}` or the features themselves → infer. */
   async execute(input, ctx) {
-    if (isPlainObject(input) && Array.isArray(input.records)) return { records: await this.inferAll(input.records, ctx) };
-    if (isPlainObject(input) && isPlainObject(input.features)) return this.infer(input.features, ctx);
+    if (isPlainObject(input) && Array.isArray(input.records)) {
+      return { records: await this.inferAll(input.records, ctx) };
+    }
+    if (isPlainObject(input) && isPlainObject(input.features)) {
+      return this.infer(input.features, ctx);
+    }
     return this.infer(input, ctx);
   }
 
   #model() {
     const model = requireObject(this.settings.model, "settings.model", configError);
-    const kind = oneOf(model.kind, ["linear", "logistic", "provider"], "settings.model.kind", configError);
+    const kind = oneOf(
+      model.kind,
+      ["linear", "logistic", "provider"],
+      "settings.model.kind",
+      configError,
+    );
     if (kind === "provider") {
-      if (model.system !== undefined && typeof model.system !== "string") throw configError("settings.model.system", "a string", model.system);
-      if (model.prompt !== undefined && typeof model.prompt !== "string") throw configError("settings.model.prompt", "a prompt template string", model.prompt);
+      if (model.system !== undefined && typeof model.system !== "string") {
+        throw configError("settings.model.system", "a string", model.system);
+      }
+      if (model.prompt !== undefined && typeof model.prompt !== "string") {
+        throw configError("settings.model.prompt", "a prompt template string", model.prompt);
+      }
       return model;
     }
     requireObject(model.weights, "settings.model.weights", configError);
-    for (const name of Object.keys(model.weights)) requireNumber(model.weights[name], `settings.model.weights.${name}`, configError);
+    for (const name of Object.keys(model.weights)) {
+      requireNumber(model.weights[name], `settings.model.weights.${name}`, configError);
+    }
     requireNumber(model.bias ?? 0, "settings.model.bias", configError);
-    if (model.threshold !== undefined) requireNumber(model.threshold, "settings.model.threshold", configError);
-    if (model.labels !== undefined && (!Array.isArray(model.labels) || model.labels.length !== 2)) throw configError("settings.model.labels", "two labels [negative, positive]", model.labels);
+    if (model.threshold !== undefined) {
+      requireNumber(model.threshold, "settings.model.threshold", configError);
+    }
+    if (model.labels !== undefined && (!Array.isArray(model.labels) || model.labels.length !== 2)) {
+      throw configError("settings.model.labels", "two labels [negative, positive]", model.labels);
+    }
     return { ...model, bias: model.bias ?? 0 };
   }
 
@@ -120,7 +155,13 @@ export class BaseModelProcessor extends BaseFunction {
     if (typeof model.prompt === "string") return fillTemplate(model.prompt, input ?? {});
     if (typeof input === "string") return input;
     if (isPlainObject(input) && typeof input.prompt === "string") return input.prompt;
-    if (input === undefined || input === null) throw inputError("input", "a prompt (a string, {prompt}, or values for settings.model.prompt)", input);
+    if (input === undefined || input === null) {
+      throw inputError(
+        "input",
+        "a prompt (a string, {prompt}, or values for settings.model.prompt)",
+        input,
+      );
+    }
     return JSON.stringify(input);
   }
 }
@@ -167,14 +208,30 @@ export class BaseDecisionEngine extends BaseFunction {
     const ids = new Set();
     const rules = source.map((rule, i) => {
       requireObject(rule, `settings.rules[${i}]`, configError);
-      const id = rule.id === undefined ? `#${i}` : requireString(rule.id, `settings.rules[${i}].id`, configError);
+      const id = rule.id === undefined
+        ? `#${i}`
+        : requireString(rule.id, `settings.rules[${i}].id`, configError);
       const at = `settings.rules[${i}] ("${id}")`;
-      if (ids.has(id)) throw new ConfigError(`${at}.id: two rules are called "${id}"`, { path: `settings.rules[${i}].id` });
+      if (ids.has(id)) {
+        throw new ConfigError(`${at}.id: two rules are called "${id}"`, {
+          path: `settings.rules[${i}].id`,
+        });
+      }
       ids.add(id);
       const priority = rule.priority ?? 0;
       requireNumber(priority, `${at}.priority`, configError);
-      if (rule.when === undefined) throw new KlfInputError(`${at}.when: a rule needs a condition`, { path: `settings.rules[${i}].when` });
-      return { id, priority, index: i, when: compileCondition(rule.when, `${at}.when`), then: rule.then ?? null };
+      if (rule.when === undefined) {
+        throw new KlfInputError(`${at}.when: a rule needs a condition`, {
+          path: `settings.rules[${i}].when`,
+        });
+      }
+      return {
+        id,
+        priority,
+        index: i,
+        when: compileCondition(rule.when, `${at}.when`),
+        then: rule.then ?? null,
+      };
     });
     rules.sort((a, b) => b.priority - a.priority || a.index - b.index);
     this.#compiled = { source, rules };
@@ -232,7 +289,12 @@ export class BaseLearningEngine extends BaseFunction {
         const y = requireNumber(sample.y, `samples[${i}].y`);
         d ??= x.length;
         if (x.length !== d) {
-          throw new KlfInputError(`samples[${i}].x: expected ${d} feature${d === 1 ? "" : "s"} (${state.features === null ? "as the first sample has" : "as the model was trained with"}), got ${x.length}`, { path: `samples[${i}].x` });
+          throw new KlfInputError(
+            `samples[${i}].x: expected ${d} feature${d === 1 ? "" : "s"} (${
+              state.features === null ? "as the first sample has" : "as the model was trained with"
+            }), got ${x.length}`,
+            { path: `samples[${i}].x` },
+          );
         }
         return { x, y };
       });
@@ -261,12 +323,25 @@ export class BaseLearningEngine extends BaseFunction {
   /** The regression's prediction for x; Error when the data cannot determine the model yet. */
   async predict(x, ctx) {
     const state = await this.#load(ctxOf(this, ctx));
-    if (state.features === null) throw new Error("the model has not learned anything yet: call learn with samples first");
+    if (state.features === null) {
+      throw new Error("the model has not learned anything yet: call learn with samples first");
+    }
     const features = this.#features(x, "x");
-    if (features.length !== state.features) throw new KlfInputError(`x: expected ${state.features} feature${state.features === 1 ? "" : "s"}, got ${features.length}`, { path: "x" });
+    if (features.length !== state.features) {
+      throw new KlfInputError(
+        `x: expected ${state.features} feature${
+          state.features === 1 ? "" : "s"
+        }, got ${features.length}`,
+        { path: "x" },
+      );
+    }
     const fit = this.#fit(state);
     if (fit === null) {
-      throw new Error(`not enough data to fit ${state.features} coefficient(s): ${state.count} sample(s) that do not pin the model down (need at least ${state.features + 1} independent ones, or settings.lambda > 0)`);
+      throw new Error(
+        `not enough data to fit ${state.features} coefficient(s): ${state.count} sample(s) that do not pin the model down (need at least ${
+          state.features + 1
+        } independent ones, or settings.lambda > 0)`,
+      );
     }
     return fit.intercept + fit.coefficients.reduce((sum, w, i) => sum + w * features[i], 0);
   }
@@ -311,14 +386,21 @@ export class BaseLearningEngine extends BaseFunction {
   async #load(ctx) {
     const key = this.#key();
     const state = await ctx.kv.get(key);
-    if (state === undefined || state === null) return { count: 0, mean: 0, m2: 0, features: null, xtx: null, xty: null };
-    const shaped =
-      isPlainObject(state) &&
-      Number.isSafeInteger(state.count) &&
-      typeof state.mean === "number" &&
-      typeof state.m2 === "number" &&
-      (state.features === null || (Number.isSafeInteger(state.features) && Array.isArray(state.xtx) && state.xtx.length === state.features + 1 && Array.isArray(state.xty)));
-    if (!shaped) throw new Error(`kv key "${key}" does not hold a learning state: choose another settings.stateKey, or reset()`);
+    if (state === undefined || state === null) {
+      return { count: 0, mean: 0, m2: 0, features: null, xtx: null, xty: null };
+    }
+    const shaped = isPlainObject(state)
+      && Number.isSafeInteger(state.count)
+      && typeof state.mean === "number"
+      && typeof state.m2 === "number"
+      && (state.features === null
+        || (Number.isSafeInteger(state.features) && Array.isArray(state.xtx)
+          && state.xtx.length === state.features + 1 && Array.isArray(state.xty)));
+    if (!shaped) {
+      throw new Error(
+        `kv key "${key}" does not hold a learning state: choose another settings.stateKey, or reset()`,
+      );
+    }
     return state;
   }
 
@@ -347,7 +429,12 @@ export class BaseLearningEngine extends BaseFunction {
 function series(xs, path, min, what) {
   requireArray(xs, path);
   xs.forEach((x, i) => requireNumber(x, `${path}[${i}]`));
-  if (xs.length < min) throw new KlfInputError(`${path}: ${what} needs at least ${min} value${min === 1 ? "" : "s"}, got ${xs.length}`, { path });
+  if (xs.length < min) {
+    throw new KlfInputError(
+      `${path}: ${what} needs at least ${min} value${min === 1 ? "" : "s"}, got ${xs.length}`,
+      { path },
+    );
+  }
   return xs;
 }
 
@@ -355,7 +442,15 @@ const PREDICTOR_METHODS = ["sma", "ema", "trend", "forecast", "zscores", "anomal
 
 /** Time series: moving averages, linear trend, forecasts, z-scores and anomalies. */
 export class BasePredictor extends BaseFunction {
-  static defaults = { method: "trend", n: 3, alpha: null, steps: 1, forecastMethod: "linear", threshold: 3, window: null };
+  static defaults = {
+    method: "trend",
+    n: 3,
+    alpha: null,
+    steps: 1,
+    forecastMethod: "linear",
+    threshold: 3,
+    window: null,
+  };
 
   /** Simple moving average over full windows: `xs.length - n + 1` values. */
   sma(xs, n) {
@@ -472,7 +567,10 @@ export class BasePredictor extends BaseFunction {
       return { method, result: this.#compute(method, xs, input, pick) };
     } catch (error) {
       // The methods name their argument xs; here it is input.series.
-      if (error instanceof KlfInputError && typeof error.path === "string" && error.path.startsWith("xs")) {
+      if (
+        error instanceof KlfInputError && typeof error.path === "string"
+        && error.path.startsWith("xs")
+      ) {
         const path = `input.series${error.path.slice(2)}`;
         throw new KlfInputError(`${path}${error.message.slice(error.path.length)}`, { path });
       }
@@ -494,7 +592,9 @@ export class BasePredictor extends BaseFunction {
         result = this.linearTrend(xs);
         break;
       case "forecast":
-        result = this.forecast(xs, pick("steps"), input.forecastMethod ?? s.forecastMethod, { alpha: input.alpha ?? input.n });
+        result = this.forecast(xs, pick("steps"), input.forecastMethod ?? s.forecastMethod, {
+          alpha: input.alpha ?? input.n,
+        });
         break;
       case "zscores":
         result = this.zScores(xs);
@@ -507,8 +607,15 @@ export class BasePredictor extends BaseFunction {
 }
 
 function emaAlpha(alphaOrN) {
-  if (typeof alphaOrN !== "number" || !Number.isFinite(alphaOrN) || alphaOrN <= 0 || (alphaOrN > 1 && !Number.isInteger(alphaOrN))) {
-    throw inputError("alpha", "a smoothing factor 0 < alpha ≤ 1 or a span n ≥ 1 (an integer)", alphaOrN);
+  if (
+    typeof alphaOrN !== "number" || !Number.isFinite(alphaOrN) || alphaOrN <= 0
+    || (alphaOrN > 1 && !Number.isInteger(alphaOrN))
+  ) {
+    throw inputError(
+      "alpha",
+      "a smoothing factor 0 < alpha ≤ 1 or a span n ≥ 1 (an integer)",
+      alphaOrN,
+    );
   }
   return alphaOrN >= 1 ? 2 / (alphaOrN + 1) : alphaOrN;
 }

@@ -1,4 +1,3 @@
-
 // ---- Security: BaseAuthenticator, BaseAuthorizer, BaseEncryptor, BaseValidator ---------------
 
 // A header's value, names compared case-insensitively; the first of several values.
@@ -64,7 +63,12 @@ export class BaseAuthenticator extends BaseFunction {
     ctx = ctxOf(this, ctx);
     requireObject(request, "input");
     if (request.headers !== undefined) requireObject(request.headers, "input.headers");
-    const scheme = oneOf(this.settings.scheme, ["bearer", "api-key", "hmac"], "settings.scheme", configError);
+    const scheme = oneOf(
+      this.settings.scheme,
+      ["bearer", "api-key", "hmac"],
+      "settings.scheme",
+      configError,
+    );
     if (scheme === "hmac") return this.#verifyHmac(request, ctx);
     const token = this.#extractToken(request, scheme);
     const entries = await this.#loadTokens(ctx);
@@ -73,14 +77,21 @@ export class BaseAuthenticator extends BaseFunction {
     for (const entry of entries) {
       if (ctx.crypto.equal(token, entry.token) && subject === null) subject = entry.subject;
     }
-    if (subject === null) throw new AuthError(`unknown ${scheme === "bearer" ? "bearer token" : "API key"}`, "unknown_token");
+    if (subject === null) {
+      throw new AuthError(
+        `unknown ${scheme === "bearer" ? "bearer token" : "API key"}`,
+        "unknown_token",
+      );
+    }
     return { authenticated: true, subject, scheme };
   }
 
   /** The hex signature a client sends for `body` at `timestamp` (for clients and tests). */
   async sign(body, timestamp, ctx) {
     ctx = ctxOf(this, ctx);
-    const key = await ctx.secret(secretName(this.settings.hmacSecret, "settings.hmacSecret", "the HMAC key"));
+    const key = await ctx.secret(
+      secretName(this.settings.hmacSecret, "settings.hmacSecret", "the HMAC key"),
+    );
     return ctx.crypto.hmac("sha256", key, `${timestamp}.${bodyText(body)}`);
   }
 
@@ -97,23 +108,34 @@ export class BaseAuthenticator extends BaseFunction {
 
   #extractToken(request, scheme) {
     if (request.token !== undefined) {
-      if (typeof request.token !== "string" || request.token === "") throw inputError("input.token", "a non-empty string", request.token);
+      if (typeof request.token !== "string" || request.token === "") {
+        throw inputError("input.token", "a non-empty string", request.token);
+      }
       return request.token;
     }
     const header = requireString(this.settings.header, "settings.header", configError);
     const value = headerValue(request.headers, header);
     if (value === undefined || value === "") {
-      throw new AuthError(`missing credentials: no token and no "${header}" header`, "missing_token");
+      throw new AuthError(
+        `missing credentials: no token and no "${header}" header`,
+        "missing_token",
+      );
     }
     if (typeof value !== "string") throw inputError(`input.headers.${header}`, "a string", value);
     if (scheme === "api-key") return value.trim();
     const match = /^Bearer\s+(\S+)\s*$/i.exec(value);
-    if (match === null) throw new AuthError(`the "${header}" header is not "Bearer <token>"`, "missing_token");
+    if (match === null) {
+      throw new AuthError(`the "${header}" header is not "Bearer <token>"`, "missing_token");
+    }
     return match[1];
   }
 
   async #loadTokens(ctx) {
-    const name = secretName(this.settings.tokensSecret, "settings.tokensSecret", "subject:token lines");
+    const name = secretName(
+      this.settings.tokensSecret,
+      "settings.tokensSecret",
+      "subject:token lines",
+    );
     const text = await ctx.secret(name);
     if (text === this.#tokens.text) return this.#tokens.entries;
     const entries = [];
@@ -125,9 +147,14 @@ export class BaseAuthenticator extends BaseFunction {
         const colon = trimmed.indexOf(":");
         if (colon <= 0 || colon === trimmed.length - 1) {
           // The line itself is never shown: it may hold a token.
-          throw new ConfigError(`secret "${name}" line ${i + 1} is not "subject:token"`, { path: "settings.tokensSecret" });
+          throw new ConfigError(`secret "${name}" line ${i + 1} is not "subject:token"`, {
+            path: "settings.tokensSecret",
+          });
         }
-        entries.push({ subject: trimmed.slice(0, colon).trim(), token: trimmed.slice(colon + 1).trim() });
+        entries.push({
+          subject: trimmed.slice(0, colon).trim(),
+          token: trimmed.slice(colon + 1).trim(),
+        });
       });
     this.#tokens = { text, entries };
     return entries;
@@ -139,31 +166,69 @@ export class BaseAuthenticator extends BaseFunction {
     let signature = request.signature ?? headerValue(request.headers, s.signatureHeader);
     const timestamp = request.timestamp ?? headerValue(request.headers, s.timestampHeader);
     if (signature === undefined || signature === "") {
-      throw new AuthError(`missing signature: no signature and no "${s.signatureHeader}" header`, "missing_signature");
+      throw new AuthError(
+        `missing signature: no signature and no "${s.signatureHeader}" header`,
+        "missing_signature",
+      );
     }
     if (timestamp === undefined || timestamp === "") {
-      throw new AuthError(`missing timestamp: no timestamp and no "${s.timestampHeader}" header`, "missing_timestamp");
+      throw new AuthError(
+        `missing timestamp: no timestamp and no "${s.timestampHeader}" header`,
+        "missing_timestamp",
+      );
     }
-    if (typeof signature !== "string") throw inputError("input.signature", "a hex string", signature);
+    if (typeof signature !== "string") {
+      throw inputError("input.signature", "a hex string", signature);
+    }
     signature = signature.replace(/^sha256=/i, "");
-    const at = typeof timestamp === "number" ? timestamp : /^\d+$/.test(String(timestamp)) ? Number(timestamp) : NaN;
-    if (!Number.isFinite(at)) throw new AuthError(`bad timestamp ${show(timestamp)}: expected milliseconds since the epoch`, "bad_timestamp");
+    const at = typeof timestamp === "number"
+      ? timestamp
+      : /^\d+$/.test(String(timestamp))
+      ? Number(timestamp)
+      : NaN;
+    if (!Number.isFinite(at)) {
+      throw new AuthError(
+        `bad timestamp ${show(timestamp)}: expected milliseconds since the epoch`,
+        "bad_timestamp",
+      );
+    }
     const skew = Math.abs(ctx.now() - at);
     const tolerance = requireNumber(s.toleranceMs, "settings.toleranceMs", configError);
     if (skew > tolerance) {
-      throw new AuthError(`stale timestamp: ${Math.round(skew)} ms away from this node's clock, at most ${tolerance} ms allowed`, "stale_timestamp");
+      throw new AuthError(
+        `stale timestamp: ${
+          Math.round(skew)
+        } ms away from this node's clock, at most ${tolerance} ms allowed`,
+        "stale_timestamp",
+      );
     }
-    if (!/^[0-9a-fA-F]+$/.test(signature)) throw new AuthError("bad signature: not a hex string", "bad_signature");
+    if (!/^[0-9a-fA-F]+$/.test(signature)) {
+      throw new AuthError("bad signature: not a hex string", "bad_signature");
+    }
     const key = await ctx.secret(name);
-    const ok = ctx.crypto.hmacVerify("sha256", key, `${timestamp}.${bodyText(request.body)}`, signature.toLowerCase());
-    if (!ok) throw new AuthError("bad signature: it does not match the body and timestamp", "bad_signature");
+    const ok = ctx.crypto.hmacVerify(
+      "sha256",
+      key,
+      `${timestamp}.${bodyText(request.body)}`,
+      signature.toLowerCase(),
+    );
+    if (!ok) {
+      throw new AuthError(
+        "bad signature: it does not match the body and timestamp",
+        "bad_signature",
+      );
+    }
     return { authenticated: true, subject: s.hmacSubject ?? name, scheme: "hmac" };
   }
 }
 
 function secretName(name, path, holding) {
   if (typeof name !== "string" || name === "") {
-    throw configError(path, `the name of a secret holding ${holding} (declared in \`secrets\` in klf.toml)`, name);
+    throw configError(
+      path,
+      `the name of a secret holding ${holding} (declared in \`secrets\` in klf.toml)`,
+      name,
+    );
   }
   return name;
 }
@@ -201,19 +266,47 @@ export class BaseAuthorizer extends BaseFunction {
       if (!policy.resources.some((p) => globMatch(p, resource))) continue;
       if (policy.when !== null && !policy.when(facts)) continue;
       if (policy.effect === "deny") {
-        return { allowed: false, effect: "deny", policy: policy.id, reason: `denied by policy "${policy.id}"` };
+        return {
+          allowed: false,
+          effect: "deny",
+          policy: policy.id,
+          reason: `denied by policy "${policy.id}"`,
+        };
       }
       allow ??= policy;
     }
-    if (allow !== null) return { allowed: true, effect: "allow", policy: allow.id, reason: `allowed by policy "${allow.id}"` };
-    const effect = oneOf(this.settings.defaultEffect, ["allow", "deny"], "settings.defaultEffect", configError);
-    return { allowed: effect === "allow", effect, policy: null, reason: `no policy matched; the default is ${effect}` };
+    if (allow !== null) {
+      return {
+        allowed: true,
+        effect: "allow",
+        policy: allow.id,
+        reason: `allowed by policy "${allow.id}"`,
+      };
+    }
+    const effect = oneOf(
+      this.settings.defaultEffect,
+      ["allow", "deny"],
+      "settings.defaultEffect",
+      configError,
+    );
+    return {
+      allowed: effect === "allow",
+      effect,
+      policy: null,
+      reason: `no policy matched; the default is ${effect}`,
+    };
   }
 
   /** Like authorize, but throws AuthError (status 403) unless allowed. */
   assertAllowed(request) {
     const decision = this.authorize(request);
-    if (!decision.allowed) throw new AuthError(`forbidden: ${request.subject} may not ${request.action} ${request.resource} (${decision.reason})`, "forbidden", 403);
+    if (!decision.allowed) {
+      throw new AuthError(
+        `forbidden: ${request.subject} may not ${request.action} ${request.resource} (${decision.reason})`,
+        "forbidden",
+        403,
+      );
+    }
     return decision;
   }
 
@@ -229,12 +322,18 @@ export class BaseAuthorizer extends BaseFunction {
     const policies = source.map((policy, i) => {
       const at = `settings.policies[${i}]`;
       requireObject(policy, at, configError);
-      const id = policy.id === undefined ? `#${i}` : requireString(policy.id, `${at}.id`, configError);
-      if (ids.has(id)) throw new ConfigError(`${at}.id: "${id}" is used by two policies`, { path: `${at}.id` });
+      const id = policy.id === undefined
+        ? `#${i}`
+        : requireString(policy.id, `${at}.id`, configError);
+      if (ids.has(id)) {
+        throw new ConfigError(`${at}.id: "${id}" is used by two policies`, { path: `${at}.id` });
+      }
       ids.add(id);
       const globs = (key) => {
         const value = policy[key] ?? ["*"];
-        const list = typeof value === "string" ? [value] : requireArray(value, `${at}.${key}`, configError);
+        const list = typeof value === "string"
+          ? [value]
+          : requireArray(value, `${at}.${key}`, configError);
         list.forEach((glob, j) => requireString(glob, `${at}.${key}[${j}]`, configError));
         return list;
       };
@@ -282,13 +381,22 @@ export class BaseEncryptor extends BaseFunction {
   /** The text inside an envelope; a tampered envelope, wrong key or wrong aad → CryptoError. */
   async decrypt(envelope, aad, ctx) {
     ctx = ctxOf(this, ctx);
-    if (!isEnvelope(envelope)) throw inputError("envelope", "an encrypted envelope {alg, nonce, ciphertext}", envelope);
+    if (!isEnvelope(envelope)) {
+      throw inputError("envelope", "an encrypted envelope {alg, nonce, ciphertext}", envelope);
+    }
     const options = { secret: this.#keySecret() };
     if (aad !== undefined && aad !== null) options.aad = String(aad);
     try {
-      return ctx.crypto.decrypt({ alg: envelope.alg, nonce: envelope.nonce, ciphertext: envelope.ciphertext }, options);
+      return ctx.crypto.decrypt({
+        alg: envelope.alg,
+        nonce: envelope.nonce,
+        ciphertext: envelope.ciphertext,
+      }, options);
     } catch (error) {
-      throw asCryptoError(error, "cannot decrypt (tampered ciphertext, wrong key or wrong associated data)");
+      throw asCryptoError(
+        error,
+        "cannot decrypt (tampered ciphertext, wrong key or wrong associated data)",
+      );
     }
   }
 
@@ -327,12 +435,23 @@ export class BaseEncryptor extends BaseFunction {
         meta.skipped.push(path);
         continue;
       }
-      if (!isEnvelope(envelope)) throw inputError(`record.${path}`, "an encrypted envelope {alg, nonce, ciphertext}", envelope);
+      if (!isEnvelope(envelope)) {
+        throw inputError(
+          `record.${path}`,
+          "an encrypted envelope {alg, nonce, ciphertext}",
+          envelope,
+        );
+      }
       let text;
       try {
         text = await this.decrypt(envelope, this.#aad(out, path), ctx);
       } catch (error) {
-        if (error instanceof CryptoError) throw new CryptoError(`record.${path}: ${error.message}`, { path: `record.${path}`, cause: error.cause });
+        if (error instanceof CryptoError) {
+          throw new CryptoError(`record.${path}: ${error.message}`, {
+            path: `record.${path}`,
+            cause: error.cause,
+          });
+        }
         throw error;
       }
       setPath(out, path, envelope.encoding === "json" ? JSON.parse(text) : text);
@@ -346,7 +465,9 @@ export class BaseEncryptor extends BaseFunction {
     requireObject(input, "input");
     const op = oneOf(input.op, ["encrypt", "decrypt"], "input.op");
     requireObject(input.record, "input.record");
-    return op === "encrypt" ? this.encryptFields(input.record, input.fields, ctx) : this.decryptFields(input.record, input.fields, ctx);
+    return op === "encrypt"
+      ? this.encryptFields(input.record, input.fields, ctx)
+      : this.decryptFields(input.record, input.fields, ctx);
   }
 
   #keySecret() {
@@ -367,7 +488,13 @@ export class BaseEncryptor extends BaseFunction {
     const field = this.settings.aadField;
     if (field === null || field === undefined) return String(path);
     const bound = getPath(record, field);
-    if (bound === undefined) throw inputError(`record.${field}`, "a value (settings.aadField binds envelopes to it)", bound);
+    if (bound === undefined) {
+      throw inputError(
+        `record.${field}`,
+        "a value (settings.aadField binds envelopes to it)",
+        bound,
+      );
+    }
     return `${path}|${typeof bound === "string" ? bound : JSON.stringify(bound)}`;
   }
 }
@@ -375,7 +502,9 @@ export class BaseEncryptor extends BaseFunction {
 // The host's CryptoError, said in terms of what was being done; any other failure (a denied
 // capability, an undeclared or unset secret) goes on as it is, typed.
 function asCryptoError(error, what) {
-  if (error instanceof HostError && error.name === "CryptoError") return new CryptoError(`${what}: ${error.message}`, { cause: error });
+  if (error instanceof HostError && error.name === "CryptoError") {
+    return new CryptoError(`${what}: ${error.message}`, { cause: error });
+  }
   return error;
 }
 
@@ -385,14 +514,20 @@ export class BaseValidator extends BaseFunction {
 
   /** `{valid, errors: [{path, message}]}`. */
   check(value, schema) {
-    return validateSchema(value, this.#schema(schema), { root: "input", schemaPath: schema === undefined ? "settings.schema" : "schema" });
+    return validateSchema(value, this.#schema(schema), {
+      root: "input",
+      schemaPath: schema === undefined ? "settings.schema" : "schema",
+    });
   }
 
   /** Returns `value` if valid, else throws KlfInputError listing the errors (`.errors`). */
   assert(value, schema) {
     const result = this.check(value, schema);
     if (!result.valid) {
-      throw new KlfInputError(`invalid input: ${summarizeErrors(result.errors)}`, { path: result.errors[0].path, errors: result.errors });
+      throw new KlfInputError(`invalid input: ${summarizeErrors(result.errors)}`, {
+        path: result.errors[0].path,
+        errors: result.errors,
+      });
     }
     return value;
   }
@@ -404,7 +539,10 @@ export class BaseValidator extends BaseFunction {
   #schema(schema) {
     const chosen = schema ?? this.settings.schema;
     if (chosen === null || chosen === undefined) {
-      throw new ConfigError("settings.schema: expected a JSON schema, got nothing (set it in [config] or pass one)", { path: "settings.schema" });
+      throw new ConfigError(
+        "settings.schema: expected a JSON schema, got nothing (set it in [config] or pass one)",
+        { path: "settings.schema" },
+      );
     }
     return chosen;
   }

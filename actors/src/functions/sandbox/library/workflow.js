@@ -1,8 +1,11 @@
-
 // ---- Workflow: BaseWorkflowEngine, BaseTaskScheduler, BaseProcessManager, BaseOrchestrator ----
 
 function errorText(error) {
-  if (error instanceof Error) return error.name && error.name !== "Error" ? `${error.name}: ${error.message}` : error.message;
+  if (error instanceof Error) {
+    return error.name && error.name !== "Error"
+      ? `${error.name}: ${error.message}`
+      : error.message;
+  }
   return typeof error === "string" ? error : show(error);
 }
 
@@ -16,10 +19,18 @@ function templateRefs(template, at, refs) {
       refs.push(segments[1]);
       return refs;
     }
-    throw new KlfInputError(`${at}: ${JSON.stringify(template)} refers to nothing (references are "$input…" or "$steps.<id>…"; write "$$" for a literal "$")`, { path: at });
+    throw new KlfInputError(
+      `${at}: ${
+        JSON.stringify(template)
+      } refers to nothing (references are "$input…" or "$steps.<id>…"; write "$$" for a literal "$")`,
+      { path: at },
+    );
   }
-  if (Array.isArray(template)) template.forEach((item, i) => templateRefs(item, `${at}[${i}]`, refs));
-  else if (isPlainObject(template)) for (const key of Object.keys(template)) templateRefs(template[key], joinPath(at, key), refs);
+  if (Array.isArray(template)) {
+    template.forEach((item, i) => templateRefs(item, `${at}[${i}]`, refs));
+  } else if (isPlainObject(template)) {
+    for (const key of Object.keys(template)) templateRefs(template[key], joinPath(at, key), refs);
+  }
   return refs;
 }
 
@@ -54,7 +65,10 @@ export class BaseWorkflowEngine extends BaseFunction {
    */
   async run(input, steps, ctx) {
     ctx = ctxOf(this, ctx);
-    const plan = this.plan(steps ?? this.settings.steps, steps === undefined ? "settings.steps" : "steps");
+    const plan = this.plan(
+      steps ?? this.settings.steps,
+      steps === undefined ? "settings.steps" : "steps",
+    );
     const scope = { input: input ?? null, steps: {} };
     const trace = {};
     const done = new Set();
@@ -73,7 +87,9 @@ export class BaseWorkflowEngine extends BaseFunction {
               scope.steps[step.id] = { status: "skipped" };
             } else {
               const stepInput = resolveTemplate(step.input, scope);
-              const output = step.call !== undefined ? await ctx.call(step.call, stepInput) : await this[step.method](stepInput, scope, ctx);
+              const output = step.call !== undefined
+                ? await ctx.call(step.call, stepInput)
+                : await this[step.method](stepInput, scope, ctx);
               trace[step.id] = { status: "ok", output: output ?? null, ms: ctx.now() - started };
               scope.steps[step.id] = { status: "ok", output: output ?? null };
             }
@@ -87,7 +103,11 @@ export class BaseWorkflowEngine extends BaseFunction {
       );
     }
     for (const step of pending) {
-      trace[step.id] = { status: "skipped", reason: failure === null ? "not reached" : `step "${failure.id}" failed`, ms: 0 };
+      trace[step.id] = {
+        status: "skipped",
+        reason: failure === null ? "not reached" : `step "${failure.id}" failed`,
+        ms: 0,
+      };
     }
     // The trace in declaration order.
     const ordered = {};
@@ -95,12 +115,16 @@ export class BaseWorkflowEngine extends BaseFunction {
     if (failure !== null) {
       const skipped = pending.map((step) => step.id);
       throw new WorkflowError(
-        `workflow failed at step "${failure.id}": ${errorText(failure.error)}${skipped.length > 0 ? ` (not run: ${skipped.join(", ")})` : ""}`,
+        `workflow failed at step "${failure.id}": ${errorText(failure.error)}${
+          skipped.length > 0 ? ` (not run: ${skipped.join(", ")})` : ""
+        }`,
         ordered,
       );
     }
     const template = this.settings.output;
-    const output = template !== null && template !== undefined ? resolveTemplate(template, scope) : (scope.steps[plan.at(-1)?.id]?.output ?? null);
+    const output = template !== null && template !== undefined
+      ? resolveTemplate(template, scope)
+      : (scope.steps[plan.at(-1)?.id]?.output ?? null);
     return { output: output ?? null, steps: ordered };
   }
 
@@ -115,15 +139,31 @@ export class BaseWorkflowEngine extends BaseFunction {
       const at = `${label}[${i}]`;
       requireObject(step, at);
       const id = requireString(step.id, `${at}.id`);
-      if (ids.has(id)) throw new KlfInputError(`${at}.id: "${id}" is also the id of ${label}[${ids.get(id)}]`, { path: `${at}.id` });
+      if (ids.has(id)) {
+        throw new KlfInputError(`${at}.id: "${id}" is also the id of ${label}[${ids.get(id)}]`, {
+          path: `${at}.id`,
+        });
+      }
       ids.set(id, i);
       const hasCall = step.call !== undefined;
-      if (hasCall === (step.method !== undefined)) throw new KlfInputError(`${at}: a step has either "call" (a function) or "method" (a method of the class)`, { path: at });
+      if (hasCall === (step.method !== undefined)) {
+        throw new KlfInputError(
+          `${at}: a step has either "call" (a function) or "method" (a method of the class)`,
+          { path: at },
+        );
+      }
       if (hasCall) requireString(step.call, `${at}.call`);
       else if (typeof this[requireString(step.method, `${at}.method`)] !== "function") {
-        throw new KlfInputError(`${at}.method: the class has no method ${JSON.stringify(step.method)}`, { path: `${at}.method` });
+        throw new KlfInputError(
+          `${at}.method: the class has no method ${JSON.stringify(step.method)}`,
+          { path: `${at}.method` },
+        );
       }
-      const after = step.after === undefined ? [] : typeof step.after === "string" ? [step.after] : requireArray(step.after, `${at}.after`);
+      const after = step.after === undefined
+        ? []
+        : typeof step.after === "string"
+        ? [step.after]
+        : requireArray(step.after, `${at}.after`);
       after.forEach((dep, j) => requireString(dep, `${at}.after[${j}]`));
       const refs = templateRefs(step.input ?? "$input", `${at}.input`, []);
       return {
@@ -139,12 +179,26 @@ export class BaseWorkflowEngine extends BaseFunction {
     });
     for (const step of plan) {
       for (const dep of step.deps) {
-        if (!ids.has(dep)) throw new KlfInputError(`${step.at}: depends on an unknown step "${dep}" (steps: ${[...ids.keys()].join(", ")})`, { path: step.at });
-        if (dep === step.id) throw new KlfInputError(`${step.at}: step "${dep}" depends on itself`, { path: step.at });
+        if (!ids.has(dep)) {
+          throw new KlfInputError(
+            `${step.at}: depends on an unknown step "${dep}" (steps: ${
+              [...ids.keys()].join(", ")
+            })`,
+            { path: step.at },
+          );
+        }
+        if (dep === step.id) {
+          throw new KlfInputError(`${step.at}: step "${dep}" depends on itself`, { path: step.at });
+        }
       }
     }
     const cycle = findCycle(plan);
-    if (cycle !== null) throw new KlfInputError(`${label}: the steps form a cycle: ${cycle.join(" → ")} (each waits for the next)`, { path: label });
+    if (cycle !== null) {
+      throw new KlfInputError(
+        `${label}: the steps form a cycle: ${cycle.join(" → ")} (each waits for the next)`,
+        { path: label },
+      );
+    }
     return plan;
   }
 
@@ -198,7 +252,12 @@ export class BaseTaskScheduler extends BaseFunction {
 
   /** Calls `target` with `input` every `ms` (≥ settings.minIntervalMs); returns the schedule id. */
   scheduleEvery(ms, target, input, ctx) {
-    const min = requireInteger(this.settings.minIntervalMs, "settings.minIntervalMs", 1, configError);
+    const min = requireInteger(
+      this.settings.minIntervalMs,
+      "settings.minIntervalMs",
+      1,
+      configError,
+    );
     requireInteger(ms, "ms", min);
     return ctxOf(this, ctx).schedule.every(ms, this.#target(target), input ?? null);
   }
@@ -230,7 +289,12 @@ export class BaseTaskScheduler extends BaseFunction {
     requireObject(spec, "spec");
     requireNumber(fromMs, "fromMs");
     const keys = Object.keys(spec);
-    if (keys.length !== 1 || !["everyMs", "at"].includes(keys[0])) throw new KlfInputError(`spec: expected {everyMs} or {at: "HH:MM"}, got keys ${keys.join(", ") || "none"}`, { path: "spec" });
+    if (keys.length !== 1 || !["everyMs", "at"].includes(keys[0])) {
+      throw new KlfInputError(
+        `spec: expected {everyMs} or {at: "HH:MM"}, got keys ${keys.join(", ") || "none"}`,
+        { path: "spec" },
+      );
+    }
     if (keys[0] === "everyMs") {
       const every = requireInteger(spec.everyMs, "spec.everyMs", 1);
       return (Math.floor(fromMs / every) + 1) * every;
@@ -278,21 +342,20 @@ export class BaseTaskScheduler extends BaseFunction {
   #target(target) {
     const chosen = target ?? this.settings.target;
     if (typeof chosen !== "string" || chosen === "") {
-      throw target === undefined || target === null ? configError("settings.target", "the function to call (or pass target)", chosen) : inputError("target", "a function name", target);
+      throw target === undefined || target === null
+        ? configError("settings.target", "the function to call (or pass target)", chosen)
+        : inputError("target", "a function name", target);
     }
     return chosen;
   }
 }
 
-const PROCESS_DEFAULTS = {
-  states: ["created", "running", "paused", "completed", "failed", "cancelled"],
-  transitions: {
-    created: { start: "running", cancel: "cancelled" },
-    running: { pause: "paused", complete: "completed", fail: "failed", cancel: "cancelled" },
-    paused: { resume: "running", cancel: "cancelled" },
-  },
-  initial: "created",
-  terminal: ["completed", "failed", "cancelled"],
+// The job lifecycle used when settings.transitions is null. Not a default to merge into: a machine
+// of one's own would otherwise inherit these states.
+const JOB_TRANSITIONS = {
+  created: { start: "running", cancel: "cancelled" },
+  running: { pause: "paused", complete: "completed", fail: "failed", cancel: "cancelled" },
+  paused: { resume: "running", cancel: "cancelled" },
 };
 
 /**
@@ -300,7 +363,14 @@ const PROCESS_DEFAULTS = {
  * a history of transitions. Needs the "kv" capability.
  */
 export class BaseProcessManager extends BaseFunction {
-  static defaults = { ...PROCESS_DEFAULTS, keyPrefix: "process/", historyLimit: 100 };
+  static defaults = {
+    states: null,
+    transitions: null,
+    initial: "created",
+    terminal: ["completed", "failed", "cancelled"],
+    keyPrefix: "process/",
+    historyLimit: 100,
+  };
 
   #locks = new KeyedLock();
   #checked = null;
@@ -312,9 +382,18 @@ export class BaseProcessManager extends BaseFunction {
     const key = this.#key(id);
     return this.#locks.run(key, async () => {
       const existing = await ctx.kv.get(key);
-      if (existing !== undefined) throw new ConflictError(`process "${id}" already exists (state ${existing.state})`);
+      if (existing !== undefined) {
+        throw new ConflictError(`process "${id}" already exists (state ${existing.state})`);
+      }
       const at = isoTime(ctx.now());
-      const process = { id: String(id), state: machine.initial, data: cloneData(requireObject(data ?? {}, "data")), history: [], createdAt: at, updatedAt: at };
+      const process = {
+        id: String(id),
+        state: machine.initial,
+        data: cloneData(requireObject(data ?? {}, "data")),
+        history: [],
+        createdAt: at,
+        updatedAt: at,
+      };
       await ctx.kv.put(key, process);
       return process;
     });
@@ -339,12 +418,22 @@ export class BaseProcessManager extends BaseFunction {
         const why = machine.terminal.includes(process.state)
           ? `it is ${process.state}, a final state`
           : `allowed: ${allowed.join(", ") || "none"}`;
-        throw new KlfInputError(`event: process "${id}" in state ${process.state} cannot take "${event}" (${why})`, { path: "event" });
+        throw new KlfInputError(
+          `event: process "${id}" in state ${process.state} cannot take "${event}" (${why})`,
+          { path: "event" },
+        );
       }
       const to = machine.transitions[process.state][event];
       const at = isoTime(ctx.now());
-      const next = { ...process, state: to, data: { ...process.data, ...cloneData(data ?? {}) }, updatedAt: at };
-      next.history = [...process.history, { from: process.state, to, event, at }].slice(-requireInteger(this.settings.historyLimit, "settings.historyLimit", 1, configError));
+      const next = {
+        ...process,
+        state: to,
+        data: { ...process.data, ...cloneData(data ?? {}) },
+        updatedAt: at,
+      };
+      next.history = [...process.history, { from: process.state, to, event, at }].slice(
+        -requireInteger(this.settings.historyLimit, "settings.historyLimit", 1, configError),
+      );
       await this.onTransition(next, { from: process.state, to, event });
       await ctx.kv.put(key, next);
       return next;
@@ -402,8 +491,15 @@ export class BaseProcessManager extends BaseFunction {
   // The state machine, checked once: every state named is declared, the initial one included.
   #machine() {
     const s = this.settings;
-    if (this.#checked !== null && this.#checked.transitions === s.transitions && this.#checked.states === s.states) return this.#checked;
-    const transitions = requireObject(s.transitions, "settings.transitions", configError);
+    if (
+      this.#checked !== null && this.#checked.transitions === s.transitions
+      && this.#checked.states === s.states
+    ) return this.#checked;
+    const transitions = requireObject(
+      s.transitions ?? JOB_TRANSITIONS,
+      "settings.transitions",
+      configError,
+    );
     const initial = requireString(s.initial, "settings.initial", configError);
     const terminal = requireArray(s.terminal ?? [], "settings.terminal", configError);
     let states = s.states;
@@ -417,16 +513,34 @@ export class BaseProcessManager extends BaseFunction {
     }
     requireArray(states, "settings.states", configError);
     const known = (state, path) => {
-      if (!states.includes(state)) throw new ConfigError(`${path}: ${show(state)} is not one of settings.states (${states.join(", ")})`, { path });
+      if (!states.includes(state)) {
+        throw new ConfigError(
+          `${path}: ${show(state)} is not one of settings.states (${states.join(", ")})`,
+          { path },
+        );
+      }
     };
     known(initial, "settings.initial");
     terminal.forEach((state, i) => known(state, `settings.terminal[${i}]`));
     for (const from of Object.keys(transitions)) {
       known(from, `settings.transitions.${from}`);
       const events = requireObject(transitions[from], `settings.transitions.${from}`, configError);
-      for (const event of Object.keys(events)) known(events[event], `settings.transitions.${from}.${event}`);
+      for (const event of Object.keys(events)) {
+        known(events[event], `settings.transitions.${from}.${event}`);
+      }
       if (terminal.includes(from) && Object.keys(events).length > 0) {
-        throw new ConfigError(`settings.transitions.${from}: ${from} is terminal, so it has no transitions`, { path: `settings.transitions.${from}` });
+        throw new ConfigError(
+          `settings.transitions.${from}: ${from} is terminal, so it has no transitions`,
+          { path: `settings.transitions.${from}` },
+        );
+      }
+    }
+    for (const state of states) {
+      if (!terminal.includes(state) && Object.keys(transitions[state] ?? {}).length === 0) {
+        throw new ConfigError(
+          `settings.transitions: state "${state}" has no transitions and is not in settings.terminal (a process there would be stuck)`,
+          { path: "settings.transitions" },
+        );
       }
     }
     this.#checked = { transitions, states: s.states, initial, terminal };
@@ -459,9 +573,13 @@ export class BaseOrchestrator extends BaseFunction {
   fanIn(results, reducer) {
     requireArray(results, "results");
     const values = results
-      .filter((r) => !(isPlainObject(r) && typeof r.ok === "boolean" && Number.isInteger(r.index) && !r.ok))
+      .filter((r) =>
+        !(isPlainObject(r) && typeof r.ok === "boolean" && Number.isInteger(r.index) && !r.ok)
+      )
       .map((r) => (isPlainObject(r) && r.ok === true && Number.isInteger(r.index) ? r.result : r));
-    if (typeof reducer === "string" && typeof this[reducer] === "function") return this[reducer](values);
+    if (typeof reducer === "string" && typeof this[reducer] === "function") {
+      return this[reducer](values);
+    }
     const spec = typeof reducer === "string" ? { op: reducer } : requireObject(reducer, "reducer");
     const op = oneOf(spec.op, REDUCE_OPS, "reducer.op");
     if (spec.field !== undefined) parsePath(spec.field, "reducer.field");
@@ -477,10 +595,15 @@ export class BaseOrchestrator extends BaseFunction {
       case "merge":
         return picked.reduce((acc, v, i) => {
           if (v === undefined || v === null) return acc;
-          return { ...acc, ...requireObject(v, `results[${i}]${spec.field === undefined ? "" : `.${spec.field}`}`) };
+          return {
+            ...acc,
+            ...requireObject(v, `results[${i}]${spec.field === undefined ? "" : `.${spec.field}`}`),
+          };
         }, {});
       default: {
-        const numbers = picked.map((v, i) => requireNumber(v, `results[${i}]${spec.field === undefined ? "" : `.${spec.field}`}`));
+        const numbers = picked.map((v, i) =>
+          requireNumber(v, `results[${i}]${spec.field === undefined ? "" : `.${spec.field}`}`)
+        );
         return aggregate(op, numbers);
       }
     }
@@ -493,7 +616,10 @@ export class BaseOrchestrator extends BaseFunction {
     if (targets.length === 0) throw inputError("targets", "at least one target", targets);
     const invokers = targets.map((target, i) => this.#invoker(target, `targets[${i}]`, ctx));
     const results = await this.#pool(targets.length, (i) => invokers[i](input, i), options);
-    return results.map(({ index, ...rest }) => ({ target: typeof targets[index] === "string" ? targets[index] : targets[index].method, ...rest }));
+    return results.map(({ index, ...rest }) => ({
+      target: typeof targets[index] === "string" ? targets[index] : targets[index].method,
+      ...rest,
+    }));
   }
 
   /**
@@ -503,8 +629,15 @@ export class BaseOrchestrator extends BaseFunction {
   async execute(input, ctx) {
     requireObject(input, "input");
     const options = { concurrency: input.concurrency, failFast: input.failFast };
-    if (input.targets !== undefined) return { results: await this.scatterGather(input.targets, input.input, options, ctx) };
-    const results = await this.fanOut(input.target ?? this.settings.target, input.inputs, options, ctx);
+    if (input.targets !== undefined) {
+      return { results: await this.scatterGather(input.targets, input.input, options, ctx) };
+    }
+    const results = await this.fanOut(
+      input.target ?? this.settings.target,
+      input.inputs,
+      options,
+      ctx,
+    );
     if (input.reduce === undefined) return { results };
     return { results, value: this.fanIn(results, input.reduce) };
   }
@@ -512,7 +645,11 @@ export class BaseOrchestrator extends BaseFunction {
   // Runs task(0..count-1), at most `concurrency` at a time, collecting per-index outcomes.
   async #pool(count, task, options) {
     const o = requireObject(options ?? {}, "options");
-    const concurrency = requireInteger(o.concurrency ?? this.settings.concurrency, "options.concurrency", 1);
+    const concurrency = requireInteger(
+      o.concurrency ?? this.settings.concurrency,
+      "options.concurrency",
+      1,
+    );
     const failFast = (o.failFast ?? this.settings.failFast) === true;
     const results = new Array(count);
     let next = 0;
@@ -521,7 +658,12 @@ export class BaseOrchestrator extends BaseFunction {
       while (next < count) {
         const index = next++;
         if (failed && failFast) {
-          results[index] = { index, ok: false, skipped: true, error: "not started: an earlier call failed (failFast)" };
+          results[index] = {
+            index,
+            ok: false,
+            skipped: true,
+            error: "not started: an earlier call failed (failFast)",
+          };
           continue;
         }
         try {
@@ -539,10 +681,17 @@ export class BaseOrchestrator extends BaseFunction {
   #invoker(target, path, ctx) {
     if (typeof target === "string" && target !== "") return (input) => ctx.call(target, input);
     if (isPlainObject(target) && typeof target.method === "string") {
-      if (typeof this[target.method] !== "function") throw new KlfInputError(`${path}.method: the class has no method ${JSON.stringify(target.method)}`, { path: `${path}.method` });
+      if (typeof this[target.method] !== "function") {
+        throw new KlfInputError(
+          `${path}.method: the class has no method ${JSON.stringify(target.method)}`,
+          { path: `${path}.method` },
+        );
+      }
       return (input, index) => this[target.method](input, index, ctx);
     }
-    if (target === null || target === undefined) throw configError("settings.target", "the function to call (or pass target)", target);
+    if (target === null || target === undefined) {
+      throw configError("settings.target", "the function to call (or pass target)", target);
+    }
     throw inputError(path, 'a function name or {method: "name"}', target);
   }
 }
