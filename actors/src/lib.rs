@@ -6,6 +6,7 @@
 //! a trait the lower layer defines (`functions::sandbox::Host`).
 
 pub mod functions;
+pub mod ledger;
 pub mod mesh;
 pub mod model;
 pub mod node;
