@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod demo;
 mod functions;
+mod roi;
 mod telemetry;
 mod up;
 

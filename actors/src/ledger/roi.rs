@@ -147,7 +147,7 @@ pub struct Breakdown {
 
 impl Breakdown {
     fn of(lines: Vec<Line>) -> Self {
-        let total = lines.iter().map(|l| l.amount.value).sum();
+        let total = lines.iter().map(|l| l.amount.value).fold(0.0, |a, b| a + b);
         Self { lines, total }
     }
 
@@ -278,7 +278,7 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
         .functions
         .iter()
         .map(|f| f.memory_mb as f64 / 1024.0 * f.usage.cpu_us as f64 / 1e6)
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let memory_rate = rates.memory_gb_month_usd.value;
     let compute_memory = Line::new(
         "compute_memory",
@@ -325,7 +325,7 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
                 / SECONDS_PER_MONTH;
             a.bytes as f64 / BYTES_PER_GB * months
         })
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let bytes: u64 = artifacts.iter().map(|a| a.bytes).sum();
     let storage_rate = rates.gb_month_usd.value;
     let storage = Line::new(
@@ -364,7 +364,10 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
     let model = Line::new(
         "model",
         "external API: model tokens",
-        all_runs.iter().map(|r| r.model_cost.value).sum(),
+        all_runs
+            .iter()
+            .map(|r| r.model_cost.value)
+            .fold(0.0, |a, b| a + b),
         format!(
             "{tokens_in} prompt + {tokens_out} completion tokens over {} run(s), priced when recorded",
             all_runs.len()
@@ -386,7 +389,10 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
             ),
             Quantity::new(
                 "model_cost",
-                all_runs.iter().map(|r| r.model_cost.value).sum(),
+                all_runs
+                    .iter()
+                    .map(|r| r.model_cost.value)
+                    .fold(0.0, |a, b| a + b),
                 "USD",
                 model_basis,
                 "run records",
@@ -484,7 +490,7 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
         .functions
         .iter()
         .map(|f| f.usage.served() as f64 * f.value_per_call)
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let served = usage.served();
     let per_call_note = match inputs.functions.as_slice() {
         [one] if one.value_per_call == 0.0 => "no [value] per_call declared".to_string(),
@@ -612,7 +618,11 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
 
 /// A number with about four significant digits, for notes.
 fn sig(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() {
+    if x == 0.0 {
+        // Also -0.0, which an empty float sum gives.
+        return "0".into();
+    }
+    if !x.is_finite() {
         return format!("{x}");
     }
     let digits = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;

@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 pub mod local_mesh;
+mod roi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use tracing::info;
 
 pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
+pub use roi::{RoiError, UsageByFunction};
 
 use self::frames::NodeFrames;
 use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
 use crate::functions::sandbox::{SandboxError, check};
+use crate::ledger::{Ledger, Rates};
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
 use crate::mesh::{
     MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, Transport,
@@ -179,6 +182,8 @@ pub struct Node {
     catalog: watch::Receiver<Arc<Catalog>>,
     join: Arc<JoinService>,
     api_tokens: Vec<ApiToken>,
+    ledger: Ledger,
+    rates: Rates,
 }
 
 fn now_millis() -> u64 {
@@ -200,6 +205,8 @@ impl Node {
         let mut settings = dir.load_settings()?;
         let credentials = dir.load_credentials()?;
         let api_tokens = dir.load_api_tokens()?;
+        // A bad roi.toml is refused before anything starts, naming the file and the field.
+        let rates = Rates::load(dir.root()).map_err(|e| NodeError::Config(e.to_string()))?;
         let (transport, _) = Actor::spawn(
             None,
             Transport,
@@ -261,6 +268,8 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
         );
+        let ledger = Ledger::open(store.clone())
+            .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?;
         let credentials = dir.load_credentials()?;
         let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
         let (registry, _) = Actor::spawn(
@@ -344,6 +353,8 @@ impl Node {
             catalog,
             join,
             api_tokens,
+            ledger,
+            rates,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
 pub mod functions;
+pub mod roi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,8 @@ pub fn router(node: Arc<Node>) -> Router {
             get(functions::dependencies),
         )
         .route("/v1/functions/{target}/invoke", post(functions::invoke))
+        .route("/v1/roi", get(roi::mesh))
+        .route("/v1/roi/{name}", get(roi::function))
         .with_state(node)
 }
 
