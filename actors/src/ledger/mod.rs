@@ -17,7 +17,7 @@
 mod rates;
 mod roi;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -247,6 +247,8 @@ pub enum LedgerError {
     Store(String),
     #[error("ledger: a stored record cannot be read ({0}); was it written by a newer klf?")]
     Corrupt(String),
+    #[error("ledger: the node's store is closed (the node has stopped)")]
+    Closed,
     #[error("ledger: run {run_id:?} is refused: {message}")]
     Invalid { run_id: String, message: String },
 }
@@ -262,28 +264,37 @@ store_err!(
 );
 
 /// Run records and maintenance events on the node's store.
+///
+/// The ledger does not keep the store open: it works while the store's owner (a node's registry)
+/// holds it, so a stopped node releases its data dir, and answers [`LedgerError::Closed`] after.
 #[derive(Clone)]
 pub struct Ledger {
-    store: Arc<Store>,
+    store: Weak<Store>,
 }
 
 impl Ledger {
     /// Opens the ledger's tables in `store` (creating them on first use).
-    pub fn open(store: Arc<Store>) -> Result<Self, LedgerError> {
+    pub fn open(store: &Arc<Store>) -> Result<Self, LedgerError> {
         let txn = store.database().begin_write()?;
         {
             txn.open_table(RUNS)?;
             txn.open_table(EVENTS)?;
         }
         txn.commit()?;
-        Ok(Self { store })
+        Ok(Self {
+            store: Arc::downgrade(store),
+        })
+    }
+
+    fn store(&self) -> Result<Arc<Store>, LedgerError> {
+        self.store.upgrade().ok_or(LedgerError::Closed)
     }
 
     /// Records one pipeline run (replacing an earlier record with the same id).
     pub fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
         run.check()?;
         let bytes = serde_json::to_vec(run).map_err(|e| LedgerError::Store(e.to_string()))?;
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store()?.database().begin_write()?;
         {
             txn.open_table(RUNS)?
                 .insert(run.run_id.as_str(), bytes.as_slice())?;
@@ -295,14 +306,14 @@ impl Ledger {
 
     /// One run by id.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, LedgerError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store()?.database().begin_read()?;
         let table = txn.open_table(RUNS)?;
         table.get(run_id)?.map(|v| decode(v.value())).transpose()
     }
 
     /// The runs that built `function` (every run when `None`), oldest first.
     pub fn runs(&self, function: Option<&str>) -> Result<Vec<RunRecord>, LedgerError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store()?.database().begin_read()?;
         let table = txn.open_table(RUNS)?;
         let mut out = Vec::new();
         for item in table.iter()? {
@@ -319,7 +330,7 @@ impl Ledger {
     /// Records one maintenance event; returns its sequence number.
     pub fn record_event(&self, event: &MaintenanceEvent) -> Result<u64, LedgerError> {
         let bytes = serde_json::to_vec(event).map_err(|e| LedgerError::Store(e.to_string()))?;
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store()?.database().begin_write()?;
         let seq = {
             let mut table = txn.open_table(EVENTS)?;
             let next = table.last()?.map_or(1, |(k, _)| k.value() + 1);
@@ -333,7 +344,7 @@ impl Ledger {
 
     /// The maintenance events of `function` (every event when `None`), in recording order.
     pub fn events(&self, function: Option<&str>) -> Result<Vec<MaintenanceEvent>, LedgerError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store()?.database().begin_read()?;
         let table = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         for item in table.iter()? {
@@ -403,7 +414,8 @@ pub(crate) mod tests {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("store.redb");
         {
-            let ledger = ok(Ledger::open(Arc::new(ok(Store::open(&path)))));
+            let store = Arc::new(ok(Store::open(&path)));
+            let ledger = ok(Ledger::open(&store));
             ok(ledger.record_run(&run("r2", Some("b"), 20, 1000)));
             ok(ledger.record_run(&run("r1", Some("a"), 10, 3000)));
             ok(ledger.record_run(&run("r3", None, 30, 500)));
@@ -424,7 +436,8 @@ pub(crate) mod tests {
                 2
             );
         }
-        let ledger = ok(Ledger::open(Arc::new(ok(Store::open(&path)))));
+        let store = Arc::new(ok(Store::open(&path)));
+        let ledger = ok(Ledger::open(&store));
         let all: Vec<String> = ok(ledger.runs(None))
             .into_iter()
             .map(|r| r.run_id)
@@ -459,22 +472,23 @@ pub(crate) mod tests {
     #[test]
     fn recording_a_run_again_replaces_it() {
         let dir = ok(tempfile::tempdir());
-        let ledger = ok(Ledger::open(Arc::new(ok(Store::open(
-            &dir.path().join("s.redb"),
-        )))));
+        let store = Arc::new(ok(Store::open(&dir.path().join("s.redb"))));
+        let ledger = ok(Ledger::open(&store));
         ok(ledger.record_run(&run("r1", Some("a"), 10, 1000)));
         let mut again = run("r1", Some("a"), 10, 1000);
         again.repairs = 2;
         ok(ledger.record_run(&again));
         assert_eq!(ok(ledger.runs(None)), vec![again]);
+        // The ledger does not keep the store open.
+        drop(store);
+        assert!(matches!(ledger.runs(None), Err(LedgerError::Closed)));
     }
 
     #[test]
     fn inconsistent_runs_are_refused_with_the_reason() {
         let dir = ok(tempfile::tempdir());
-        let ledger = ok(Ledger::open(Arc::new(ok(Store::open(
-            &dir.path().join("s.redb"),
-        )))));
+        let store = Arc::new(ok(Store::open(&dir.path().join("s.redb"))));
+        let ledger = ok(Ledger::open(&store));
         let mut bad = run("r1", Some("a"), 10, 1000);
         bad.tests_passed = 5;
         let message = ledger.record_run(&bad).err().map(|e| e.to_string());

@@ -268,7 +268,7 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
         );
-        let ledger = Ledger::open(store.clone())
+        let ledger = Ledger::open(&store)
             .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?;
         let credentials = dir.load_credentials()?;
         let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
