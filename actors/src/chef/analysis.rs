@@ -140,10 +140,7 @@ pub fn analyze(file: &str, source: &str) -> Analysis {
     let lines = LineIndex::new(source);
     let mut analyzer = Analyzer::new(source, &lines);
     for diagnostic in parsed.diagnostics.errors() {
-        let offset = diagnostic
-            .labels
-            .first()
-            .map_or(0, |label| label.offset());
+        let offset = diagnostic.labels.first().map_or(0, |label| label.offset());
         analyzer.report_at(
             offset,
             rules::PARSE_ERROR,

@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 pub mod local_mesh;
+mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
 
 use self::frames::NodeFrames;
+use crate::chef::monitor::{Monitor, MonitorArgs, MonitorConfig, MonitorMsg};
 use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
@@ -72,6 +74,8 @@ pub struct RunOptions {
     pub anti_entropy_every: Duration,
     /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
     pub model: Option<ModelConfig>,
+    /// The Monitor's thresholds (rollback of misbehaving versions).
+    pub monitor: MonitorConfig,
 }
 
 impl RunOptions {
@@ -86,6 +90,7 @@ impl RunOptions {
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
             model: None,
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Node {
     catalog: watch::Receiver<Arc<Catalog>>,
     join: Arc<JoinService>,
     api_tokens: Vec<ApiToken>,
+    monitor: ActorRef<MonitorMsg>,
+    ops: ops::NodeOps,
 }
 
 fn now_millis() -> u64 {
@@ -285,7 +292,7 @@ impl Node {
         let router = Router::new(RouterArgs {
             me: settings.node_id.clone(),
             catalog: catalog.clone(),
-            alive,
+            alive: alive.clone(),
             registry: registry.clone(),
             transport: transport.clone(),
             link,
@@ -316,6 +323,25 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
+        let ops = ops::NodeOps {
+            me: settings.node_id.clone(),
+            router: router.clone(),
+            registry: registry.clone(),
+            membership: membership.clone(),
+            transport: transport.clone(),
+            catalog: catalog.clone(),
+            alive,
+        };
+        let (monitor, _) = Actor::spawn(
+            None,
+            Monitor,
+            MonitorArgs {
+                config: options.monitor.clone(),
+                watched: Arc::new(ops.clone()),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("monitor: {e}")))?;
         let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
             membership: membership.clone(),
             registry: registry.clone(),
@@ -344,6 +370,8 @@ impl Node {
             catalog,
             join,
             api_tokens,
+            monitor,
+            ops,
         })
     }
 
@@ -493,6 +521,7 @@ impl Node {
     /// Stops every actor and waits until each has released what it held (the store file, the port).
     async fn stop_actors(&self) {
         let wait = Some(Duration::from_secs(5));
+        let _ = self.monitor.stop_and_wait(None, wait).await;
         let _ = self.placer.stop_and_wait(None, wait).await;
         let _ = self.registry.stop_and_wait(None, wait).await;
         let _ = self.membership.stop_and_wait(None, wait).await;
