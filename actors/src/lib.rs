@@ -5,6 +5,7 @@
 //! Where a lower layer needs a higher one (a function's `ctx.call` needs the router) it goes through
 //! a trait the lower layer defines (`functions::sandbox::Host`).
 
+pub mod chef;
 pub mod functions;
 pub mod ledger;
 pub mod mesh;

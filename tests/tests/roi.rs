@@ -1,14 +1,13 @@
 //! Cost, value and ROI on real nodes: a Chef run recorded in the ledger, a function with a declared
-//! value per call invoked N times, `Node::roi` with the rates of `roi.toml`, the ledger surviving
-//! a restart, a bad `roi.toml` refused by name; and `klf roi` against a `klf` process.
+//! value per call invoked N times and counted by the router's statistics, `Node::roi` with the
+//! rates of `roi.toml`, the ledger surviving a restart, a bad `roi.toml` refused by name; and
+//! `klf roi` against a `klf` process.
 
 use std::time::Duration;
 
 use klf_actors::ledger::{
-    Amount, Basis, EventKind, MaintenanceEvent, Roi, RunOutcome, RunRecord, StageRecord,
-    UsageInputs,
+    Amount, Basis, EventKind, MaintenanceEvent, RunOutcome, RunRecord, StageRecord,
 };
-use klf_actors::node::{Node, UsageByFunction};
 use klf_actors::router::InvokeRequest;
 use klf_tests::processes::{ProcessMesh, klf};
 use klf_tests::{InProcessMesh, wait_until, write_package};
@@ -70,21 +69,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
-/// ADAPTER: the router's invocation statistics (`router::stats`) are not merged on this branch
-/// yet, so `Node::roi` reports no calls. Until they are, the calls are counted here from the
-/// outcomes the router returned and passed in through `Node::roi_with_usage`.
-async fn roi_with_counted_calls(node: &Node, name: &str, calls: u64) -> Roi {
-    let usage = UsageByFunction::from([(
-        name.to_string(),
-        UsageInputs {
-            calls,
-            ..UsageInputs::default()
-        },
-    )]);
-    node.roi_with_usage(Some(name), &usage)
-        .unwrap_or_else(|e| panic!("roi: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_restart() {
     let mut mesh = InProcessMesh::start(1).await.expect("mesh");
@@ -117,11 +101,12 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         DOUBLER,
     );
     node.publish(package, 1, "admin").await.expect("deploy");
+    // The first successful call is the first of the N.
     assert!(
         wait_until(Duration::from_secs(5), || async {
             node.invoke(InvokeRequest::new(
                 "doubler",
-                json!({"x": 1}),
+                json!({"x": 0}),
                 Duration::from_secs(5),
             ))
             .await
@@ -131,7 +116,7 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         "doubler should serve within 5 s"
     );
     const N: u64 = 7;
-    for x in 0..N {
+    for x in 1..N {
         let outcome = node
             .invoke(InvokeRequest::new(
                 "doubler",
@@ -143,7 +128,7 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         assert_eq!(outcome.output, json!({"y": x * 2}));
     }
 
-    let roi = roi_with_counted_calls(node, "doubler", N).await;
+    let roi = node.roi(Some("doubler")).await.expect("roi");
     assert_eq!(roi.function.as_deref(), Some("doubler"));
     assert_eq!((roi.runs, roi.events), (1, 1));
     // Cost: 3.6 s = 0.001 h × $100 = $0.10; tokens $0.02; (1 repair round + 1 rollback) × 1 h × $100.
@@ -174,6 +159,20 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         roi.roi.is_some_and(|r| close(r, expected)),
         "{:?} != {expected}",
         roi.roi
+    );
+    // Quality and scalability, measured by the router.
+    let metric = |key: &str| {
+        roi.quality
+            .iter()
+            .find(|m| m.key == key)
+            .and_then(|m| m.value)
+    };
+    assert_eq!(metric("error_rate"), Some(0.0));
+    assert_eq!(metric("test_pass_rate"), Some(1.0));
+    assert!(
+        metric("p99_ms").is_some_and(|p| p > 0.0),
+        "{:?}",
+        roi.quality
     );
     // The catalog supplies the artifact.
     let storage = roi.cost.line("storage").expect("storage line");
@@ -210,8 +209,9 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         vec![chef_run()]
     );
     assert_eq!(node.ledger().events(None).expect("events").len(), 1);
-    let again = roi_with_counted_calls(node, "doubler", N).await;
+    let again = node.roi(Some("doubler")).await.expect("roi after restart");
     assert!(close(again.cost.total, 200.12));
+    assert_eq!(again.runs, 1);
 
     // A bad rate stops the node from starting, naming the file and the field.
     std::fs::write(
@@ -272,7 +272,7 @@ fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
         "compute: storage",
         "VALUE (USD)",
         "invocations served",
-        "$0.0005/call declared in [value] per_call",
+        "1 successful call(s) of 1 (measured) × $0.0005/call declared in [value] per_call",
         "QUALITY",
         "error rate",
         "default rates (no roi.toml)",

@@ -135,6 +135,17 @@ impl FrameHandler for NodeFrames {
                 let router = self.router.clone();
                 Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
             }
+            // Invocation statistics for a peer's mesh view; other agent kinds are not served here.
+            Frame::Agent(message) if message.kind == crate::router::stats::STATS_KIND => Box::pin(
+                std::future::ready(super::ops::answer_stats(&self.router, &message)),
+            ),
+            Frame::Agent(message) => Box::pin(std::future::ready(Frame::error(
+                ErrorCode::Unsupported,
+                format!(
+                    "agent messages of kind {:?} are not served by this node",
+                    message.kind
+                ),
+            ))),
             Frame::ArtifactFetch(fetch) => Box::pin(async move {
                 ask(
                     &registry,

@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 pub mod local_mesh;
+mod ops;
 mod roi;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use local_mesh::{LocalMesh, wait_until};
 pub use roi::{RoiError, UsageByFunction};
 
 use self::frames::NodeFrames;
+use crate::chef::monitor::{Monitor, MonitorArgs, MonitorConfig, MonitorMsg};
 use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
@@ -75,6 +77,8 @@ pub struct RunOptions {
     pub anti_entropy_every: Duration,
     /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
     pub model: Option<ModelConfig>,
+    /// The Monitor's thresholds (rollback of misbehaving versions).
+    pub monitor: MonitorConfig,
 }
 
 impl RunOptions {
@@ -89,6 +93,7 @@ impl RunOptions {
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
             model: None,
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -184,6 +189,8 @@ pub struct Node {
     api_tokens: Vec<ApiToken>,
     ledger: Ledger,
     rates: Rates,
+    monitor: ActorRef<MonitorMsg>,
+    ops: ops::NodeOps,
 }
 
 fn now_millis() -> u64 {
@@ -294,7 +301,7 @@ impl Node {
         let router = Router::new(RouterArgs {
             me: settings.node_id.clone(),
             catalog: catalog.clone(),
-            alive,
+            alive: alive.clone(),
             registry: registry.clone(),
             transport: transport.clone(),
             link,
@@ -325,6 +332,25 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
+        let ops = ops::NodeOps {
+            me: settings.node_id.clone(),
+            router: router.clone(),
+            registry: registry.clone(),
+            membership: membership.clone(),
+            transport: transport.clone(),
+            catalog: catalog.clone(),
+            alive,
+        };
+        let (monitor, _) = Actor::spawn(
+            None,
+            Monitor,
+            MonitorArgs {
+                config: options.monitor.clone(),
+                watched: Arc::new(ops.clone()),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("monitor: {e}")))?;
         let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
             membership: membership.clone(),
             registry: registry.clone(),
@@ -355,6 +381,8 @@ impl Node {
             api_tokens,
             ledger,
             rates,
+            monitor,
+            ops,
         })
     }
 
@@ -504,6 +532,7 @@ impl Node {
     /// Stops every actor and waits until each has released what it held (the store file, the port).
     async fn stop_actors(&self) {
         let wait = Some(Duration::from_secs(5));
+        let _ = self.monitor.stop_and_wait(None, wait).await;
         let _ = self.placer.stop_and_wait(None, wait).await;
         let _ = self.registry.stop_and_wait(None, wait).await;
         let _ = self.membership.stop_and_wait(None, wait).await;

@@ -9,6 +9,7 @@ use crate::ledger::{
     FunctionInputs, Ledger, LedgerError, Rates, Roi, RoiInputs, RunRecord, StoredArtifact,
     UsageInputs, roi,
 };
+use crate::router::stats::FunctionStats;
 
 /// Why an ROI could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +36,10 @@ impl Node {
         &self.rates
     }
 
-    /// ADAPTER (until `router::stats` lands): the invocation statistics of every function, every
-    /// version added up. The per-function@version statistics are not recorded yet, so this
-    /// reports no calls; once `Node::mesh_function_stats()` exists this becomes a fold of it
-    /// with [`UsageInputs::add`].
+    /// The mesh's invocation statistics per function, every version and every member added up
+    /// (calls, errors and execution time summed; p99 the worst version's).
     pub async fn usage_by_function(&self) -> UsageByFunction {
-        UsageByFunction::new()
+        usage_by_function(&self.mesh_function_stats().await)
     }
 
     /// The ROI of function `name`, or of the whole mesh when `None`, with the mesh's measured
@@ -80,8 +79,12 @@ impl Node {
             .iter()
             .map(|n| {
                 let versions = catalog.versions(n);
-                // The highest version is the one served (it declares the value and the limits).
-                let served = versions.first().map(|r| &r.manifest);
+                // The version served (pinned by a rollback, else the highest) declares the value
+                // per call and the memory limit.
+                let served = catalog
+                    .served(n)
+                    .or_else(|| versions.first().copied())
+                    .map(|r| &r.manifest);
                 FunctionInputs {
                     name: n.clone(),
                     runs: runs
@@ -118,5 +121,61 @@ impl Node {
             now_unix_ms: now_millis(),
         };
         Ok(roi(name.map(str::to_string), &inputs, &self.rates))
+    }
+}
+
+/// Adds up per-function@version statistics into per-function usage.
+pub fn usage_by_function(stats: &[FunctionStats]) -> UsageByFunction {
+    let mut usage = UsageByFunction::new();
+    for s in stats {
+        usage
+            .entry(s.function.clone())
+            .or_default()
+            .add(&UsageInputs {
+                calls: s.calls,
+                errors: s.errors,
+                cpu_us: s.cpu_us,
+                p99_us: s.p99_us,
+            });
+    }
+    usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(function: &str, version: &str, calls: u64, errors: u64, p99_us: u64) -> FunctionStats {
+        FunctionStats {
+            function: function.into(),
+            version: version.into(),
+            calls,
+            errors,
+            error_kinds: Default::default(),
+            p50_us: 0,
+            p99_us,
+            cpu_us: calls * 100,
+            recent_calls: 0,
+            recent_errors: 0,
+        }
+    }
+
+    #[test]
+    fn versions_add_up_per_function_and_p99_is_the_worst() {
+        let usage = usage_by_function(&[
+            stats("a", "1.0.0", 10, 1, 500),
+            stats("a", "1.1.0", 5, 0, 900),
+            stats("b", "2.0.0", 3, 3, 100),
+        ]);
+        assert_eq!(
+            usage.get("a"),
+            Some(&UsageInputs {
+                calls: 15,
+                errors: 1,
+                cpu_us: 1500,
+                p99_us: 900
+            })
+        );
+        assert_eq!(usage.get("b").map(UsageInputs::served), Some(0));
     }
 }
