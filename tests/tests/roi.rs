@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use klf_actors::ledger::{
-    Amount, Basis, EventKind, MaintenanceEvent, RunOutcome, RunRecord, StageRecord,
-};
+use klf_actors::ledger::{Amount, Basis, EventKind, RunOutcome, RunRecord, StageRecord};
 use klf_actors::router::InvokeRequest;
 use klf_tests::processes::{ProcessMesh, klf};
 use klf_tests::{InProcessMesh, wait_until, write_package};
@@ -81,17 +79,8 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     assert_eq!(node.rates().hourly_rate_usd.value, 100.0);
     assert_eq!(node.rates().maintenance_event_hours.value, 1.0);
 
-    // What the Chef records: one run that took 3.6 s with one repair round; later a rollback.
+    // What the Chef records: one run that took 3.6 s with one repair round.
     node.ledger().record_run(&chef_run()).expect("record run");
-    node.ledger()
-        .record_event(&MaintenanceEvent {
-            kind: EventKind::Rollback,
-            function: "doubler".into(),
-            version: Some("1.0.0".into()),
-            at_unix_ms: 1_700_000_100_000,
-            note: "error rate 30% on 1.1.0".into(),
-        })
-        .expect("record event");
 
     let package = write_package(
         mesh.dir.path(),
@@ -101,6 +90,18 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         DOUBLER,
     );
     node.publish(package, 1, "admin").await.expect("deploy");
+    // A rollback (here to the only version) is a maintenance event in the ledger.
+    node.rollback("doubler", semver::Version::new(1, 0, 0))
+        .await
+        .expect("rollback");
+    let events = node.ledger().events(Some("doubler")).expect("events");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.kind, e.version.as_deref()))
+            .collect::<Vec<_>>(),
+        [(EventKind::Rollback, Some("1.0.0"))]
+    );
     // The first successful call is the first of the N.
     assert!(
         wait_until(Duration::from_secs(5), || async {

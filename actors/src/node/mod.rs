@@ -340,6 +340,7 @@ impl Node {
             transport: transport.clone(),
             catalog: catalog.clone(),
             alive,
+            ledger: ledger.clone(),
         };
         let (monitor, _) = Actor::spawn(
             None,
