@@ -49,6 +49,8 @@ pub enum Command {
     Ingredients(crate::ingredients::IngredientsCommand),
     /// Run three local nodes and show them forming a mesh, leaving and failing.
     Demo,
+    /// Cost, value and ROI of a function (NAME) or of the whole mesh.
+    Roi(crate::roi::RoiArgs),
     /// Show the mesh's members and their state.
     Members {
         #[command(flatten)]
@@ -91,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => crate::demo::run().await,
         Command::Fn(command) => crate::functions::run(command).await,
         Command::Ingredients(command) => crate::ingredients::run(command).await,
+        Command::Roi(args) => crate::roi::run(args).await,
     }
 }
 

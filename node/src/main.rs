@@ -6,6 +6,7 @@ mod client;
 mod demo;
 mod functions;
 mod ingredients;
+mod roi;
 mod telemetry;
 mod up;
 

@@ -10,7 +10,9 @@
 //! api-tokens.json    hashes, principals and roles of the API tokens this node accepts, 0600
 //! join-tokens.json   join tokens this node issued (hashed secrets, expiry, used), 0600
 //! peers.json         members known at the last change, announced to on restart
-//! store.redb         the embedded store: catalog records, artifacts, function key-value data
+//! store.redb         the embedded store: catalog records, artifacts, function key-value data,
+//!                    the ledger (Chef runs, maintenance events)
+//! roi.toml           optional: the prices ROI uses (`[roi]`, see docs/roi.md)
 //! ```
 
 use std::path::{Path, PathBuf};

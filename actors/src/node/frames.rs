@@ -137,6 +137,10 @@ impl FrameHandler for NodeFrames {
                 let router = self.router.clone();
                 Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
             }
+            // Invocation statistics for a peer's mesh view.
+            Frame::Agent(message) if message.kind == crate::router::stats::STATS_KIND => Box::pin(
+                std::future::ready(super::ops::answer_stats(&self.router, &message)),
+            ),
             Frame::Agent(message) => match self.agents.get() {
                 Some(endpoint) => {
                     let answer = endpoint.handle(peer, message);

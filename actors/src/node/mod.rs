@@ -7,6 +7,8 @@
 pub mod data_dir;
 mod frames;
 pub mod local_mesh;
+mod ops;
+mod roi;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,12 +21,15 @@ use tracing::info;
 
 pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
+pub use roi::{RoiError, UsageByFunction};
 
 use self::frames::NodeFrames;
+use crate::chef::monitor::{Monitor, MonitorArgs, MonitorConfig, MonitorMsg};
 use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
 use crate::functions::sandbox::{SandboxError, check};
+use crate::ledger::{Ledger, Rates};
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
 use crate::mesh::transport::BoxFuture;
 use crate::mesh::{
@@ -76,6 +81,8 @@ pub struct RunOptions {
     /// User ingredient folders (`klf up --ingredients DIR`), loaded after the shipped ones and
     /// `<data>/ingredients`; later folders override earlier ones.
     pub ingredient_dirs: Vec<std::path::PathBuf>,
+    /// The Monitor's thresholds (rollback of misbehaving versions).
+    pub monitor: MonitorConfig,
 }
 
 impl RunOptions {
@@ -91,6 +98,7 @@ impl RunOptions {
             anti_entropy_every: Duration::from_secs(2),
             model: None,
             ingredient_dirs: Vec::new(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -188,6 +196,10 @@ pub struct Node {
     agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>>,
     data_dir: DataDir,
     ingredients: Arc<crate::ingredients::Library>,
+    ledger: Ledger,
+    rates: Rates,
+    monitor: ActorRef<MonitorMsg>,
+    ops: ops::NodeOps,
 }
 
 /// Answers `Agent` frames from peers (the Chef's agents, when they run on several nodes). The node
@@ -226,6 +238,8 @@ impl Node {
         }
         ingredient_dirs.extend(options.ingredient_dirs.iter().cloned());
         let ingredients = Arc::new(crate::ingredients::Library::load(&ingredient_dirs));
+        // A bad roi.toml is refused before anything starts, naming the file and the field.
+        let rates = Rates::load(dir.root()).map_err(|e| NodeError::Config(e.to_string()))?;
         let (transport, _) = Actor::spawn(
             None,
             Transport,
@@ -287,6 +301,8 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
         );
+        let ledger = Ledger::open(&store)
+            .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?;
         let credentials = dir.load_credentials()?;
         let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
         let (registry, _) = Actor::spawn(
@@ -311,7 +327,7 @@ impl Node {
         let router = Router::new(RouterArgs {
             me: settings.node_id.clone(),
             catalog: catalog.clone(),
-            alive,
+            alive: alive.clone(),
             registry: registry.clone(),
             transport: transport.clone(),
             link,
@@ -343,6 +359,26 @@ impl Node {
         .await
         .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
         let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
+        let ops = ops::NodeOps {
+            me: settings.node_id.clone(),
+            router: router.clone(),
+            registry: registry.clone(),
+            membership: membership.clone(),
+            transport: transport.clone(),
+            catalog: catalog.clone(),
+            alive,
+            ledger: ledger.clone(),
+        };
+        let (monitor, _) = Actor::spawn(
+            None,
+            Monitor,
+            MonitorArgs {
+                config: options.monitor.clone(),
+                watched: Arc::new(ops.clone()),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(format!("monitor: {e}")))?;
         let _ = transport.cast(TransportMsg::SetHandler(Arc::new(NodeFrames {
             membership: membership.clone(),
             registry: registry.clone(),
@@ -375,6 +411,10 @@ impl Node {
             agents,
             data_dir: dir.clone(),
             ingredients,
+            ledger,
+            rates,
+            monitor,
+            ops,
         })
     }
 
@@ -579,6 +619,7 @@ impl Node {
     /// Stops every actor and waits until each has released what it held (the store file, the port).
     async fn stop_actors(&self) {
         let wait = Some(Duration::from_secs(5));
+        let _ = self.monitor.stop_and_wait(None, wait).await;
         let _ = self.placer.stop_and_wait(None, wait).await;
         let _ = self.registry.stop_and_wait(None, wait).await;
         let _ = self.membership.stop_and_wait(None, wait).await;

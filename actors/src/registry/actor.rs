@@ -40,6 +40,17 @@ pub enum RegistryError {
     Store(String),
     #[error("artifact {0} is not held by this node or any reachable peer")]
     ArtifactUnavailable(String),
+    #[error(
+        "{name}@{version} is not published (published: {}); roll back to one of those",
+        if published.is_empty() { "none".to_string() } else { published.join(", ") }
+    )]
+    VersionNotPublished {
+        name: String,
+        version: semver::Version,
+        published: Vec<String>,
+    },
+    #[error("{0} is not deployed; deploy it before pinning a version")]
+    NotDeployed(String),
 }
 
 impl From<StoreError> for RegistryError {
@@ -75,6 +86,13 @@ pub enum RegistryMsg {
         name: String,
         version: Option<semver::Version>,
         reply: RpcReplyPort<Result<Vec<String>, RegistryError>>,
+    },
+    /// Pin the deployment of `name` to a published `version` (a rollback): last writer wins, and
+    /// the next deploy unpins.
+    Pin {
+        name: String,
+        version: semver::Version,
+        reply: RpcReplyPort<Result<Deployment, RegistryError>>,
     },
     /// The highest live release of `name` matching `range` (the seed's `get`).
     Get {
@@ -309,6 +327,17 @@ impl Actor for Registry {
                 }
                 let _ = reply.send(result);
             }
+            RegistryMsg::Pin {
+                name,
+                version,
+                reply,
+            } => {
+                let result = state.pin(&name, version);
+                if result.is_ok() {
+                    let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
+                }
+                let _ = reply.send(result);
+            }
             RegistryMsg::Digest {
                 from,
                 digest,
@@ -423,6 +452,8 @@ impl RegistryState {
                     name: release.manifest.name.clone(),
                     replicas,
                     enabled: true,
+                    // A deploy unpins: the new highest version serves.
+                    version: None,
                 }),
             },
         ));
@@ -435,6 +466,41 @@ impl RegistryState {
             Some(Record::Release(stored)) => (**stored).clone(),
             _ => release,
         })
+    }
+
+    fn pin(&mut self, name: &str, version: semver::Version) -> Result<Deployment, RegistryError> {
+        let versions = self.catalog.versions(name);
+        if versions.is_empty() {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        if !versions.iter().any(|r| r.manifest.version == version) {
+            return Err(RegistryError::VersionNotPublished {
+                name: name.to_string(),
+                published: versions
+                    .iter()
+                    .map(|r| r.manifest.version.to_string())
+                    .collect(),
+                version,
+            });
+        }
+        let current = self
+            .catalog
+            .deployment(name)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotDeployed(name.to_string()))?;
+        let deployment = Deployment {
+            version: Some(version),
+            ..current
+        };
+        self.commit(vec![(
+            deployment_key(name),
+            Versioned {
+                stamp: self.stamp(),
+                record: Record::Deployment(deployment.clone()),
+            },
+        )])?;
+        info!(%name, version = ?deployment.version, "pinned");
+        Ok(deployment)
     }
 
     fn unregister(

@@ -40,12 +40,36 @@ impl Release {
     }
 }
 
-/// What should run: the desired replica count of a function (its highest live version serves).
+/// What should run: the desired replica count of a function and the version it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     pub name: String,
     pub replicas: u32,
     pub enabled: bool,
+    /// The version pinned by a rollback; `None` serves the highest live version. A deploy writes
+    /// `None`, so publishing a new version after a rollback serves the new highest again.
+    pub version: Option<semver::Version>,
+}
+
+/// The layout of a deployment record before pinning existed: still read from stores written then.
+#[derive(Deserialize)]
+struct LegacyDeployment {
+    name: String,
+    replicas: u32,
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+enum LegacyRecord {
+    Release(#[allow(dead_code)] Box<Release>),
+    Deployment(LegacyDeployment),
+    Tombstone,
+}
+
+#[derive(Deserialize)]
+struct LegacyVersioned {
+    stamp: uhlc::Timestamp,
+    record: LegacyRecord,
 }
 
 /// A record's payload.
@@ -75,9 +99,26 @@ impl Versioned {
         klf_proto::encode_value(self).unwrap_or_default()
     }
 
-    /// A record from bytes made by [`Versioned::encode`].
+    /// A record from bytes made by [`Versioned::encode`] (or by a node from before deployments
+    /// could pin a version: such a deployment serves the highest version, as it did then).
     pub fn decode(bytes: &[u8]) -> Result<Self, klf_proto::ProtoError> {
-        klf_proto::decode_value(bytes)
+        klf_proto::decode_value(bytes).or_else(|error| {
+            match klf_proto::decode_value::<LegacyVersioned>(bytes) {
+                Ok(LegacyVersioned {
+                    stamp,
+                    record: LegacyRecord::Deployment(d),
+                }) => Ok(Self {
+                    stamp,
+                    record: Record::Deployment(Deployment {
+                        name: d.name,
+                        replicas: d.replicas,
+                        enabled: d.enabled,
+                        version: None,
+                    }),
+                }),
+                _ => Err(error),
+            }
+        })
     }
 }
 
@@ -222,6 +263,17 @@ impl Catalog {
         }
     }
 
+    /// The release the deployment of `name` serves: the pinned version when it is set and still
+    /// live, else the highest live version. `None` when nothing of `name` is published.
+    pub fn served(&self, name: &str) -> Option<&Release> {
+        let versions = self.versions(name);
+        let pinned = self.deployment(name).and_then(|d| d.version.as_ref());
+        pinned
+            .and_then(|v| versions.iter().find(|r| &r.manifest.version == v))
+            .or_else(|| versions.first())
+            .copied()
+    }
+
     /// Every live deployment.
     pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
         self.entries.values().filter_map(|v| match &v.record {
@@ -353,6 +405,13 @@ pub(crate) mod tests {
                 name: "a".into(),
                 replicas: 2,
                 enabled: true,
+                version: None,
+            }),
+            Record::Deployment(Deployment {
+                name: "a".into(),
+                replicas: 1,
+                enabled: true,
+                version: Some(semver::Version::new(1, 2, 3)),
             }),
             Record::Tombstone,
         ] {
@@ -441,13 +500,99 @@ pub(crate) mod tests {
         assert_eq!(c.check_publish(&release("a", "1.0.1", &[], 2)), Ok(true));
     }
 
+    #[test]
+    fn a_deployment_serves_its_pinned_version_else_the_highest() {
+        let mut c = Catalog::default();
+        for (v, t) in [("1.0.0", 1), ("1.1.0", 2), ("2.0.0", 3)] {
+            publish(&mut c, release("f", v, &[], 1), t);
+        }
+        let deploy = |c: &mut Catalog, version: Option<&str>, time: u64| {
+            c.merge(
+                deployment_key("f"),
+                Versioned {
+                    stamp: stamp(time, 1),
+                    record: Record::Deployment(Deployment {
+                        name: "f".into(),
+                        replicas: 1,
+                        enabled: true,
+                        version: version.map(|v| semver::Version::parse(v).unwrap()),
+                    }),
+                },
+            )
+        };
+        let served = |c: &Catalog| c.served("f").map(|r| r.manifest.version.to_string());
+        deploy(&mut c, None, 4);
+        assert_eq!(served(&c).as_deref(), Some("2.0.0"));
+        deploy(&mut c, Some("1.1.0"), 5);
+        assert_eq!(served(&c).as_deref(), Some("1.1.0"));
+        // An older pin does not win over the newer record (last writer wins).
+        assert!(!deploy(&mut c, Some("1.0.0"), 4));
+        assert_eq!(served(&c).as_deref(), Some("1.1.0"));
+        // A pinned version that was removed falls back to the highest.
+        c.merge(
+            release_key("f", &semver::Version::new(1, 1, 0)),
+            Versioned {
+                stamp: stamp(6, 1),
+                record: Record::Tombstone,
+            },
+        );
+        assert_eq!(served(&c).as_deref(), Some("2.0.0"));
+        // A later deploy unpins.
+        deploy(&mut c, Some("1.0.0"), 7);
+        assert_eq!(served(&c).as_deref(), Some("1.0.0"));
+        deploy(&mut c, None, 8);
+        assert_eq!(served(&c).as_deref(), Some("2.0.0"));
+        assert_eq!(Catalog::default().served("f"), None);
+    }
+
+    #[test]
+    fn deployment_records_stored_before_pinning_still_decode() {
+        #[derive(Serialize)]
+        struct OldDeployment {
+            name: String,
+            replicas: u32,
+            enabled: bool,
+        }
+        #[derive(Serialize)]
+        #[allow(dead_code)]
+        enum OldRecord {
+            Release(Box<Release>),
+            Deployment(OldDeployment),
+            Tombstone,
+        }
+        #[derive(Serialize)]
+        struct OldVersioned {
+            stamp: uhlc::Timestamp,
+            record: OldRecord,
+        }
+        let bytes = klf_proto::encode_value(&OldVersioned {
+            stamp: stamp(3, 1),
+            record: OldRecord::Deployment(OldDeployment {
+                name: "a".into(),
+                replicas: 3,
+                enabled: true,
+            }),
+        })
+        .unwrap();
+        let decoded = Versioned::decode(&bytes).unwrap();
+        assert_eq!(
+            decoded.record,
+            Record::Deployment(Deployment {
+                name: "a".into(),
+                replicas: 3,
+                enabled: true,
+                version: None,
+            })
+        );
+    }
+
     fn record_strategy() -> impl Strategy<Value = (String, Versioned)> {
         let key = prop_oneof![
             Just("deployment/a"),
             Just("deployment/b"),
             Just("release/a@1.0.0")
         ];
-        (key, 0u64..6, 1u8..4, 0u8..4).prop_map(|(key, time, node, payload)| {
+        (key, 0u64..6, 1u8..4, 0u8..6).prop_map(|(key, time, node, payload)| {
             let record = match (key, payload) {
                 (_, 0) => Record::Tombstone,
                 ("release/a@1.0.0", p) => Record::Release(Box::new(release("a", "1.0.0", &[], p))),
@@ -455,6 +600,8 @@ pub(crate) mod tests {
                     name: k.trim_start_matches("deployment/").to_string(),
                     replicas: u32::from(p),
                     enabled: p % 2 == 1,
+                    // Rollbacks pin versions; deploys unpin.
+                    version: (p >= 3).then(|| semver::Version::new(1, 0, u64::from(p))),
                 }),
             };
             (

@@ -1,7 +1,7 @@
 //! The router: turns `NAME@RANGE` and an input into a result, wherever the function runs.
 //!
-//! - Resolution: the deployment serves the highest live version; a range that excludes it is an
-//!   error that says which version is served.
+//! - Resolution: the deployment serves the version a rollback pinned, else the highest live
+//!   version; a range that excludes it is an error that says which version is served.
 //! - Target: a local instance first (this node is among the function's placed hosts); otherwise the
 //!   less busy of two random hosts (power of two choices) over KLF.
 //! - Deadlines propagate (an absolute deadline travels in `Invoke`); a call that provably never
@@ -18,6 +18,7 @@ pub mod choice;
 pub mod error;
 pub mod host;
 pub mod placer;
+pub mod stats;
 pub mod test_run;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use tracing::debug;
 
 pub use error::{InvokeError, InvokeErrorKind};
 pub use host::HostServices;
+pub use stats::{FunctionStats, StatsBook};
 
 use crate::functions::instances::{Hosted, Instances};
 use crate::functions::sandbox::CallMeta;
@@ -100,6 +102,8 @@ pub(crate) struct RouterInner {
     /// The transport's direct path for live connections.
     link: TransportHandle,
     in_flight: Mutex<HashMap<String, usize>>,
+    /// What the calls served here did, per function@version.
+    stats: StatsBook,
 }
 
 fn unix_ms(at: Instant) -> u64 {
@@ -200,6 +204,7 @@ impl Router {
                 transport,
                 link,
                 in_flight: Mutex::new(HashMap::new()),
+                stats: StatsBook::new(),
             }
         });
         Self { inner }
@@ -212,6 +217,11 @@ impl Router {
     /// The instances running on this node.
     pub fn instances(&self) -> &Instances {
         &self.inner.instances
+    }
+
+    /// Statistics of the calls this node served.
+    pub fn stats(&self) -> &StatsBook {
+        &self.inner.stats
     }
 
     /// Routes one call to wherever the function runs and returns its result.
@@ -255,7 +265,8 @@ impl RouterInner {
     ) -> Result<(Release, Vec<MemberId>), InvokeError> {
         let catalog = self.catalog.borrow().clone();
         let versions = catalog.versions(name);
-        let Some(served) = versions.first() else {
+        // The pinned version after a rollback, else the highest.
+        let Some(served) = catalog.served(name) else {
             return Err(InvokeError::new(
                 InvokeErrorKind::UnknownFunction,
                 format!("no function named {name}"),
@@ -277,7 +288,7 @@ impl RouterInner {
                 .collect();
             let message = if versions.iter().any(|r| range.matches(&r.manifest.version)) {
                 format!(
-                    "{name}@{range}: the deployed version is {}; older matching versions are published but not served",
+                    "{name}@{range}: the deployed version is {}; other matching versions are published but not served",
                     served.manifest.version
                 )
             } else {
@@ -304,7 +315,7 @@ impl RouterInner {
                 format!("no alive node hosts {name}"),
             ));
         }
-        Ok(((*served).clone(), hosts))
+        Ok((served.clone(), hosts))
     }
 
     async fn invoke(
@@ -443,10 +454,34 @@ impl RouterInner {
         Ok(self.instances.get_or_start(release, &package).await?)
     }
 
+    /// Runs a call on this node's instance and records it in the stats (a call refused as
+    /// overloaded never ran and is not counted).
     async fn run_local(
         &self,
         release: &Release,
         request: &InvokeRequest,
+    ) -> Result<serde_json::Value, InvokeError> {
+        let started = Instant::now();
+        let mut executing = None;
+        let result = self.run_instance(release, request, &mut executing).await;
+        if !matches!(&result, Err(e) if e.kind == InvokeErrorKind::Overloaded) {
+            let done = Instant::now();
+            self.stats.record(stats::Served {
+                function: &release.manifest.name,
+                version: &release.manifest.version,
+                latency: done - started,
+                execution: executing.map_or(Duration::ZERO, |at| done - at),
+                error: result.as_ref().err().map(|e| e.kind.as_str()),
+            });
+        }
+        result
+    }
+
+    async fn run_instance(
+        &self,
+        release: &Release,
+        request: &InvokeRequest,
+        executing: &mut Option<Instant>,
     ) -> Result<serde_json::Value, InvokeError> {
         let hosted = self.ensure_running(release).await?;
         let Ok(_permit) = hosted.permits.clone().try_acquire_owned() else {
@@ -466,6 +501,7 @@ impl RouterInner {
         };
         // The executor, not the actor's mailbox: one task hop less on the hottest path. The
         // sandbox enforces the deadline itself and never leaves a call half-run.
+        *executing = Some(Instant::now());
         Ok(hosted.executor.execute(request.input.clone(), meta).await?)
     }
 

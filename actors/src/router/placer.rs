@@ -100,11 +100,7 @@ impl Actor for Placer {
             if !hosts.contains(&args.me.as_str()) {
                 continue;
             }
-            let Some(release) = catalog
-                .versions(&deployment.name)
-                .first()
-                .map(|r| (*r).clone())
-            else {
+            let Some(release) = catalog.served(&deployment.name).cloned() else {
                 continue;
             };
             wanted.insert(deployment.name.clone());

@@ -2,6 +2,7 @@
 
 pub mod functions;
 pub mod ingredients;
+pub mod roi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +124,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/ingredients/{name}/render",
             post(ingredients::render_recipe),
         )
+        .route("/v1/roi", get(roi::mesh))
+        .route("/v1/roi/{name}", get(roi::function))
         .with_state(node)
 }
 
