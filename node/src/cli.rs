@@ -47,7 +47,9 @@ pub enum Command {
     /// Ingredients: model configurations, data-flow, API, security and testing templates, recipes.
     #[command(subcommand)]
     Ingredients(crate::ingredients::IngredientsCommand),
-    /// Run three local nodes and show them forming a mesh, leaving and failing.
+    /// Turn a plain-language request into a validated, tested (and deployed) function.
+    Chef(crate::chef::ChefArgs),
+    /// Three local nodes; the Chef builds, deploys and serves the market-analysis function.
     Demo,
     /// Cost, value and ROI of a function (NAME) or of the whole mesh.
     Roi(crate::roi::RoiArgs),
@@ -94,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fn(command) => crate::functions::run(command).await,
         Command::Ingredients(command) => crate::ingredients::run(command).await,
         Command::Roi(args) => crate::roi::run(args).await,
+        Command::Chef(args) => crate::chef::run(args).await,
     }
 }
 

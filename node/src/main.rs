@@ -1,6 +1,7 @@
 //! `klf`: the KLF mesh node and its command-line client.
 
 mod api;
+mod chef;
 mod cli;
 mod client;
 mod demo;

@@ -53,7 +53,12 @@ fn usd(x: f64) -> String {
     }
     let digits = (3 - x.abs().log10().floor() as i32).clamp(2, 12) as usize;
     let text = format!("{x:.digits$}");
-    format!("${}", text.trim_end_matches('0'))
+    let trimmed = text.trim_end_matches('0').trim_end_matches('.');
+    if trimmed == "0" || trimmed == "-0" {
+        // Below the shown precision: say so rather than print a bare zero for a real cost.
+        return "<$1e-12".into();
+    }
+    format!("${trimmed}")
 }
 
 fn breakdown(out: &mut String, title: &str, b: &Breakdown, width: usize) {

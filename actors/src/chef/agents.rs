@@ -45,7 +45,12 @@ pub trait AIAgent: Send + Sync + 'static {
     fn test(&self, _message: AgentMessage) -> BoxFuture<AgentResponse> {
         self.refuse("test")
     }
-    fn deploy(&self, _code: GeneratedCode, _replicas: u32) -> BoxFuture<AgentResponse> {
+    fn deploy(
+        &self,
+        _code: GeneratedCode,
+        _replicas: u32,
+        _probe: Option<serde_json::Value>,
+    ) -> BoxFuture<AgentResponse> {
         self.refuse("deploy")
     }
     fn watch(&self, _function: String, _version: String) -> BoxFuture<AgentResponse> {
@@ -65,7 +70,11 @@ pub trait AIAgent: Send + Sync + 'static {
             message @ (AgentMessage::WriteTests { .. } | AgentMessage::RunTests { .. }) => {
                 self.test(message)
             }
-            AgentMessage::Deploy { code, replicas } => self.deploy(*code, replicas),
+            AgentMessage::Deploy {
+                code,
+                replicas,
+                probe,
+            } => self.deploy(*code, replicas, probe),
             AgentMessage::Watch { function, version } => self.watch(function, version),
         }
     }
@@ -223,7 +232,12 @@ impl AIAgent for Deployer {
     fn agent_type(&self) -> AgentType {
         AgentType::DeploymentManager
     }
-    fn deploy(&self, code: GeneratedCode, replicas: u32) -> BoxFuture<AgentResponse> {
+    fn deploy(
+        &self,
+        code: GeneratedCode,
+        replicas: u32,
+        probe: Option<serde_json::Value>,
+    ) -> BoxFuture<AgentResponse> {
         let node = self.0.node.clone();
         Box::pin(async move {
             let failed = |reason: String| AgentResponse::Failed {
@@ -234,7 +248,7 @@ impl AIAgent for Deployer {
                 Ok(package) => package,
                 Err(reason) => return failed(reason),
             };
-            let probe = package.examples.first().map(|e| e.input.clone());
+            let probe = probe.or_else(|| package.examples.first().map(|e| e.input.clone()));
             let release = match node.publish(package, replicas, "chef").await {
                 Ok(release) => release,
                 Err(error) => return failed(format!("publishing failed: {error}")),

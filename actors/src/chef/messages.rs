@@ -199,6 +199,8 @@ pub enum AgentMessage {
     Deploy {
         code: Box<GeneratedCode>,
         replicas: u32,
+        /// An input known to succeed (from the acceptance tests), to check the deployment answers.
+        probe: Option<Value>,
     },
     Watch {
         function: String,

@@ -374,9 +374,93 @@ impl Chef {
             hex::encode(crate::security::random_bytes::<3>())
         );
         let span = info_span!("chef_run", run_id = %run_id, provider = %options.provider);
-        self.run_inner(run_id, request, options, progress)
+        let run = self
+            .run_inner(run_id, request, options, progress)
             .instrument(span)
-            .await
+            .await?;
+        self.record(&run);
+        Ok(run)
+    }
+
+    /// Writes the run into this node's ledger (cost and value, design §14).
+    fn record(&self, run: &ChefRun) {
+        use crate::ledger::{Amount, RunOutcome as Outcome, RunRecord, StageRecord};
+        let (outcome, function, version) = match &run.outcome {
+            RunOutcome::Deployed {
+                function, version, ..
+            } => (
+                Outcome::Deployed,
+                Some(function.clone()),
+                Some(version.clone()),
+            ),
+            RunOutcome::Built { function, version } => (
+                Outcome::Built,
+                Some(function.clone()),
+                Some(version.clone()),
+            ),
+            RunOutcome::NoMatch(_) => (Outcome::NoMatch, None, None),
+            RunOutcome::Failed { .. } => (
+                Outcome::Failed,
+                run.requirement.as_ref().map(|r| r.function.clone()),
+                None,
+            ),
+        };
+        let baseline = run
+            .requirement
+            .as_ref()
+            .and_then(|r| self.node.ingredients().recipe(&r.recipe).ok())
+            .map_or_else(
+                || Amount::zero("no recipe was chosen"),
+                |(_, recipe)| {
+                    Amount::declared(
+                        recipe.baseline_hours,
+                        format!(
+                            "recipe {} declares {} h by hand",
+                            recipe.name, recipe.baseline_hours
+                        ),
+                    )
+                },
+            );
+        let sandbox_ms: u64 = run
+            .stages
+            .iter()
+            .filter(|s| s.stage.starts_with("validate") || s.stage.starts_with("test"))
+            .map(|s| s.ms)
+            .sum();
+        let record = RunRecord {
+            run_id: run.run_id.clone(),
+            function,
+            version,
+            request: run.request.clone(),
+            provider: run.provider.clone(),
+            outcome,
+            started_unix_ms: run.started_unix_ms,
+            stages: run
+                .stages
+                .iter()
+                .map(|s| StageRecord {
+                    stage: s.stage.clone(),
+                    ms: s.ms,
+                    ok: s.ok,
+                    note: s.detail.chars().take(200).collect(),
+                })
+                .collect(),
+            model_tokens_in: run.tokens_in,
+            model_tokens_out: run.tokens_out,
+            model_cost: self
+                .node
+                .rates()
+                .model_price()
+                .cost(run.tokens_in, run.tokens_out),
+            compute_us: sandbox_ms.saturating_mul(1000),
+            repairs: run.repairs,
+            tests_passed: run.tests.as_ref().map_or(0, |t| t.passed),
+            tests_total: run.tests.as_ref().map_or(0, |t| t.passed + t.failed),
+            baseline_hours: baseline,
+        };
+        if let Err(error) = self.node.ledger().record_run(&record) {
+            warn!(%error, "the run could not be recorded in the ledger");
+        }
     }
 
     async fn run_inner(
@@ -715,7 +799,11 @@ impl Chef {
             AgentType::DeploymentManager,
             AgentMessage::Deploy {
                 code: Box::new(code.clone()),
-                replicas: options.replicas
+                replicas: options.replicas,
+                probe: tests
+                    .iter()
+                    .find(|t| t.expect.is_some())
+                    .map(|t| t.input.clone())
             }
         );
         match response {

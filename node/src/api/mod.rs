@@ -1,5 +1,6 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
+pub mod chef;
 pub mod functions;
 pub mod ingredients;
 pub mod roi;
@@ -96,7 +97,7 @@ impl Caller {
 }
 
 /// The API's routes.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -124,8 +125,10 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/ingredients/{name}/render",
             post(ingredients::render_recipe),
         )
+        .route("/v1/chef", post(chef::run))
         .route("/v1/roi", get(roi::mesh))
         .route("/v1/roi/{name}", get(roi::function))
+        .layer(axum::Extension(chef))
         .with_state(node)
 }
 
@@ -133,9 +136,10 @@ pub fn router(node: Arc<Node>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    chef: chef::ChefSlot,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
+    axum::serve(listener, router(node, chef))
         .with_graceful_shutdown(shutdown)
         .await
 }

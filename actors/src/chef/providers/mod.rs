@@ -268,3 +268,24 @@ pub fn recorded_openai() -> Result<RecordedProvider, ProviderError> {
         recording,
     })
 }
+
+/// The providers a node's Chef offers, from its environment: `offline` always; `openai` when
+/// `KLF_MODEL_BASE_URL` (or `OPENAI_BASE_URL`) names an endpoint; `replay` when `KLF_CHEF_REPLAY`
+/// names a recording. A configured provider that cannot be set up is reported, not skipped.
+pub fn node_providers() -> (Vec<Arc<dyn Provider>>, Vec<String>) {
+    let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(offline::Offline)];
+    let mut problems = Vec::new();
+    if ModelConfig::from_env().is_some() {
+        match provider_from("openai", None) {
+            Ok(provider) => providers.push(provider),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if let Some(file) = std::env::var_os("KLF_CHEF_REPLAY").filter(|f| !f.is_empty()) {
+        match provider_from("replay", Some(Path::new(&file))) {
+            Ok(provider) => providers.push(provider),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (providers, problems)
+}
