@@ -582,6 +582,35 @@ impl Chef {
             }
         };
         run.requirement = Some(requirement.clone());
+        // A parameter without a default that the request did not give: ask, don't guess.
+        if let Ok((_, recipe)) = self.node.ingredients().recipe(&requirement.recipe) {
+            let missing: Vec<String> = recipe
+                .parameters
+                .iter()
+                .filter(|p| p.default.is_none() && !requirement.params.contains_key(&p.name))
+                .map(|p| {
+                    let hint = match p.kind {
+                        crate::ingredients::kinds::ParamType::Function => {
+                            " (name it in the request, e.g. \"… to the NAME function\")"
+                        }
+                        _ => "",
+                    };
+                    format!("`{}`: {}{hint}", p.name, p.description)
+                })
+                .collect();
+            if !missing.is_empty() {
+                let reason = format!(
+                    "recipe {} needs what the request does not say: {}",
+                    recipe.name,
+                    missing.join("; ")
+                );
+                run.outcome = RunOutcome::Failed {
+                    reasons: vec![reason],
+                };
+                run.total_ms = started.elapsed().as_millis() as u64;
+                return Ok(run);
+            }
+        }
 
         // 2. Acceptance tests, written before any code exists.
         let (name, ms, response, node) = stage!(

@@ -603,12 +603,18 @@ impl Package {
         input: Option<String>,
         output: Option<String>,
     ) -> Result<Self, PackageError> {
-        for (path, text) in [("schema/input.json", &input), ("schema/output.json", &output)] {
+        for (path, text) in [
+            ("schema/input.json", &input),
+            ("schema/output.json", &output),
+        ] {
             let Some(text) = text else { continue };
             if text.len() > MAX_EXAMPLE_BYTES {
                 return Err(PackageError::File {
                     path: path.into(),
-                    message: format!("{} bytes exceeds the limit of {MAX_EXAMPLE_BYTES}", text.len()),
+                    message: format!(
+                        "{} bytes exceeds the limit of {MAX_EXAMPLE_BYTES}",
+                        text.len()
+                    ),
                 });
             }
             match serde_json::from_str::<serde_json::Value>(text) {
