@@ -137,7 +137,12 @@ pub struct Chef {
     node: Arc<Node>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     agents: BTreeMap<String, Arc<Agents>>,
+    /// Called after every run (for example to save a recording of the model's exchanges).
+    after_run: std::sync::OnceLock<AfterRun>,
 }
+
+/// What [`Chef::set_after_run`] installs.
+pub type AfterRun = Box<dyn Fn(&ChefRun) + Send + Sync>;
 
 /// Answers Chef messages from peers with this node's agents.
 struct Endpoint {
@@ -260,7 +265,13 @@ impl Chef {
             node,
             providers: by_name,
             agents,
+            after_run: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Installs what runs after every run; false if something is installed already.
+    pub fn set_after_run(&self, hook: AfterRun) -> bool {
+        self.after_run.set(hook).is_ok()
     }
 
     /// The providers this Chef can use.
@@ -379,6 +390,9 @@ impl Chef {
             .instrument(span)
             .await?;
         self.record(&run);
+        if let Some(hook) = self.after_run.get() {
+            hook(&run);
+        }
         Ok(run)
     }
 
