@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod demo;
 mod functions;
+mod stats;
 mod telemetry;
 mod up;
 

@@ -1,6 +1,7 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
 pub mod functions;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,8 @@ pub fn router(node: Arc<Node>) -> Router {
             get(functions::dependencies),
         )
         .route("/v1/functions/{target}/invoke", post(functions::invoke))
+        .route("/v1/functions/{target}/rollback", post(stats::rollback))
+        .route("/v1/stats", get(stats::stats))
         .with_state(node)
 }
 
