@@ -69,11 +69,30 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Invocation statistics of the whole mesh per function@version (optionally of NAME).
+    Stats {
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Serve VERSION (a published version) of NAME until the next deploy.
+    Rollback {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
 }
 
 /// Runs one `klf fn` command.
 pub async fn run(command: FnCommand) -> anyhow::Result<()> {
     match command {
+        FnCommand::Stats { name, client } => return crate::stats::stats(name, client).await,
+        FnCommand::Rollback {
+            name,
+            version,
+            client,
+        } => return crate::stats::rollback(name, version, client).await,
         FnCommand::Deploy {
             dir,
             replicas,
@@ -286,7 +305,7 @@ fn compact(value: &Value) -> String {
 }
 
 /// Percent-encodes a path segment (names are plain; ranges may hold `^`, `>`, `<`, `=`, spaces).
-fn urlencode(segment: &str) -> String {
+pub(crate) fn urlencode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

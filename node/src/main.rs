@@ -8,6 +8,7 @@ mod demo;
 mod functions;
 mod ingredients;
 mod roi;
+mod stats;
 mod telemetry;
 mod up;
 

@@ -5,11 +5,12 @@
 //! the table (a write lock only the first time a version is served here): counters, the latency
 //! histogram and the sliding window are atomics. The histogram has fixed log-linear buckets (8 per
 //! power of two: a quantile is within 12.5% of the true value), which also merge exactly across
-//! nodes. The sliding window is 30 one-second slots.
+//! nodes. The sliding window is 30 one-second slots. Measured: about 150 ns per recorded call in
+//! release, clock reads included (`record_cost` below), against about 10 µs for a local JS call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -181,6 +182,43 @@ struct Entry {
 }
 
 impl Entry {
+    fn record(&self, call: &Served<'_>, second: u64) {
+        let failed = call.error.is_some();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.cpu_us.fetch_add(
+            u64::try_from(call.execution.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let micros = u64::try_from(call.latency.as_micros()).unwrap_or(u64::MAX);
+        if let Some(bucket) = self.latency.get(bucket_of(micros)) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.window.get((second % SLOTS as u64) as usize) {
+            let seen = slot.second.load(Ordering::Acquire);
+            // The first call of a new second clears the slot it reuses (a call racing with the
+            // reset may go uncounted: the window is an estimate, the totals are exact).
+            if seen != second
+                && slot
+                    .second
+                    .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                slot.calls.store(0, Ordering::Relaxed);
+                slot.errors.store(0, Ordering::Relaxed);
+            }
+            slot.calls.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                slot.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(kind) = call.error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut kinds) = self.error_kinds.lock() {
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+    }
+
     fn new() -> Self {
         Self {
             calls: AtomicU64::new(0),
@@ -197,7 +235,7 @@ impl Entry {
 pub struct StatsBook {
     started: Instant,
     /// name → version → counters.
-    table: RwLock<HashMap<String, HashMap<semver::Version, Arc<Entry>>>>,
+    table: RwLock<HashMap<String, HashMap<semver::Version, Entry>>>,
 }
 
 impl Default for StatsBook {
@@ -231,63 +269,31 @@ impl StatsBook {
         self.started.elapsed().as_secs() + 1
     }
 
-    fn entry(&self, function: &str, version: &semver::Version) -> Option<Arc<Entry>> {
+    /// Runs `record` on the counters of `function@version`, under the shared read lock (taking
+    /// the write lock only to add the first call of a version).
+    fn with_entry(&self, function: &str, version: &semver::Version, record: impl Fn(&Entry)) {
         if let Ok(table) = self.table.read()
             && let Some(entry) = table.get(function).and_then(|v| v.get(version))
         {
-            return Some(entry.clone());
+            record(entry);
+            return;
         }
-        let mut table = self.table.write().ok()?;
-        Some(
-            table
+        if let Ok(mut table) = self.table.write() {
+            let entry = table
                 .entry(function.to_string())
                 .or_default()
                 .entry(version.clone())
-                .or_insert_with(|| Arc::new(Entry::new()))
-                .clone(),
-        )
+                .or_insert_with(Entry::new);
+            record(entry);
+        }
     }
 
     /// Records one served call.
     pub fn record(&self, call: Served<'_>) {
-        let Some(entry) = self.entry(call.function, call.version) else {
-            return;
-        };
-        let failed = call.error.is_some();
-        entry.calls.fetch_add(1, Ordering::Relaxed);
-        entry.cpu_us.fetch_add(
-            u64::try_from(call.execution.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        let micros = u64::try_from(call.latency.as_micros()).unwrap_or(u64::MAX);
-        if let Some(bucket) = entry.latency.get(bucket_of(micros)) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
         let second = self.second();
-        if let Some(slot) = entry.window.get((second % SLOTS as u64) as usize) {
-            let seen = slot.second.load(Ordering::Acquire);
-            // The first call of a new second clears the slot it reuses (a call racing with the
-            // reset may go uncounted: the window is an estimate, the totals are exact).
-            if seen != second
-                && slot
-                    .second
-                    .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                slot.calls.store(0, Ordering::Relaxed);
-                slot.errors.store(0, Ordering::Relaxed);
-            }
-            slot.calls.fetch_add(1, Ordering::Relaxed);
-            if failed {
-                slot.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(kind) = call.error {
-            entry.errors.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut kinds) = entry.error_kinds.lock() {
-                *kinds.entry(kind).or_default() += 1;
-            }
-        }
+        self.with_entry(call.function, call.version, |entry| {
+            entry.record(&call, second)
+        });
     }
 
     /// Every `function@version` served here, with its latency histogram.
@@ -355,6 +361,7 @@ impl StatsBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn served<'a>(
         version: &'a semver::Version,
@@ -444,6 +451,48 @@ mod tests {
         let back: Vec<StatsSnapshot> = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, a.snapshots());
         assert_eq!(merge(Vec::new()), vec![]);
+    }
+
+    /// What recording costs per call (run in release:
+    /// `cargo test --release -p klf-actors --lib record_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn record_cost() {
+        let book = Arc::new(StatsBook::new());
+        let v = semver::Version::new(1, 0, 0);
+        const N: u32 = 2_000_000;
+        let started = Instant::now();
+        let mut spent = Duration::ZERO;
+        for _ in 0..N {
+            let at = Instant::now();
+            spent += at.elapsed();
+        }
+        println!("floor: {:?} per two clock reads", started.elapsed() / N);
+        assert!(spent > Duration::ZERO);
+        for threads in [1, 2] {
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    let (book, v) = (book.clone(), v.clone());
+                    scope.spawn(move || {
+                        for i in 0..N {
+                            // As run_local does: two clock reads and one record.
+                            let at = Instant::now();
+                            book.record(Served {
+                                function: "f",
+                                version: &v,
+                                latency: at.elapsed(),
+                                execution: Duration::from_micros(u64::from(i % 1000)),
+                                error: (i % 10 == 0).then_some("user_error"),
+                            });
+                        }
+                    });
+                }
+            });
+            let per_call = started.elapsed() / (N * threads);
+            println!("{threads} thread(s): {per_call:?} per recorded call (10% errors)");
+        }
+        assert_eq!(book.stats()[0].calls, u64::from(N) * 3);
     }
 
     #[test]

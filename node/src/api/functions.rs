@@ -295,6 +295,15 @@ pub async fn info(
         .into();
     view["replicas"] = deployment.map_or(0, |d| d.replicas).into();
     view["enabled"] = deployment.is_some_and(|d| d.enabled).into();
+    // What the mesh runs: the version a rollback pinned, else the highest.
+    view["served"] = catalog
+        .served(&name)
+        .map(|r| r.manifest.version.to_string())
+        .into();
+    view["pinned"] = deployment
+        .and_then(|d| d.version.as_ref())
+        .map(ToString::to_string)
+        .into();
     view["examples"] = serde_json::to_value(examples).unwrap_or_default();
     let schema = |text: Option<&String>| {
         text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())

@@ -4,6 +4,7 @@ pub mod chef;
 pub mod functions;
 pub mod ingredients;
 pub mod roi;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,8 @@ pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
         .route("/v1/roi", get(roi::mesh))
         .route("/v1/roi/{name}", get(roi::function))
         .layer(axum::Extension(chef))
+        .route("/v1/functions/{target}/rollback", post(stats::rollback))
+        .route("/v1/stats", get(stats::stats))
         .with_state(node)
 }
 

@@ -1,0 +1,134 @@
+//! `klf fn stats` and `klf fn rollback` against real `klf` processes: mesh-wide statistics over
+//! the API, and pinning a published version until the next deploy.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use klf_tests::processes::{ProcessMesh, klf};
+use serde_json::Value;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = klf(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = run(args);
+    assert!(ok, "klf {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("klf {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+/// The `hello` example as `version`, in a folder under `dir`.
+fn hello(dir: &Path, version: &str) -> String {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    let folder = dir.join(format!("hello-{version}"));
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let manifest = std::fs::read_to_string(source.join("klf.toml"))
+        .expect("manifest")
+        .replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+    std::fs::write(folder.join("klf.toml"), manifest).expect("write manifest");
+    std::fs::copy(source.join("main.js"), folder.join("main.js")).expect("copy source");
+    folder.to_string_lossy().into_owned()
+}
+
+#[test]
+fn stats_and_rollback_through_the_cli() {
+    let work = tempfile::tempdir().expect("tmp");
+    let mut mesh = ProcessMesh::new().expect("tmp");
+    mesh.init("n1").expect("n1");
+    let token = mesh.nodes[0].token("10m").expect("token");
+    mesh.join("n2", &token).expect("n2");
+    let d1 = mesh.nodes[0].data.to_string_lossy().into_owned();
+    let d2 = mesh.nodes[1].data.to_string_lossy().into_owned();
+
+    let (ok, stdout, _) = run(&["fn", "stats", "--data", &d1]);
+    assert!(ok && stdout.contains("no calls served yet"), "{stdout}");
+    for version in ["1.0.0", "1.1.0"] {
+        let (ok, _, stderr) = run(&[
+            "fn",
+            "deploy",
+            &hello(work.path(), version),
+            "--replicas",
+            "2",
+            "--data",
+            &d1,
+        ]);
+        assert!(ok, "{stderr}");
+    }
+    // Calls from both nodes (each serves its own: two replicas on two nodes).
+    let invoke = |data: &str| {
+        let (ok, stdout, stderr) = run(&[
+            "fn",
+            "invoke",
+            "hello",
+            "--input",
+            "{\"name\":\"KLF\"}",
+            "--data",
+            data,
+        ]);
+        ok && stdout.contains("Hello, KLF!") || {
+            eprintln!("invoke: {stderr}");
+            false
+        }
+    };
+    assert!(
+        mesh.wait(Duration::from_secs(10), |_| invoke(&d2)),
+        "n2 should serve hello\n{}",
+        mesh.logs()
+    );
+    let mut calls = 1;
+    for data in [&d1, &d2, &d1] {
+        assert!(invoke(data));
+        calls += 1;
+    }
+    // Either node shows the mesh's totals.
+    let stats = json(&["fn", "stats", "hello", "--json", "--data", &d1]);
+    let stats = stats.as_array().expect("array");
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!(stats[0]["function"], "hello");
+    assert_eq!(stats[0]["version"], "1.1.0");
+    assert_eq!(stats[0]["calls"], calls);
+    assert_eq!(stats[0]["errors"], 0);
+    assert!(
+        stats[0]["p99_us"].as_u64().is_some_and(|p| p > 0),
+        "{stats:?}"
+    );
+    let (ok, table, stderr) = run(&["fn", "stats", "--data", &d2]);
+    assert!(ok, "{stderr}");
+    assert!(table.starts_with("FUNCTION"), "{table}");
+    assert!(table.contains("hello@1.1.0"), "{table}");
+
+    // Rollback: refused for a version that is not published, then pinned everywhere.
+    let (ok, _, stderr) = run(&["fn", "rollback", "hello", "0.9.0", "--data", &d2]);
+    assert!(!ok, "0.9.0 is not published");
+    assert!(
+        stderr.contains("hello@0.9.0 is not published (published: 1.1.0, 1.0.0)"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = run(&["fn", "rollback", "hello", "1.0.0", "--data", &d2]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("hello now serves 1.0.0"), "{stdout}");
+    assert!(
+        mesh.wait(Duration::from_secs(5), |_| {
+            let info = json(&["fn", "info", "hello", "--json", "--data", &d1]);
+            info["served"] == "1.0.0" && info["pinned"] == "1.0.0"
+        }),
+        "n1 should serve the pinned 1.0.0\n{}",
+        mesh.logs()
+    );
+    assert!(invoke(&d1));
+    assert!(
+        mesh.wait(Duration::from_secs(5), |_| {
+            let stats = json(&["fn", "stats", "hello", "--json", "--data", &d2]);
+            stats
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["version"] == "1.0.0" && s["calls"] == 1))
+        }),
+        "the call after the rollback is counted for 1.0.0"
+    );
+}
