@@ -7,6 +7,8 @@
 
 pub mod chef;
 pub mod functions;
+pub mod ingredients;
+pub mod ledger;
 pub mod mesh;
 pub mod model;
 pub mod node;

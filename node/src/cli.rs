@@ -44,8 +44,15 @@ pub enum Command {
     /// Functions: deploy, list, inspect, remove.
     #[command(subcommand, name = "fn")]
     Fn(crate::functions::FnCommand),
-    /// Run three local nodes and show them forming a mesh, leaving and failing.
+    /// Ingredients: model configurations, data-flow, API, security and testing templates, recipes.
+    #[command(subcommand)]
+    Ingredients(crate::ingredients::IngredientsCommand),
+    /// Turn a plain-language request into a validated, tested (and deployed) function.
+    Chef(crate::chef::ChefArgs),
+    /// Three local nodes; the Chef builds, deploys and serves the market-analysis function.
     Demo,
+    /// Cost, value and ROI of a function (NAME) or of the whole mesh.
+    Roi(crate::roi::RoiArgs),
     /// Show the mesh's members and their state.
     Members {
         #[command(flatten)]
@@ -87,6 +94,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members { client } => members(client).await,
         Command::Demo => crate::demo::run().await,
         Command::Fn(command) => crate::functions::run(command).await,
+        Command::Ingredients(command) => crate::ingredients::run(command).await,
+        Command::Roi(args) => crate::roi::run(args).await,
+        Command::Chef(args) => crate::chef::run(args).await,
     }
 }
 

@@ -120,4 +120,46 @@ impl ApiClient {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
     }
+
+    /// POSTs `body` and hands each line of an NDJSON answer to `each` as it arrives.
+    pub async fn post_ndjson(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        mut each: impl FnMut(serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .timeout(self.timeout)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node's API at {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await?;
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            bail!("{status}: {message}");
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                each(
+                    serde_json::from_slice(&line)
+                        .context("the node's API sent a line that is not JSON")?,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,12 +1,15 @@
 //! `klf demo`: three local nodes in this process, joined by tokens as separate machines would be.
 //!
-//! It shows the nodes forming a mesh over QUIC with mutual TLS, a function deployed on one node and
-//! called from another, a graceful leave, and failure detection. The Chef pipeline (building and
-//! serving the market-analysis function) joins it when the Chef layer lands.
+//! It shows the nodes forming a mesh over QUIC with mutual TLS; the Chef turning the seed's request,
+//! "Analyze market data and find opportunities", into a function built from BaseDataProcessor,
+//! BaseModelProcessor and BasePredictor, validated, tested and deployed with 2 replicas; the third
+//! node calling it on bundled sample market data; the run's stages and ROI; a function deployed by
+//! hand; a graceful leave; and failure detection.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use klf_actors::chef::{Chef, ChefOptions, RunOutcome};
 use klf_actors::functions::package::Package;
 use klf_actors::mesh::{MemberState, MemberView};
 use klf_actors::node::{LocalMesh, wait_until};
@@ -43,6 +46,8 @@ pub async fn run() -> anyhow::Result<()> {
         started.elapsed()
     );
     print_members("members seen by node2:", &mesh.nodes[2].members().await?);
+
+    market_analysis(&mesh).await?;
 
     // A function: deployed on node0 with 2 replicas, called from node2.
     let hello = Package::from_parts(
@@ -109,5 +114,105 @@ pub async fn run() -> anyhow::Result<()> {
 
     mesh.nodes[0].shutdown().await;
     println!("\ndemo finished in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// The bundled sample: 20 trading days of six symbols.
+const MARKET_DATA: &str = include_str!("../../examples/data/market-data.json");
+
+/// The Chef builds the seed's example on node0; node2 calls it.
+async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
+    let request = "Analyze market data and find opportunities";
+    let mut chefs = Vec::new();
+    let (_, problems) = klf_actors::chef::providers::node_providers();
+    for problem in problems {
+        println!("(chef provider not available: {problem})");
+    }
+    for node in &mesh.nodes {
+        let (providers, _) = klf_actors::chef::providers::node_providers();
+        chefs.push(Chef::start(node.clone(), providers).await?);
+    }
+    println!("\nchef on node0: \"{request}\" (provider offline, deploy with 2 replicas)");
+    let (events, mut receive) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        while let Some(event) = receive.recv().await {
+            crate::chef::print_event(&event, terminal);
+        }
+    });
+    let options = ChefOptions {
+        deploy: true,
+        replicas: 2,
+        ..ChefOptions::default()
+    };
+    let run = chefs[0].run(request, &options, Some(events)).await?;
+    let _ = printer.await;
+    print!("{}", crate::chef::summary(&run));
+    let RunOutcome::Deployed { function, .. } = &run.outcome else {
+        bail!("the chef did not deploy the market-analysis function");
+    };
+    let stage_ms: Vec<String> = run
+        .stages
+        .iter()
+        .map(|s| format!("{} {} ms", s.stage, s.ms))
+        .collect();
+    println!(
+        "stages:     {} (total {} ms)",
+        stage_ms.join(", "),
+        run.total_ms
+    );
+
+    let input: serde_json::Value =
+        serde_json::from_str(MARKET_DATA).context("the bundled market data")?;
+    let symbols = input["series"].as_array().map_or(0, Vec::len);
+    let wait = Instant::now();
+    let outcome = loop {
+        let call = InvokeRequest::new(function, input.clone(), Duration::from_secs(10));
+        match mesh.nodes[2].invoke(call).await {
+            Ok(outcome) => break outcome,
+            Err(e) if wait.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(%e, "not invocable from node2 yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!("invoking {function} from node2 failed: {e}"),
+        }
+    };
+    let served_on = mesh
+        .nodes
+        .iter()
+        .find(|n| n.identity().node_id == outcome.node)
+        .map_or("?", |n| n.settings().name.as_str());
+    println!(
+        "\nnode2 invoked {} on {symbols} bundled closes (examples/data/market-data.json), served on {served_on}:",
+        outcome.served_by
+    );
+    let output = &outcome.output;
+    for o in output["opportunities"].as_array().into_iter().flatten() {
+        println!(
+            "  {:5} {:6} score {:.2}  last {:>8}  next {:>8}  {}",
+            o["symbol"].as_str().unwrap_or("?"),
+            o["signal"].as_str().unwrap_or("?"),
+            o["score"].as_f64().unwrap_or(0.0),
+            o["last_close"],
+            o["forecast_next"],
+            o["reasons"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        );
+    }
+    println!("result JSON: {output}");
+
+    match mesh.nodes[0].roi(Some(function)).await {
+        Ok(roi) => print!("\n{}", crate::roi::render(&roi)),
+        Err(e) => println!("\nROI unavailable: {e}"),
+    }
+    for chef in &chefs {
+        chef.stop();
+    }
     Ok(())
 }

@@ -56,6 +56,13 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Run a deployed function's own tests (its `static tests`) in a real instance; exits non-zero
+    /// when any fails.
+    Test {
+        target: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Remove a function (NAME) or one version (NAME@VERSION).
     Rm {
         target: String,
@@ -231,6 +238,46 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             println!("{}", serde_json::to_string(&output)?);
+        }
+        FnCommand::Test { target, client } => {
+            let api = ApiClient::from_options(&client)?
+                .with_timeout(std::time::Duration::from_secs(6 * 60));
+            let run: Value = api
+                .post_json(
+                    &format!("/v1/functions/{}/test", urlencode(&target)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            let failed = run["failed"].as_u64().unwrap_or(0);
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                println!(
+                    "{}: {} passed, {failed} failed (on node {}{})",
+                    run["function"].as_str().unwrap_or_default(),
+                    run["passed"].as_u64().unwrap_or(0),
+                    run["node"].as_str().unwrap_or_default(),
+                    if run["hosted"].as_bool() == Some(true) {
+                        ", hosted instance"
+                    } else {
+                        ", throwaway instance"
+                    }
+                );
+                for result in run["results"].as_array().into_iter().flatten() {
+                    if result["passed"].as_bool() == Some(true) {
+                        continue;
+                    }
+                    println!("  FAILED {}", result["name"].as_str().unwrap_or("?"));
+                    for key in ["expected", "actual", "error"] {
+                        if !result[key].is_null() {
+                            println!("    {key}: {}", compact(&result[key]));
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} test(s) of {target} failed");
+            }
         }
         FnCommand::Rm { target, client } => {
             let api = ApiClient::from_options(&client)?;

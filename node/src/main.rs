@@ -1,10 +1,13 @@
 //! `klf`: the KLF mesh node and its command-line client.
 
 mod api;
+mod chef;
 mod cli;
 mod client;
 mod demo;
 mod functions;
+mod ingredients;
+mod roi;
 mod stats;
 mod telemetry;
 mod up;

@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// Join the mesh this token names (first start only).
     #[arg(long)]
     pub join: Option<String>,
+    /// A folder of user ingredients (repeatable), loaded after the shipped ones and
+    /// DATA/ingredients; an ingredient named like an earlier one overrides it.
+    #[arg(long = "ingredients", value_name = "DIR")]
+    pub ingredients: Vec<PathBuf>,
 }
 
 fn saved_addr(saved: Option<&String>, default: &str) -> anyhow::Result<SocketAddr> {
@@ -125,6 +129,7 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         local_api: Some(api_bound.to_string()),
         advertise,
         model: ModelConfig::from_env(),
+        ingredient_dirs: args.ingredients.clone(),
         ..RunOptions::loopback()
     };
     match &options.model {
@@ -146,12 +151,26 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         node.local_addr(),
         api_bound
     );
+    let (providers, problems) = klf_actors::chef::providers::node_providers();
+    for problem in &problems {
+        tracing::warn!("chef provider not available: {problem}");
+    }
+    let chef = klf_actors::chef::Chef::start(node.clone(), providers)
+        .await
+        .context("cannot start the chef")?;
+    info!(providers = ?chef.providers(), "chef ready");
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::api::serve(api_listener, node.clone(), async {
-        let _ = api_stopped.await;
-    }));
+    let server = tokio::spawn(crate::api::serve(
+        api_listener,
+        node.clone(),
+        Some(chef.clone()),
+        async {
+            let _ = api_stopped.await;
+        },
+    ));
     shutdown_signal().await;
     info!("shutting down: leaving the mesh");
+    chef.stop();
     node.shutdown().await;
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;

@@ -198,6 +198,32 @@ fn klf_demo_runs_to_completion() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("mesh formed"), "{stdout}");
+    // The Chef built the seed's example from the three base classes, deployed it with 2 replicas,
+    // and node2 got ranked opportunities for the bundled data.
+    assert!(
+        stdout.contains("BaseDataProcessor")
+            && stdout.contains("BaseModelProcessor")
+            && stdout.contains("BasePredictor"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("deployed:   market-analysis@1.0.0 (2 replicas)"),
+        "{stdout}"
+    );
+    let result = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result JSON: "))
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
+    let result: serde_json::Value = serde_json::from_str(result).expect("result JSON");
+    assert_eq!(result["analyzed"], 6, "{result}");
+    let best = &result["opportunities"][0];
+    assert_eq!(best["signal"], "buy", "{result}");
+    assert!(
+        ["NOVA", "FLUX"].contains(&best["symbol"].as_str().unwrap_or("")),
+        "{result}"
+    );
+    assert!(stdout.contains("tests:      "), "{stdout}");
+    assert!(stdout.contains("ROI "), "{stdout}");
     assert!(
         stdout.contains(r#"node2 invoked hello -> {"message":"Hello, KLF!"}"#),
         "{stdout}"

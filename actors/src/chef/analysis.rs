@@ -149,6 +149,9 @@ pub fn analyze(file: &str, source: &str) -> Analysis {
         );
     }
     if !parsed.panicked {
+        let mut bindings = Bindings::default();
+        bindings.visit_program(&parsed.program);
+        analyzer.declared = bindings.0;
         analyzer.visit_program(&parsed.program);
         analyzer.check_default_export(&parsed.program);
     }
@@ -336,6 +339,21 @@ struct Analyzer<'s> {
     source: &'s str,
     lines: &'s LineIndex,
     findings: Vec<Finding>,
+    /// Names the module declares somewhere (variables, parameters, functions, classes): a
+    /// reference to one of them is the function's own variable, not the global of that name. A
+    /// module-wide approximation of scoping, good enough here because the sandbox has no
+    /// `window`, `process` or `self` anyway (this check explains, the sandbox enforces).
+    declared: HashSet<String>,
+}
+
+/// Collects every binding name of a program.
+#[derive(Default)]
+struct Bindings(HashSet<String>);
+
+impl<'a> Visit<'a> for Bindings {
+    fn visit_binding_identifier(&mut self, it: &oxc_ast::ast::BindingIdentifier<'a>) {
+        self.0.insert(it.name.to_string());
+    }
 }
 
 impl<'s> Analyzer<'s> {
@@ -344,6 +362,7 @@ impl<'s> Analyzer<'s> {
             source,
             lines,
             findings: Vec::new(),
+            declared: HashSet::new(),
         }
     }
 
@@ -532,17 +551,17 @@ impl<'a> Visit<'a> for Analyzer<'_> {
                 rules::EVAL,
                 "`eval` runs code built at run time; the sandbox refuses it and so does the validator",
             ),
-            "Function" => self.error(
+            "Function" if !self.declared.contains("Function") => self.error(
                 at,
                 rules::FUNCTION_CONSTRUCTOR,
                 "the `Function` constructor compiles code built at run time, like `eval`; the sandbox refuses it and so does the validator",
             ),
-            "require" => self.error(
+            "require" if !self.declared.contains("require") => self.error(
                 at,
                 rules::REQUIRE,
                 "`require` loads CommonJS modules, which do not exist in the sandbox; import from \"klf:*\" or call other functions with ctx.call",
             ),
-            name if GLOBAL_OBJECTS.contains(&name) => self.error(
+            name if GLOBAL_OBJECTS.contains(&name) && !self.declared.contains(name) => self.error(
                 at,
                 rules::GLOBAL_OBJECT,
                 format!(
@@ -1000,6 +1019,9 @@ export default class MarketAnalysis extends BaseDataProcessor {
         }
         refused("const env = process.env.HOME;", rules::GLOBAL_OBJECT);
         accepted("const o = { window: 3, self: 1 }; const w = o.window + o.self;");
+        // The function's own variables and parameters that happen to carry those names.
+        accepted("const window = 5; const avg = (xs) => xs.slice(-window);");
+        accepted("function f(self, process) { return self + process; }");
     }
 
     #[test]

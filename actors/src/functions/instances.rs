@@ -110,6 +110,12 @@ impl Instances {
         }
     }
 
+    /// A host for an instance of `release` that is not kept in this table (a throwaway instance,
+    /// such as one that runs a function's tests).
+    pub fn host_for(&self, release: &Release) -> Arc<dyn Host> {
+        (self.host_factory)(release)
+    }
+
     /// The running instance of `name`, if any.
     pub fn get(&self, name: &str) -> Option<Arc<Hosted>> {
         self.running.read().ok()?.get(name).cloned()

@@ -10,7 +10,9 @@
 //! api-tokens.json    hashes, principals and roles of the API tokens this node accepts, 0600
 //! join-tokens.json   join tokens this node issued (hashed secrets, expiry, used), 0600
 //! peers.json         members known at the last change, announced to on restart
-//! store.redb         the embedded store: catalog records, artifacts, function key-value data
+//! store.redb         the embedded store: catalog records, artifacts, function key-value data,
+//!                    the ledger (Chef runs, maintenance events)
+//! roi.toml           optional: the prices ROI uses (`[roi]`, see docs/roi.md)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +57,11 @@ impl DataDir {
     pub fn node_file(&self) -> PathBuf {
         self.root.join("node.json")
     }
+    /// User ingredients loaded by every start of this node (see `crate::ingredients`).
+    pub fn ingredients_dir(&self) -> PathBuf {
+        self.root.join("ingredients")
+    }
+
     /// Secrets functions read with `ctx.secret(NAME)`: one file per secret.
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")

@@ -13,6 +13,7 @@ use tracing::debug;
 use crate::mesh::join::JoinService;
 use crate::mesh::transport::BoxFuture;
 use crate::mesh::{FrameHandler, MembershipMsg, PeerAddr};
+use crate::node::AgentEndpoint;
 use crate::registry::RegistryMsg;
 use crate::registry::actor::encode_records;
 use crate::router::Router;
@@ -46,6 +47,7 @@ pub(super) struct NodeFrames {
     pub registry: ActorRef<RegistryMsg>,
     pub router: Router,
     pub join: Arc<JoinService>,
+    pub agents: Arc<std::sync::OnceLock<Arc<dyn AgentEndpoint>>>,
 }
 
 impl NodeFrames {
@@ -135,17 +137,28 @@ impl FrameHandler for NodeFrames {
                 let router = self.router.clone();
                 Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
             }
-            // Invocation statistics for a peer's mesh view; other agent kinds are not served here.
+            // Invocation statistics for a peer's mesh view.
             Frame::Agent(message) if message.kind == crate::router::stats::STATS_KIND => Box::pin(
                 std::future::ready(super::ops::answer_stats(&self.router, &message)),
             ),
-            Frame::Agent(message) => Box::pin(std::future::ready(Frame::error(
-                ErrorCode::Unsupported,
-                format!(
-                    "agent messages of kind {:?} are not served by this node",
-                    message.kind
-                ),
-            ))),
+            Frame::Agent(message) => match self.agents.get() {
+                Some(endpoint) => {
+                    let answer = endpoint.handle(peer, message);
+                    Box::pin(async move {
+                        match answer.await {
+                            Ok(reply) => Frame::Agent(reply),
+                            Err(reason) => Frame::error(ErrorCode::Unavailable, reason),
+                        }
+                    })
+                }
+                None => Box::pin(std::future::ready(Frame::error(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "no agents run on this node (asked for {:?})",
+                        message.to_agent
+                    ),
+                ))),
+            },
             Frame::ArtifactFetch(fetch) => Box::pin(async move {
                 ask(
                     &registry,

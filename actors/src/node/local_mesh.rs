@@ -1,6 +1,7 @@
 //! Several nodes in one process, each with its own temporary data dir, joined by tokens exactly as
 //! separate machines would be. Used by `klf demo`, the in-process tests and the benchmarks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{DataDir, Node, NodeError, RunOptions, init_mesh, join_mesh};
@@ -28,7 +29,8 @@ where
 pub struct LocalMesh {
     /// Holds every node's data dir (`node0`, `node1`, ...); removed when dropped.
     pub dir: tempfile::TempDir,
-    pub nodes: Vec<Node>,
+    /// Shared so that layers above (the Chef) can hold a node too.
+    pub nodes: Vec<Arc<Node>>,
     /// How every node runs (listen addresses are replaced by free loopback ports).
     options: RunOptions,
 }
@@ -56,14 +58,14 @@ impl LocalMesh {
         let dir = tempfile::tempdir().map_err(|e| NodeError::Config(format!("temp dir: {e}")))?;
         let first = DataDir::new(dir.path().join("node0"));
         init_mesh(&first, "node0", "local")?;
-        let mut nodes = vec![Node::start(&first, options.clone()).await?];
+        let mut nodes = vec![Arc::new(Node::start(&first, options.clone()).await?)];
         for i in 1..n {
             let name = format!("node{i}");
             let data = DataDir::new(dir.path().join(&name));
             let token = nodes[0].create_join_token(Duration::from_secs(60))?;
             // Local nodes bind port 0 and advertise the port they get when they start.
             join_mesh(&data, &token.encode(), &name, "127.0.0.1:0", "").await?;
-            nodes.push(Node::start(&data, options.clone()).await?);
+            nodes.push(Arc::new(Node::start(&data, options.clone()).await?));
         }
         Ok(Self {
             dir,
@@ -76,7 +78,7 @@ impl LocalMesh {
     /// new free port, as a restarted process would.
     pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
         let data = DataDir::new(self.dir.path().join(format!("node{i}")));
-        self.nodes[i] = Node::start(&data, self.options.clone()).await?;
+        self.nodes[i] = Arc::new(Node::start(&data, self.options.clone()).await?);
         Ok(())
     }
 

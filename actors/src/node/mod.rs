@@ -8,18 +8,20 @@ pub mod data_dir;
 mod frames;
 pub mod local_mesh;
 mod ops;
+mod roi;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use klf_proto::Limits;
+use klf_proto::{Frame, Limits};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::info;
 
 pub use data_dir::{DataDir, NodeSettings};
 pub use local_mesh::{LocalMesh, wait_until};
+pub use roi::{RoiError, UsageByFunction};
 
 use self::frames::NodeFrames;
 use crate::chef::monitor::{Monitor, MonitorArgs, MonitorConfig, MonitorMsg};
@@ -27,17 +29,19 @@ use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
 use crate::functions::sandbox::{SandboxError, check};
+use crate::ledger::{Ledger, Rates};
 use crate::mesh::join::{JoinError, JoinService, check_node_name, member_of_seed};
+use crate::mesh::transport::BoxFuture;
 use crate::mesh::{
-    MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, Transport,
-    TransportArgs, TransportMsg,
+    MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, PeerAddr,
+    Transport, TransportArgs, TransportMsg,
 };
 use crate::model::{ModelConfig, ModelProvider, OpenAiCompatible};
 use crate::registry::artifact::Signer;
 use crate::registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
 use crate::router::placer::{Placer, PlacerArgs, PlacerMsg};
 use crate::router::{HostServices, InvokeError, InvokeOutcome, InvokeRequest, Router, RouterArgs};
-use crate::security::{ApiToken, JoinToken, MeshCa, SecurityError, files};
+use crate::security::{ApiToken, JoinToken, MeshCa, PeerIdentity, SecurityError, files};
 use crate::store::Store;
 
 /// Errors of starting, joining or running a node.
@@ -74,6 +78,9 @@ pub struct RunOptions {
     pub anti_entropy_every: Duration,
     /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
     pub model: Option<ModelConfig>,
+    /// User ingredient folders (`klf up --ingredients DIR`), loaded after the shipped ones and
+    /// `<data>/ingredients`; later folders override earlier ones.
+    pub ingredient_dirs: Vec<std::path::PathBuf>,
     /// The Monitor's thresholds (rollback of misbehaving versions).
     pub monitor: MonitorConfig,
 }
@@ -90,6 +97,7 @@ impl RunOptions {
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
             model: None,
+            ingredient_dirs: Vec::new(),
             monitor: MonitorConfig::default(),
         }
     }
@@ -184,8 +192,24 @@ pub struct Node {
     catalog: watch::Receiver<Arc<Catalog>>,
     join: Arc<JoinService>,
     api_tokens: Vec<ApiToken>,
+    /// Where `Agent` frames from peers go: set by a layer above (the Chef), if any.
+    agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>>,
+    data_dir: DataDir,
+    ingredients: Arc<crate::ingredients::Library>,
+    ledger: Ledger,
+    rates: Rates,
     monitor: ActorRef<MonitorMsg>,
     ops: ops::NodeOps,
+}
+
+/// Answers `Agent` frames from peers (the Chef's agents, when they run on several nodes). The node
+/// itself knows no agents: the layer that does installs one with [`Node::set_agent_endpoint`].
+pub trait AgentEndpoint: Send + Sync + 'static {
+    fn handle(
+        &self,
+        from: PeerIdentity,
+        message: klf_proto::AgentMessage,
+    ) -> BoxFuture<Result<klf_proto::AgentMessage, String>>;
 }
 
 fn now_millis() -> u64 {
@@ -207,6 +231,15 @@ impl Node {
         let mut settings = dir.load_settings()?;
         let credentials = dir.load_credentials()?;
         let api_tokens = dir.load_api_tokens()?;
+        // Ingredients: the shipped ones, `<data>/ingredients` if it exists, then --ingredients.
+        let mut ingredient_dirs = Vec::new();
+        if dir.ingredients_dir().is_dir() {
+            ingredient_dirs.push(dir.ingredients_dir());
+        }
+        ingredient_dirs.extend(options.ingredient_dirs.iter().cloned());
+        let ingredients = Arc::new(crate::ingredients::Library::load(&ingredient_dirs));
+        // A bad roi.toml is refused before anything starts, naming the file and the field.
+        let rates = Rates::load(dir.root()).map_err(|e| NodeError::Config(e.to_string()))?;
         let (transport, _) = Actor::spawn(
             None,
             Transport,
@@ -268,6 +301,8 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
         );
+        let ledger = Ledger::open(&store)
+            .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?;
         let credentials = dir.load_credentials()?;
         let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
         let (registry, _) = Actor::spawn(
@@ -323,6 +358,7 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
+        let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
         let ops = ops::NodeOps {
             me: settings.node_id.clone(),
             router: router.clone(),
@@ -331,6 +367,7 @@ impl Node {
             transport: transport.clone(),
             catalog: catalog.clone(),
             alive,
+            ledger: ledger.clone(),
         };
         let (monitor, _) = Actor::spawn(
             None,
@@ -347,6 +384,7 @@ impl Node {
             registry: registry.clone(),
             router: router.clone(),
             join: join.clone(),
+            agents: agents.clone(),
         })));
         settings.listen = Some(options.listen.to_string());
         settings.advertise = Some(advertise);
@@ -357,7 +395,7 @@ impl Node {
                 .unwrap_or_else(|| options.api.clone()),
         );
         dir.save_settings(&settings)?;
-        info!(name = %settings.name, node_id = %settings.node_id, %local_addr, "node started");
+        info!(name = %settings.name, node_id = %settings.node_id, %local_addr, ingredients = ingredients.len(), ingredient_errors = ingredients.errors().len(), "node started");
         Ok(Self {
             settings,
             identity,
@@ -370,9 +408,64 @@ impl Node {
             catalog,
             join,
             api_tokens,
+            agents,
+            data_dir: dir.clone(),
+            ingredients,
+            ledger,
+            rates,
             monitor,
             ops,
         })
+    }
+
+    /// Installs what answers `Agent` frames; false if one is installed already.
+    pub fn set_agent_endpoint(&self, endpoint: Arc<dyn AgentEndpoint>) -> bool {
+        self.agents.set(endpoint).is_ok()
+    }
+
+    /// Sends an `Agent` frame to the member `to` and returns its answer.
+    pub async fn agent_request(
+        &self,
+        to: &MemberId,
+        message: klf_proto::AgentMessage,
+        timeout: Duration,
+    ) -> Result<klf_proto::AgentMessage, NodeError> {
+        let peer = PeerAddr {
+            addr: to.addr.clone(),
+            node_id: Some(to.node_id.clone()),
+        };
+        let answer = self
+            .transport
+            .call(
+                |reply| TransportMsg::Request {
+                    to: peer,
+                    frame: Frame::Agent(message),
+                    reply,
+                },
+                Some(timeout),
+            )
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?;
+        match answer {
+            ractor::rpc::CallResult::Success(Ok(Frame::Agent(reply))) => Ok(reply),
+            ractor::rpc::CallResult::Success(Ok(other)) => Err(NodeError::Actor(format!(
+                "node {} answered {} to an agent message",
+                to.name,
+                other.kind_name()
+            ))),
+            ractor::rpc::CallResult::Success(Err(error)) => {
+                Err(NodeError::Actor(format!("node {}: {error}", to.name)))
+            }
+            _ => Err(NodeError::Actor(format!(
+                "node {} did not answer the agent message within {timeout:?}",
+                to.name
+            ))),
+        }
+    }
+
+    /// The data dir this node runs from.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
     }
 
     pub fn settings(&self) -> &NodeSettings {
@@ -416,6 +509,11 @@ impl Node {
     /// The API token a bearer string belongs to, if any.
     pub fn authenticate(&self, bearer: &str) -> Option<&ApiToken> {
         self.api_tokens.iter().find(|t| t.matches(bearer))
+    }
+
+    /// The ingredients this node loaded (shipped, `<data>/ingredients`, `--ingredients`).
+    pub fn ingredients(&self) -> &Arc<crate::ingredients::Library> {
+        &self.ingredients
     }
 
     /// The latest catalog snapshot (no actor round trip).

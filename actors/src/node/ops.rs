@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::{Node, NodeError};
 use crate::chef::monitor::{Deployed, MonitorEvent, MonitorFuture, MonitorMsg, Watched};
+use crate::ledger::{EventKind, Ledger, MaintenanceEvent};
 use crate::mesh::membership::alive_members;
 use crate::mesh::{MemberId, MembershipMsg, PeerAddr, TransportMsg};
 use crate::registry::{Catalog, Deployment, RegistryMsg};
@@ -30,6 +31,8 @@ pub(super) struct NodeOps {
     pub transport: ActorRef<TransportMsg>,
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub alive: watch::Receiver<Arc<Vec<MemberId>>>,
+    /// Rollbacks are maintenance events in the ledger (ROI counts them as a cost).
+    pub ledger: Ledger,
 }
 
 /// The answer to a peer's `Frame::Agent` of kind `stats`: this node's snapshots as JSON.
@@ -125,8 +128,16 @@ impl NodeOps {
         name: &str,
         version: semver::Version,
     ) -> Result<Deployment, NodeError> {
+        let event = MaintenanceEvent {
+            kind: EventKind::Rollback,
+            function: name.to_string(),
+            version: Some(version.to_string()),
+            at_unix_ms: super::now_millis(),
+            note: "deployment pinned to an earlier version".into(),
+        };
         let name = name.to_string();
-        self.registry
+        let pinned = self
+            .registry
             .call(
                 |reply| RegistryMsg::Pin {
                     name,
@@ -139,7 +150,11 @@ impl NodeOps {
             .map_err(|e| NodeError::Actor(e.to_string()))?
             .success_or(())
             .map_err(|_| NodeError::Actor("the registry did not answer in time".into()))?
-            .map_err(NodeError::Registry)
+            .map_err(NodeError::Registry)?;
+        if let Err(error) = self.ledger.record_event(&event) {
+            tracing::warn!(function = %event.function, %error, "a rollback is not in the ledger");
+        }
+        Ok(pinned)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod host;
 pub mod placer;
 pub mod stats;
+pub mod test_run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

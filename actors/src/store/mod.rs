@@ -84,6 +84,11 @@ impl Store {
         Ok(Self { db })
     }
 
+    /// The database, for modules that keep their own tables in it (the ledger).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Every catalog record, as stored bytes by key.
     pub fn catalog_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read()?;

@@ -452,3 +452,22 @@ pub async fn invoke(
         )),
     }
 }
+
+/// `POST /v1/functions/{NAME[@RANGE]}/test`: runs the function's own tests (`BaseFunction.test()`)
+/// in a real instance on this node; `{function, node, hosted, passed, failed, results}`.
+pub async fn test(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path(target): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require("invoker")?;
+    let (name, range) = parse_target(&target)?;
+    match node.router().test_function(&name, &range).await {
+        Ok(run) => Ok(Json(run).into_response()),
+        Err(e) => Err(ApiError::new(
+            invoke_status(e.kind),
+            e.kind.as_str(),
+            e.message,
+        )),
+    }
+}

@@ -1,6 +1,9 @@
 //! The node's HTTP API (axum): health, readiness and the `/v1` operations, behind bearer tokens.
 
+pub mod chef;
 pub mod functions;
+pub mod ingredients;
+pub mod roi;
 pub mod stats;
 
 use std::sync::Arc;
@@ -95,7 +98,7 @@ impl Caller {
 }
 
 /// The API's routes.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -116,8 +119,19 @@ pub fn router(node: Arc<Node>) -> Router {
             get(functions::dependencies),
         )
         .route("/v1/functions/{target}/invoke", post(functions::invoke))
+        .route("/v1/functions/{target}/test", post(functions::test))
+        .route("/v1/ingredients", get(ingredients::list))
+        .route("/v1/ingredients/{name}", get(ingredients::show))
+        .route(
+            "/v1/ingredients/{name}/render",
+            post(ingredients::render_recipe),
+        )
+        .route("/v1/chef", post(chef::run))
+        .route("/v1/roi", get(roi::mesh))
+        .route("/v1/roi/{name}", get(roi::function))
         .route("/v1/functions/{target}/rollback", post(stats::rollback))
         .route("/v1/stats", get(stats::stats))
+        .layer(axum::Extension(chef))
         .with_state(node)
 }
 
@@ -125,9 +139,10 @@ pub fn router(node: Arc<Node>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    chef: chef::ChefSlot,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
+    axum::serve(listener, router(node, chef))
         .with_graceful_shutdown(shutdown)
         .await
 }

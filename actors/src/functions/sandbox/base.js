@@ -140,6 +140,7 @@ export class BaseFunction {
     this.config = identity.config;
     this.dependencies = identity.dependencies;
     this.ctx = identity.ctx;
+    this.settings = settingsFor(new.target, this.config);
   }
 
   /** Runs onInitialize, once per instance; the runtime calls it before the first call. */
@@ -204,6 +205,44 @@ export class BaseFunction {
 }
 
 const defaultOnExecute = BaseFunction.prototype.onExecute;
+
+// `this.settings`: every class's own `static defaults`, from the outermost base class down to the
+// function's class, then the manifest's [config], deep-merged (plain objects merge key by key;
+// arrays and other values replace). A fresh copy per instance: changing it changes no default.
+function settingsFor(Class, config) {
+  const layers = [];
+  for (let c = Class; c !== BaseFunction && typeof c === "function"; c = Object.getPrototypeOf(c)) {
+    if (Object.hasOwn(c, "defaults") && isPlainObject(c.defaults)) layers.push(c.defaults);
+  }
+  const settings = {};
+  for (let i = layers.length - 1; i >= 0; i--) mergeInto(settings, layers[i]);
+  if (isPlainObject(config)) mergeInto(settings, config);
+  return settings;
+}
+
+function isPlainObject(value) {
+  if (value === null || typeof value !== "object") return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+function mergeInto(target, source) {
+  for (const key of Object.keys(source)) {
+    if (key === "__proto__") continue;
+    const value = source[key];
+    target[key] = isPlainObject(value)
+      ? mergeInto(isPlainObject(target[key]) ? target[key] : {}, value)
+      : cloneData(value);
+  }
+  return target;
+}
+
+// A copy of plain objects and arrays, nested; anything else (functions, class instances) as is.
+function cloneData(value) {
+  if (Array.isArray(value)) return value.map(cloneData);
+  if (isPlainObject(value)) return mergeInto({}, value);
+  return value;
+}
 
 // JSON text with object keys sorted, for comparing results.
 function canonical(value) {

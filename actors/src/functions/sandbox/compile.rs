@@ -17,24 +17,132 @@ use super::SandboxError;
 
 /// The one importable module.
 pub(super) const BASE_MODULE: &str = "klf:base";
-const BASE_SOURCE: &str = include_str!("base.js");
 
-/// Bytecode of `klf:base`, compiled on first use.
-pub(super) fn base_bytecode() -> Result<&'static [u8], SandboxError> {
-    static BYTECODE: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
-    BYTECODE
+/// What every function's `klf:base` holds: the runtime glue and `BaseFunction`.
+const CORE_SOURCE: &str = include_str!("base.js");
+
+/// The base library (design §11), in parts appended to base.js as one module (so that they share
+/// its scope): the common helpers (errors, paths, schemas, conditions), which every other part
+/// uses, then the classes. Each instance loads `klf:base` into its own heap, so a function gets
+/// only the parts it names (see [`Parts::needed_by`]): all of them would more than double the
+/// heap and the start time of a small function.
+const PARTS: [&str; 6] = [
+    include_str!("library/common.js"),
+    include_str!("library/security.js"),
+    include_str!("library/communication.js"),
+    include_str!("library/data.js"),
+    include_str!("library/intelligence.js"),
+    include_str!("library/workflow.js"),
+];
+
+/// Which parts of the library a `klf:base` holds: bit `i` for `PARTS[i]` (bit 0: common).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Parts(u8);
+
+impl Parts {
+    pub(super) const ALL: Parts = Parts((1 << PARTS.len()) - 1);
+    /// `BaseFunction` alone.
+    #[cfg(test)]
+    pub(super) const NONE: Parts = Parts(0);
+
+    /// The parts a function's source needs: those with an export the source mentions as a word
+    /// (an import names what it uses), plus the common part that the others use; or all of them
+    /// if it imports the namespace (`import * as klf`) or imports dynamically. A mention in a
+    /// comment costs only memory.
+    pub(super) fn needed_by(source: &str) -> Parts {
+        if imports_everything(source) {
+            return Parts::ALL;
+        }
+        let mut parts = 0;
+        for (i, names) in part_exports().iter().enumerate() {
+            if names.iter().any(|name| mentions(source, name)) {
+                parts |= 1 << i;
+            }
+        }
+        if parts != 0 {
+            parts |= 1;
+        }
+        Parts(parts)
+    }
+}
+
+/// The names each part exports (`export class X`, `export function X`), read from the sources.
+fn part_exports() -> &'static [Vec<&'static str>] {
+    static NAMES: OnceLock<Vec<Vec<&'static str>>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        PARTS
+            .iter()
+            .map(|source| {
+                source
+                    .lines()
+                    .filter_map(|line| {
+                        let rest = line.strip_prefix("export ")?;
+                        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+                        let rest = ["class ", "function ", "const "]
+                            .iter()
+                            .find_map(|keyword| rest.strip_prefix(keyword))?;
+                        let end = rest.find(|c: char| !is_identifier(c)).unwrap_or(rest.len());
+                        (end > 0).then(|| &rest[..end])
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+fn is_identifier(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+/// `name` occurs in `source` as a whole word.
+fn mentions(source: &str, name: &str) -> bool {
+    source.match_indices(name).any(|(at, _)| {
+        let before = source[..at].chars().next_back();
+        let after = source[at + name.len()..].chars().next();
+        !before.is_some_and(is_identifier) && !after.is_some_and(is_identifier)
+    })
+}
+
+/// `import * as …` or `import(…)`: the function may reach any export.
+fn imports_everything(source: &str) -> bool {
+    source.match_indices("import").any(|(at, _)| {
+        let rest = source[at + "import".len()..].trim_start();
+        rest.starts_with('*') || rest.starts_with('(')
+    })
+}
+
+/// Bytecode of `klf:base` with `parts`, compiled on first use.
+pub(super) fn base_bytecode(parts: Parts) -> Result<&'static [u8], SandboxError> {
+    static BYTECODE: [OnceLock<Result<Vec<u8>, String>>; 1 << PARTS.len()] =
+        [const { OnceLock::new() }; 1 << PARTS.len()];
+    BYTECODE[usize::from(parts.0)]
         .get_or_init(|| {
+            let mut source = CORE_SOURCE.to_string();
+            for (i, part) in PARTS.iter().enumerate() {
+                if parts.0 & (1 << i) != 0 {
+                    source.push_str(part);
+                }
+            }
             let runtime = rquickjs::Runtime::new().map_err(|e| e.to_string())?;
             let context = rquickjs::Context::full(&runtime).map_err(|e| e.to_string())?;
             context.with(|ctx| {
-                Module::declare(ctx.clone(), BASE_MODULE, BASE_SOURCE)
-                    .and_then(|module| module.write(WriteOptions::default()))
+                Module::declare(ctx.clone(), BASE_MODULE, source)
+                    .and_then(|module| module.write(base_write_options()))
                     .catch(&ctx)
                     .map_err(|e| e.to_string())
             })
         })
         .as_deref()
         .map_err(|e| SandboxError::Internal(format!("klf:base does not compile: {e}")))
+}
+
+/// Every instance loads `klf:base` into its own heap, so its bytecode leaves the source text out
+/// (kept, it would be most of the heap of an idle instance). Line numbers stay, for stack traces.
+fn base_write_options() -> WriteOptions {
+    WriteOptions {
+        strip_source: true,
+        ..WriteOptions::default()
+    }
 }
 
 /// Compiles the function's module (named `entry`) to bytecode in a throwaway context.
@@ -137,8 +245,10 @@ impl Resolver for KlfResolver {
     }
 }
 
-/// Loads `klf:base` from its bytecode.
-pub(super) struct KlfLoader;
+/// Loads `klf:base` (with the parts the function needs) from its bytecode.
+pub(super) struct KlfLoader {
+    pub(super) parts: Parts,
+}
 
 impl Loader for KlfLoader {
     fn load<'js>(
@@ -150,23 +260,23 @@ impl Loader for KlfLoader {
         if name != BASE_MODULE {
             return Err(rquickjs::Error::new_loading(name));
         }
-        let bytecode = base_bytecode()
+        let bytecode = base_bytecode(self.parts)
             .map_err(|e| rquickjs::Error::new_loading_message(name, e.to_string()))?;
         // SAFETY: the bytecode was written by this build of QuickJS from our own source.
         unsafe { Module::load(ctx.clone(), bytecode) }
     }
 }
 
-/// Installs the `klf:*`-only resolver and loader on `runtime`; the returned list records the
-/// imports it refused, so a failed compile can name them.
-pub(super) async fn install_loader(runtime: &AsyncRuntime) -> RefusedImports {
+/// Installs the `klf:*`-only resolver and loader (of `klf:base` with `parts`) on `runtime`; the
+/// returned list records the imports it refused, so a failed compile can name them.
+pub(super) async fn install_loader(runtime: &AsyncRuntime, parts: Parts) -> RefusedImports {
     let refused = RefusedImports::default();
     runtime
         .set_loader(
             KlfResolver {
                 refused: refused.clone(),
             },
-            KlfLoader,
+            KlfLoader { parts },
         )
         .await;
     refused
@@ -182,7 +292,7 @@ pub(super) async fn check_module(
     let runtime = AsyncRuntime::new()
         .map_err(|e| SandboxError::Internal(format!("cannot create a runtime: {e}")))?;
     runtime.set_memory_limit(memory_bytes).await;
-    let refused = install_loader(&runtime).await;
+    let refused = install_loader(&runtime, Parts::needed_by(source)).await;
     let driver = tokio::spawn(runtime.drive());
     let result = compile_module(&runtime, entry, source)
         .await
@@ -207,7 +317,38 @@ mod tests {
     }
 
     #[test]
-    fn base_module_compiles() {
-        assert!(base_bytecode().is_ok_and(|bytes| !bytes.is_empty()));
+    fn base_module_compiles_with_and_without_the_library() {
+        let core = base_bytecode(Parts::NONE).map(<[u8]>::len);
+        let all = base_bytecode(Parts::ALL).map(<[u8]>::len);
+        assert!(matches!((core, all), (Ok(core), Ok(all)) if core > 0 && all > core));
+    }
+
+    #[test]
+    fn a_function_gets_the_parts_it_names() {
+        let named = |source: &str| Parts::needed_by(source);
+        assert_eq!(
+            named("import { BaseFunction } from \"klf:base\";"),
+            Parts::NONE
+        );
+        assert_eq!(
+            named("import { BaseFunction, getPath, KlfInputError } from \"klf:base\";"),
+            Parts(0b000001)
+        );
+        assert_eq!(
+            named("import { BaseAuthorizer } from \"klf:base\";"),
+            Parts(0b000011)
+        );
+        assert_eq!(
+            named("import {\n  BaseDataStore,\n  BaseOrchestrator as O\n} from \"klf:base\";"),
+            Parts(0b101001)
+        );
+        // A name inside a longer identifier is not a mention.
+        assert_eq!(named("class MyBaseSerializerX {}"), Parts::NONE);
+        assert_eq!(named("import * as klf from \"klf:base\";"), Parts::ALL);
+        assert_eq!(named("import   *as klf from \"klf:base\";"), Parts::ALL);
+        assert_eq!(named("const m = await import(\"klf:base\");"), Parts::ALL);
+        // Every class is found in its part.
+        let exports: usize = part_exports().iter().map(Vec::len).sum();
+        assert!(exports >= 20, "{:?}", part_exports());
     }
 }

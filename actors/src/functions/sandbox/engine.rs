@@ -110,7 +110,8 @@ impl Engine {
         runtime
             .set_interrupt_handler(Some(Box::new(move || interrupt_calls.should_interrupt())))
             .await;
-        let refused = compile::install_loader(&runtime).await;
+        let parts = compile::Parts::needed_by(&blueprint.code.source);
+        let refused = compile::install_loader(&runtime, parts).await;
         // Without a driver, calls that await host promises concurrently can hang.
         let driver = tokio::spawn(runtime.drive());
 
@@ -177,7 +178,8 @@ impl Engine {
             .async_with(async move |ctx| {
                 clear_exception(&ctx);
                 let refusals = state.meter.refusals();
-                let result = boot(&ctx, &state, &entry, &bytecode, &identity, deadline).await;
+                let base = (parts, bytecode.as_ref());
+                let result = boot(&ctx, &state, &entry, base, &identity, deadline).await;
                 clear_exception(&ctx);
                 verdict(
                     &state,
@@ -260,19 +262,20 @@ pub(super) fn timeout(deadline: Instant, started: Instant) -> SandboxError {
     }
 }
 
-/// Loads `klf:base` and the function's module and boots the default export.
+/// Loads `klf:base` (with the library parts the function needs) and the function's module, and
+/// boots the default export.
 async fn boot<'js>(
     ctx: &Ctx<'js>,
     state: &Arc<EngineState>,
     entry: &str,
-    bytecode: &[u8],
+    (parts, bytecode): (compile::Parts, &[u8]),
     identity: &str,
     deadline: Instant,
 ) -> Result<(), SandboxError> {
     let fail = |error: rquickjs::Error| classify(ctx, state, error);
     install_natives(ctx, state).map_err(fail)?;
 
-    let base = compile::base_bytecode()?;
+    let base = compile::base_bytecode(parts)?;
     // SAFETY: both bytecodes were written by this build of QuickJS: `klf:base` from our source,
     // the function's module by `compile_module`.
     let (_, base_done) = unsafe { Module::load(ctx.clone(), base) }

@@ -52,6 +52,8 @@ mod natives;
 #[cfg(test)]
 mod capability_tests;
 #[cfg(test)]
+mod library_tests;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;

@@ -1,0 +1,257 @@
+//! What the Chef's agents say to each other: the seed's `AIAgent` vocabulary as typed messages.
+//!
+//! Every message is plain serde data so that it can travel inside a KLF `Agent` frame (JSON body)
+//! when the agents of one run live on different nodes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The seed's agent roles, plus the Monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentType {
+    RequirementInterpreter,
+    CodeGenerator,
+    CodeValidator,
+    TestGenerator,
+    DeploymentManager,
+    Monitor,
+}
+
+impl AgentType {
+    pub const ALL: [AgentType; 6] = [
+        Self::RequirementInterpreter,
+        Self::CodeGenerator,
+        Self::CodeValidator,
+        Self::TestGenerator,
+        Self::DeploymentManager,
+        Self::Monitor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequirementInterpreter => "requirement-interpreter",
+            Self::CodeGenerator => "code-generator",
+            Self::CodeValidator => "code-validator",
+            Self::TestGenerator => "test-generator",
+            Self::DeploymentManager => "deployment-manager",
+            Self::Monitor => "monitor",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// One step of the technical requirement, mapped to the base class that does it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub description: String,
+    pub base_class: String,
+}
+
+/// A recipe that was considered, with its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub recipe: String,
+    pub title: String,
+    pub score: f64,
+    /// The request's words found in the recipe.
+    pub matched: Vec<String>,
+}
+
+/// Limits the generated function runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RequirementLimits {
+    pub memory_mb: u64,
+    pub timeout_ms: u64,
+}
+
+/// What the Requirement Interpreter makes of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TechnicalRequirement {
+    pub request: String,
+    pub goal: String,
+    /// The recipe the function is built from.
+    pub recipe: String,
+    /// The function's name in the mesh.
+    pub function: String,
+    /// Recipe parameters: those found in the request, the rest at their defaults.
+    pub params: BTreeMap<String, Value>,
+    /// Which parameters came from the request (the rest are defaults).
+    pub extracted: Vec<String>,
+    pub input_schema: Value,
+    pub output_schema: Value,
+    pub steps: Vec<Step>,
+    pub limits: RequirementLimits,
+    /// How sure the interpreter is (0 to 1), and what else it considered.
+    pub confidence: f64,
+    pub alternatives: Vec<Candidate>,
+}
+
+/// The interpreter's answer when no recipe fits: never a wrong function dressed as a right one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoMatch {
+    pub request: String,
+    pub reason: String,
+    pub closest: Vec<Candidate>,
+}
+
+/// A package the Code Generator produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedCode {
+    pub function: String,
+    pub version: String,
+    pub recipe: String,
+    /// Path inside the package → content.
+    pub files: BTreeMap<String, String>,
+    /// Which repair round produced it (0 = first attempt).
+    pub round: u32,
+    /// Secrets (name → content) the function's tests need on the node that runs them.
+    #[serde(default)]
+    pub fixtures: BTreeMap<String, String>,
+}
+
+/// One problem the validator found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `static`, `package`, `compile`, `dependencies`, `sandbox`.
+    pub check: String,
+    pub message: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+}
+
+/// The Code Validator's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationResult {
+    pub ok: bool,
+    pub problems: Vec<Problem>,
+    /// Checks run, in order, each with whether it passed.
+    pub checks: Vec<(String, bool)>,
+    /// Warnings that do not refuse the code.
+    pub warnings: Vec<Problem>,
+}
+
+/// One acceptance test: what the Test Generator wrote and the generator may not change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub name: String,
+    /// `example`, `edge-case`, `schema`.
+    pub origin: String,
+    pub input: Value,
+    /// Exactly this output.
+    pub expect: Option<Value>,
+    /// Or an error containing this text.
+    pub error: Option<String>,
+    /// Or any output the output schema accepts.
+    pub output_schema: Option<Value>,
+}
+
+/// The result of one test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub passed: bool,
+    pub detail: Option<String>,
+}
+
+/// The test run's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub passed: u32,
+    pub failed: u32,
+    pub cases: Vec<CaseResult>,
+}
+
+impl TestResult {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.passed > 0
+    }
+}
+
+/// What agents send each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AgentMessage {
+    Interpret {
+        request: String,
+    },
+    Generate {
+        requirement: Box<TechnicalRequirement>,
+        /// What went wrong with the previous round's code, for a repair.
+        feedback: Vec<String>,
+        round: u32,
+    },
+    Validate {
+        code: Box<GeneratedCode>,
+    },
+    WriteTests {
+        requirement: Box<TechnicalRequirement>,
+    },
+    RunTests {
+        code: Box<GeneratedCode>,
+        tests: Vec<TestCase>,
+    },
+    Deploy {
+        code: Box<GeneratedCode>,
+        replicas: u32,
+        /// An input known to succeed (from the acceptance tests), to check the deployment answers.
+        probe: Option<Value>,
+    },
+    Watch {
+        function: String,
+        version: String,
+    },
+}
+
+impl AgentMessage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Interpret { .. } => "interpret",
+            Self::Generate { .. } => "generate",
+            Self::Validate { .. } => "validate",
+            Self::WriteTests { .. } => "write-tests",
+            Self::RunTests { .. } => "run-tests",
+            Self::Deploy { .. } => "deploy",
+            Self::Watch { .. } => "watch",
+        }
+    }
+}
+
+/// What agents answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AgentResponse {
+    Interpreted {
+        requirement: Box<TechnicalRequirement>,
+        /// Model tokens spent (0 offline).
+        tokens_in: u64,
+        tokens_out: u64,
+    },
+    NoMatch(NoMatch),
+    Generated {
+        code: Box<GeneratedCode>,
+        tokens_in: u64,
+        tokens_out: u64,
+    },
+    Validated(ValidationResult),
+    Tests {
+        tests: Vec<TestCase>,
+    },
+    Tested(TestResult),
+    Deployed {
+        function: String,
+        version: String,
+        replicas: u32,
+    },
+    Watching,
+    /// The agent could not do what was asked.
+    Failed {
+        agent: AgentType,
+        reason: String,
+    },
+}

@@ -1,0 +1,39 @@
+//! `/v1/roi`: cost, value and ROI of the mesh (`GET /v1/roi`) or of one function
+//! (`GET /v1/roi/{name}`), as [`klf_actors::ledger::Roi`] JSON.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use klf_actors::ledger::Roi;
+use klf_actors::node::{Node, RoiError};
+
+use super::{ApiError, Caller};
+
+fn roi_error(e: RoiError) -> ApiError {
+    match e {
+        RoiError::UnknownFunction(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        RoiError::Ledger(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger", e.to_string())
+        }
+    }
+}
+
+/// `GET /v1/roi`: the whole mesh.
+pub async fn mesh(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Roi>, ApiError> {
+    caller.require("reader")?;
+    node.roi(None).await.map(Json).map_err(roi_error)
+}
+
+/// `GET /v1/roi/{name}`: one function, every version.
+pub async fn function(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Roi>, ApiError> {
+    caller.require("reader")?;
+    node.roi(Some(&name)).await.map(Json).map_err(roi_error)
+}
