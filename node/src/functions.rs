@@ -113,6 +113,8 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                         Some((name, std::fs::read_to_string(e.path()).ok()?))
                     })
                     .collect(),
+                input_schema: package.input_schema.clone(),
+                output_schema: package.output_schema.clone(),
             };
             let mut request = serde_json::to_value(&body)?;
             request["replicas"] = replicas.into();

@@ -151,13 +151,21 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         node.local_addr(),
         api_bound
     );
-    let (providers, problems) = klf_actors::chef::providers::node_providers();
+    let (providers, recording, problems) = klf_actors::chef::providers::node_providers_recorded();
     for problem in &problems {
         tracing::warn!("chef provider not available: {problem}");
     }
     let chef = klf_actors::chef::Chef::start(node.clone(), providers)
         .await
         .context("cannot start the chef")?;
+    if let Some((recording, file)) = recording {
+        info!(file = %file.display(), "recording the openai provider's exchanges (KLF_CHEF_RECORD)");
+        chef.set_after_run(Box::new(move |_| {
+            if let Err(e) = recording.save(&file) {
+                tracing::warn!("cannot save the recording to {}: {e}", file.display());
+            }
+        }));
+    }
     info!(providers = ?chef.providers(), "chef ready");
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::api::serve(

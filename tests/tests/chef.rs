@@ -309,3 +309,87 @@ async fn the_validator_refuses_eval_and_foreign_imports_with_the_reason() {
     }
     mesh.shutdown().await;
 }
+
+/// `klf chef` against a real `klf up` process: progress on stdout, the deployed name@version,
+/// the package's schemas and examples in `klf fn info --json`, and an honest refusal.
+#[test]
+fn klf_chef_builds_deploys_and_refuses_through_the_cli() {
+    use klf_tests::processes::{ProcessMesh, klf};
+    let mut mesh = ProcessMesh::new().expect("tmp");
+    mesh.init("n1").expect("n1");
+    let data = mesh.nodes[0].data.to_string_lossy().into_owned();
+
+    // The webhook recipe needs a function to send events to: without one the Chef asks.
+    let out = klf(&[
+        "chef",
+        "route incoming webhooks to the right handler",
+        "--data",
+        &data,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("needs what the request does not say: `sink`"),
+        "{stdout}"
+    );
+    let echo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/echo");
+    let out = klf(&["fn", "deploy", &echo.to_string_lossy(), "--data", &data]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = klf(&[
+        "chef",
+        "route incoming webhooks to the echo function",
+        "--deploy",
+        "--data",
+        &data,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in [
+        "interpret",
+        "write tests",
+        "generate",
+        "validate",
+        "test",
+        "deploy",
+    ] {
+        assert!(stdout.contains(&format!("✓ {stage}")), "{stage}: {stdout}");
+    }
+    assert!(
+        stdout.contains("deployed:   webhook-router@1.0.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("code:       "), "{stdout}");
+
+    let out = klf(&["fn", "info", "webhook-router", "--json", "--data", &data]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["input_schema"]["type"], "object", "{info}");
+    assert!(info["output_schema"].is_object(), "{info}");
+    assert!(
+        info["examples"].as_object().is_some_and(|e| !e.is_empty()),
+        "{info}"
+    );
+
+    let out = klf(&["chef", "book me a flight to Lisbon", "--data", &data]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("no recipe fits"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was built"));
+
+    let out = klf(&["chef", "turn CSV into JSON", "--json", "--data", &data]);
+    let run: Value = serde_json::from_slice(&out.stdout).expect("run JSON");
+    assert_eq!(run["outcome"]["status"], "built", "{run}");
+}

@@ -492,7 +492,7 @@ fn providers_are_chosen_by_name_and_setup_errors_say_what_to_do() {
     assert!(
         error
             .as_deref()
-            .is_some_and(|e| e.contains("--replay FILE")),
+            .is_some_and(|e| e.contains("KLF_CHEF_REPLAY=FILE")),
         "{error:?}"
     );
     let missing = Path::new("/nonexistent/recording.json");

@@ -137,7 +137,12 @@ pub struct Chef {
     node: Arc<Node>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     agents: BTreeMap<String, Arc<Agents>>,
+    /// Called after every run (for example to save a recording of the model's exchanges).
+    after_run: std::sync::OnceLock<AfterRun>,
 }
+
+/// What [`Chef::set_after_run`] installs.
+pub type AfterRun = Box<dyn Fn(&ChefRun) + Send + Sync>;
 
 /// Answers Chef messages from peers with this node's agents.
 struct Endpoint {
@@ -260,7 +265,13 @@ impl Chef {
             node,
             providers: by_name,
             agents,
+            after_run: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Installs what runs after every run; false if something is installed already.
+    pub fn set_after_run(&self, hook: AfterRun) -> bool {
+        self.after_run.set(hook).is_ok()
     }
 
     /// The providers this Chef can use.
@@ -379,6 +390,9 @@ impl Chef {
             .instrument(span)
             .await?;
         self.record(&run);
+        if let Some(hook) = self.after_run.get() {
+            hook(&run);
+        }
         Ok(run)
     }
 
@@ -582,6 +596,35 @@ impl Chef {
             }
         };
         run.requirement = Some(requirement.clone());
+        // A parameter without a default that the request did not give: ask, don't guess.
+        if let Ok((_, recipe)) = self.node.ingredients().recipe(&requirement.recipe) {
+            let missing: Vec<String> = recipe
+                .parameters
+                .iter()
+                .filter(|p| p.default.is_none() && !requirement.params.contains_key(&p.name))
+                .map(|p| {
+                    let hint = match p.kind {
+                        crate::ingredients::kinds::ParamType::Function => {
+                            " (name it in the request, e.g. \"… to the NAME function\")"
+                        }
+                        _ => "",
+                    };
+                    format!("`{}`: {}{hint}", p.name, p.description)
+                })
+                .collect();
+            if !missing.is_empty() {
+                let reason = format!(
+                    "recipe {} needs what the request does not say: {}",
+                    recipe.name,
+                    missing.join("; ")
+                );
+                run.outcome = RunOutcome::Failed {
+                    reasons: vec![reason],
+                };
+                run.total_ms = started.elapsed().as_millis() as u64;
+                return Ok(run);
+            }
+        }
 
         // 2. Acceptance tests, written before any code exists.
         let (name, ms, response, node) = stage!(

@@ -490,6 +490,11 @@ pub struct Package {
     pub manifest_text: String,
     pub source: String,
     pub examples: Vec<Example>,
+    /// `schema/input.json` and `schema/output.json` (JSON Schema text), when the package has
+    /// them: what `klf fn info` shows callers. Kept as text because the artifact codec cannot
+    /// carry free JSON values.
+    pub input_schema: Option<String>,
+    pub output_schema: Option<String>,
 }
 
 impl Package {
@@ -523,7 +528,17 @@ impl Package {
                 examples.push((name, text));
             }
         }
+        let schema = |name: &str| -> Result<Option<String>, PackageError> {
+            let path = dir.join("schema").join(name);
+            if path.is_file() {
+                read_text(&path, MAX_EXAMPLE_BYTES).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (input, output) = (schema("input.json")?, schema("output.json")?);
         Self::from_parts(manifest_text, source, examples)
+            .and_then(|package| package.with_schemas(input, output))
             .map_err(|e| relabel(e, &manifest_path, &examples_dir))
     }
 
@@ -576,7 +591,51 @@ impl Package {
             manifest_text,
             source,
             examples: parsed,
+            input_schema: None,
+            output_schema: None,
         })
+    }
+
+    /// Adds the package's input and output JSON Schemas (the text of `schema/input.json` and
+    /// `schema/output.json`); each must be a JSON object.
+    pub fn with_schemas(
+        mut self,
+        input: Option<String>,
+        output: Option<String>,
+    ) -> Result<Self, PackageError> {
+        for (path, text) in [
+            ("schema/input.json", &input),
+            ("schema/output.json", &output),
+        ] {
+            let Some(text) = text else { continue };
+            if text.len() > MAX_EXAMPLE_BYTES {
+                return Err(PackageError::File {
+                    path: path.into(),
+                    message: format!(
+                        "{} bytes exceeds the limit of {MAX_EXAMPLE_BYTES}",
+                        text.len()
+                    ),
+                });
+            }
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(_)) => {}
+                Ok(_) => {
+                    return Err(PackageError::File {
+                        path: path.into(),
+                        message: "a JSON Schema must be a JSON object".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(PackageError::File {
+                        path: path.into(),
+                        message: format!("not valid JSON: {e}"),
+                    });
+                }
+            }
+        }
+        self.input_schema = input;
+        self.output_schema = output;
+        Ok(self)
     }
 }
 

@@ -115,7 +115,12 @@ impl RenderedPackage {
                 Some((name.to_string(), text.clone()))
             })
             .collect();
-        Ok(Package::from_parts(manifest, source, examples)?)
+        Ok(
+            Package::from_parts(manifest, source, examples)?.with_schemas(
+                self.files.get("schema/input.json").cloned(),
+                self.files.get("schema/output.json").cloned(),
+            )?,
+        )
     }
 }
 

@@ -114,6 +114,8 @@ mod tests {
             manifest_text,
             source: "export default class {}".into(),
             examples: vec![],
+            input_schema: None,
+            output_schema: None,
         };
         (dir, creds, package)
     }

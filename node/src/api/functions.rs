@@ -26,6 +26,11 @@ pub struct PackageBody {
     /// `examples/NAME.json` contents by NAME.
     #[serde(default)]
     pub examples: BTreeMap<String, String>,
+    /// `schema/input.json` and `schema/output.json`, if the package has them.
+    #[serde(default)]
+    pub input_schema: Option<String>,
+    #[serde(default)]
+    pub output_schema: Option<String>,
 }
 
 impl PackageBody {
@@ -35,6 +40,7 @@ impl PackageBody {
             self.source,
             self.examples.into_iter().collect(),
         )
+        .and_then(|p| p.with_schemas(self.input_schema, self.output_schema))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_package", e.to_string()))
     }
 }
@@ -299,6 +305,14 @@ pub async fn info(
         .map(ToString::to_string)
         .into();
     view["examples"] = serde_json::to_value(examples).unwrap_or_default();
+    let schema = |text: Option<&String>| {
+        text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    if let Ok(p) = &package {
+        view["input_schema"] = schema(p.input_schema.as_ref());
+        view["output_schema"] = schema(p.output_schema.as_ref());
+    }
     if let Err(e) = package {
         view["artifact_error"] = e.to_string().into();
     }

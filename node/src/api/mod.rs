@@ -129,9 +129,9 @@ pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
         .route("/v1/chef", post(chef::run))
         .route("/v1/roi", get(roi::mesh))
         .route("/v1/roi/{name}", get(roi::function))
+        .layer(axum::Extension(chef))
         .route("/v1/functions/{target}/rollback", post(stats::rollback))
         .route("/v1/stats", get(stats::stats))
-        .layer(axum::Extension(chef))
         .with_state(node)
 }
 

@@ -233,8 +233,8 @@ pub fn provider_from(
             let file = replay_file.ok_or_else(|| {
                 setup(
                     "replay",
-                    "needs the recording to replay: pass --replay FILE (a file written by \
-                     --provider openai --record FILE)",
+                    "needs the recording to replay: set KLF_CHEF_REPLAY=FILE on the node (a file written \
+                     with KLF_CHEF_RECORD=FILE and --provider openai)",
                 )
             })?;
             let replay = replay::Replay::load(file).map_err(|e| setup("replay", e.to_string()))?;
@@ -258,8 +258,8 @@ pub struct RecordedProvider {
     pub recording: Arc<replay::Recording<OpenAiCompatible>>,
 }
 
-/// `klf chef --provider openai --record FILE`: the `openai` provider, recording; the file it
-/// saves is what `--provider replay --replay FILE` answers from.
+/// `KLF_CHEF_RECORD=FILE` on a node: the `openai` provider, recording; the file it
+/// saves is what `--provider replay` answers from on a node started with `KLF_CHEF_REPLAY=FILE`.
 pub fn recorded_openai() -> Result<RecordedProvider, ProviderError> {
     let recording = Arc::new(replay::Recording::new(openai_model()?));
     let provider = model::ModelBacked::new(recording.clone(), "openai");
@@ -273,12 +273,35 @@ pub fn recorded_openai() -> Result<RecordedProvider, ProviderError> {
 /// `KLF_MODEL_BASE_URL` (or `OPENAI_BASE_URL`) names an endpoint; `replay` when `KLF_CHEF_REPLAY`
 /// names a recording. A configured provider that cannot be set up is reported, not skipped.
 pub fn node_providers() -> (Vec<Arc<dyn Provider>>, Vec<String>) {
+    let (providers, _, problems) = node_providers_recorded();
+    (providers, problems)
+}
+
+/// [`node_providers`], with the `openai` provider recorded when `KLF_CHEF_RECORD` names a file:
+/// the recording and its file come back so the caller can save it after each run.
+#[allow(clippy::type_complexity)]
+pub fn node_providers_recorded() -> (
+    Vec<Arc<dyn Provider>>,
+    Option<(Arc<replay::Recording<OpenAiCompatible>>, std::path::PathBuf)>,
+    Vec<String>,
+) {
     let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(offline::Offline)];
     let mut problems = Vec::new();
+    let mut recording = None;
     if ModelConfig::from_env().is_some() {
-        match provider_from("openai", None) {
-            Ok(provider) => providers.push(provider),
-            Err(e) => problems.push(e.to_string()),
+        let record_to = std::env::var_os("KLF_CHEF_RECORD").filter(|f| !f.is_empty());
+        match record_to {
+            Some(file) => match recorded_openai() {
+                Ok(recorded) => {
+                    providers.push(recorded.provider);
+                    recording = Some((recorded.recording, std::path::PathBuf::from(file)));
+                }
+                Err(e) => problems.push(e.to_string()),
+            },
+            None => match provider_from("openai", None) {
+                Ok(provider) => providers.push(provider),
+                Err(e) => problems.push(e.to_string()),
+            },
         }
     }
     if let Some(file) = std::env::var_os("KLF_CHEF_REPLAY").filter(|f| !f.is_empty()) {
@@ -287,5 +310,5 @@ pub fn node_providers() -> (Vec<Arc<dyn Provider>>, Vec<String>) {
             Err(e) => problems.push(e.to_string()),
         }
     }
-    (providers, problems)
+    (providers, recording, problems)
 }

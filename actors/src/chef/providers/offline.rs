@@ -165,6 +165,35 @@ pub fn extract(
             params.insert(p.name.clone(), choice.clone());
         }
     }
+    // A function parameter: "the NAME function" or "function NAME" (an existing function the new
+    // one calls). Only when the recipe has exactly one such parameter, so it is unambiguous.
+    let function_params: Vec<&Parameter> = recipe
+        .parameters
+        .iter()
+        .filter(|p| matches!(p.kind, ParamType::Function))
+        .collect();
+    if let [p] = function_params.as_slice() {
+        let named = (0..words.len()).find_map(|i| {
+            let word = words[i].raw.to_lowercase();
+            if word != "function" {
+                return None;
+            }
+            let before = i.checked_sub(1).map(|j| words[j].raw.to_lowercase());
+            let after = words.get(i + 1).map(|w| w.raw.to_lowercase());
+            [before, after].into_iter().flatten().find(|name| {
+                crate::functions::package::is_valid_name(name)
+                    && !matches!(
+                        name.as_str(),
+                        "the" | "a" | "an" | "this" | "that" | "my" | "it"
+                    )
+            })
+        });
+        if let Some(name) = named
+            && let Ok(value) = coerce(p, &Value::from(name))
+        {
+            params.insert(p.name.clone(), value);
+        }
+    }
     // "called NAME", "named NAME", "call it NAME", "name it NAME".
     let lowered: Vec<String> = words.iter().map(|w| w.raw.to_lowercase()).collect();
     let function = (0..lowered.len()).find_map(|i| {

@@ -112,8 +112,8 @@ impl Replay {
         let Some(exchange) = self.exchanges.get(n) else {
             return Err(ModelError::BadRequest(format!(
                 "replay {}: exchange {} was asked for but the recording has only {}; the code now \
-                 asks the model more than when it was recorded: record it again (klf chef \
-                 --provider openai --record FILE)",
+                 asks the model more than when it was recorded: record it again \
+                 (KLF_CHEF_RECORD=FILE on the node, then klf chef --provider openai)",
                 self.source,
                 n + 1,
                 self.exchanges.len()
@@ -122,7 +122,8 @@ impl Replay {
         if let Some(difference) = difference(&exchange.request, request) {
             return Err(ModelError::BadRequest(format!(
                 "replay {}: exchange {} of {} differs from the recording: {difference}; the \
-                 recording is stale: record it again (klf chef --provider openai --record FILE)",
+                 recording is stale: record it again (KLF_CHEF_RECORD=FILE on the node, then klf chef \
+                 --provider openai)",
                 self.source,
                 n + 1,
                 self.exchanges.len()
