@@ -154,8 +154,8 @@ impl FrameHandler for NodeFrames {
                 None => Box::pin(std::future::ready(Frame::error(
                     ErrorCode::Unsupported,
                     format!(
-                        "no agents run on this node (asked for {:?})",
-                        message.to_agent
+                        "no agents run on this node (asked for {:?} with a {:?} message)",
+                        message.to_agent, message.kind
                     ),
                 ))),
             },
