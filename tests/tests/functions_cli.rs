@@ -90,7 +90,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let info = json(&["fn", "info", "moving-average@^1", "--json", "--data", &d2]);
     assert_eq!(info["id"], "moving-average@1.2.0");
     assert_eq!(info["dependencies"]["series-cleaner"], "^1");
-    assert_eq!(info["examples"]["rising"]["xs"][5], 6);
+    assert_eq!(info["examples"]["rising"]["xs"][5], 6, "{info}");
     let deps = json(&["fn", "deps", "moving-average", "--json", "--data", &d2]);
     assert_eq!(deps[0]["id"], "series-cleaner@1.0.0");
 

@@ -615,6 +615,10 @@ impl RegistryState {
 
 /// The package of `release`: from the local store, else from the peers (the signer first), verified
 /// before it is stored or used.
+/// Rounds over the peers before an artifact is declared unavailable, and the pause after the first.
+const FETCH_ROUNDS: u32 = 3;
+const FETCH_BACKOFF: Duration = Duration::from_millis(150);
+
 async fn fetch_package(
     release: &Release,
     store: &Store,
@@ -627,26 +631,38 @@ async fn fetch_package(
         artifact::verify(release, &bytes, ca)?;
         return Ok(artifact::unpack(&bytes)?);
     }
-    let mut peers = alive_peers(membership, me).await;
-    peers.sort_by_key(|p| p.node_id != release.signer);
     let mut last_error = None;
-    for peer in peers {
-        let fetch = Frame::ArtifactFetch(ArtifactFetch {
-            hash: release.artifact,
-        });
-        let Some(Frame::Artifact(found)) = request(transport, peer_of(&peer), fetch).await else {
-            continue;
-        };
-        match artifact::verify(release, &found.bytes, ca) {
-            Ok(()) => {
-                store.put_artifact(&release.artifact, &found.bytes)?;
-                debug!(id = %release.manifest.id(), from = %peer.node_id, "fetched artifact");
-                return Ok(artifact::unpack(&found.bytes)?);
+    // A peer that just reconnected, or one busy answering, can miss one exchange: a few short
+    // rounds before saying no node holds it.
+    for round in 0..FETCH_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(FETCH_BACKOFF * round).await;
+        }
+        let mut peers = alive_peers(membership, me).await;
+        peers.sort_by_key(|p| p.node_id != release.signer);
+        for peer in peers {
+            let fetch = Frame::ArtifactFetch(ArtifactFetch {
+                hash: release.artifact,
+            });
+            let answer = request(transport, peer_of(&peer), fetch).await;
+            let Some(Frame::Artifact(found)) = answer else {
+                debug!(from = %peer.node_id, round, answer = ?answer.map(|f| f.kind_name()), "artifact not fetched");
+                continue;
+            };
+            match artifact::verify(release, &found.bytes, ca) {
+                Ok(()) => {
+                    store.put_artifact(&release.artifact, &found.bytes)?;
+                    debug!(id = %release.manifest.id(), from = %peer.node_id, "fetched artifact");
+                    return Ok(artifact::unpack(&found.bytes)?);
+                }
+                Err(error) => {
+                    warn!(%error, from = %peer.node_id, "refusing an artifact that does not verify");
+                    last_error = Some(error);
+                }
             }
-            Err(error) => {
-                warn!(%error, from = %peer.node_id, "refusing an artifact that does not verify");
-                last_error = Some(error);
-            }
+        }
+        if last_error.is_some() {
+            break;
         }
     }
     Err(match last_error {
