@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::crypto;
 use super::engine::{EngineState, clear_exception, timeout};
-use super::{FunctionCode, LogLevel, SandboxError, ScheduleRequest};
+use super::{CallMeta, FunctionCode, LogLevel, SandboxError, ScheduleRequest};
 use crate::model::{Message, ModelRequest};
 
 /// Longest message a function may log at once.
@@ -207,7 +207,7 @@ impl EngineState {
         call_id: u64,
         target: String,
         input: &str,
-    ) -> Result<JoinHandle<Result<serde_json::Value, SandboxError>>, SandboxError> {
+    ) -> Result<HostTask, SandboxError> {
         if !self.grants.call {
             return Err(denied("call", "ctx.call"));
         }
@@ -216,15 +216,8 @@ impl EngineState {
             .map_err(|e| SandboxError::Internal(format!("ctx.call input: {e}")))?;
         let meta = self.calls.meta_for(call_id);
         let host = self.host.clone();
-        let started = Instant::now();
-        Ok(tokio::spawn(async move {
-            let deadline = meta.deadline;
-            if deadline <= started {
-                return Err(timeout(deadline, started));
-            }
-            tokio::time::timeout_at(deadline.into(), host.call(target, input, meta))
-                .await
-                .unwrap_or_else(|_| Err(timeout(deadline, started)))
+        Ok(spawn_bounded(meta, move |meta| {
+            host.call(target, input, meta)
         }))
     }
 }
@@ -461,11 +454,7 @@ impl EngineState {
     }
 
     /// Checks a `ctx.model` request and starts it on its own task, bounded by the deadline.
-    fn start_model(
-        &self,
-        call_id: u64,
-        request: &str,
-    ) -> Result<JoinHandle<Result<serde_json::Value, SandboxError>>, SandboxError> {
+    fn start_model(&self, call_id: u64, request: &str) -> Result<HostTask, SandboxError> {
         if !self.grants.model {
             return Err(denied("model", "ctx.model"));
         }
@@ -473,23 +462,19 @@ impl EngineState {
             model_request(request).map_err(|e| SandboxError::Model(format!("bad request: {e}")))?;
         let meta = self.calls.meta_for(call_id);
         let host = self.host.clone();
-        let started = Instant::now();
-        Ok(tokio::spawn(async move {
-            let deadline = meta.deadline;
-            if deadline <= started {
-                return Err(timeout(deadline, started));
+        Ok(spawn_bounded(meta, move |meta| {
+            let reply = host.model(request, meta);
+            async move {
+                let reply = reply.await?;
+                Ok(serde_json::json!({
+                    "text": reply.text,
+                    "model": reply.model,
+                    "usage": {
+                        "inputTokens": reply.usage.input_tokens,
+                        "outputTokens": reply.usage.output_tokens,
+                    },
+                }))
             }
-            let reply = tokio::time::timeout_at(deadline.into(), host.model(request, meta))
-                .await
-                .unwrap_or_else(|_| Err(timeout(deadline, started)))?;
-            Ok(serde_json::json!({
-                "text": reply.text,
-                "model": reply.model,
-                "usage": {
-                    "inputTokens": reply.usage.input_tokens,
-                    "outputTokens": reply.usage.output_tokens,
-                },
-            }))
         }))
     }
 }
@@ -561,49 +546,68 @@ fn model_request(text: &str) -> Result<ModelRequest, String> {
     })
 }
 
-fn host_model(
-    state: Arc<EngineState>,
-    call_id: f64,
-    request: String,
-) -> impl Future<Output = Reply> {
-    let started = state.start_model(call_id as u64, &request);
-    async move {
-        let outcome = match started {
-            Ok(task) => task.await.unwrap_or_else(|e| {
-                Err(SandboxError::Internal(format!(
-                    "the model call's task failed: {e}"
-                )))
-            }),
-            Err(error) => Err(error),
-        };
-        match outcome {
-            Ok(value) => Reply::Value(Some(value.to_string())),
-            Err(error) => state.errors.reply(error),
+/// What a host request started from JavaScript resolves to.
+type HostTask = JoinHandle<Result<serde_json::Value, SandboxError>>;
+
+/// Runs a host request (`ctx.call`, `ctx.model`) on a task of its own, bounded by the deadline of
+/// the call that made it: the request may outlive neither the call nor the instance's patience.
+fn spawn_bounded<F, Fut>(meta: CallMeta, request: F) -> HostTask
+where
+    F: FnOnce(CallMeta) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<serde_json::Value, SandboxError>> + Send + 'static,
+{
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let deadline = meta.deadline;
+        if deadline <= started {
+            return Err(timeout(deadline, started));
         }
+        tokio::time::timeout_at(deadline.into(), request(meta))
+            .await
+            .unwrap_or_else(|_| Err(timeout(deadline, started)))
+    })
+}
+
+/// The [`Reply`] of a host request once its task ends (or why it never started).
+async fn settle(
+    state: Arc<EngineState>,
+    what: &'static str,
+    started: Result<HostTask, SandboxError>,
+) -> Reply {
+    let outcome = match started {
+        Ok(task) => task.await.unwrap_or_else(|e| {
+            Err(SandboxError::Internal(format!(
+                "the {what}'s task failed: {e}"
+            )))
+        }),
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(value) => Reply::Value(Some(value.to_string())),
+        Err(error) => state.errors.reply(error),
     }
 }
 
-fn host_call(
-    state: Arc<EngineState>,
-    call_id: f64,
-    target: String,
-    input: String,
-) -> impl Future<Output = Reply> {
-    let started = state.start_call(call_id as u64, target, &input);
-    async move {
-        let outcome = match started {
-            Ok(task) => task.await.unwrap_or_else(|e| {
-                Err(SandboxError::Internal(format!(
-                    "the host call's task failed: {e}"
-                )))
-            }),
-            Err(error) => Err(error),
-        };
-        match outcome {
-            Ok(value) => Reply::Value(Some(value.to_string())),
-            Err(error) => state.errors.reply(error),
+/// A promise resolved with `reply` when it arrives.
+///
+/// Not `Promise::wrap_future`: it prints to stdout when resolving fails, which it does when the
+/// answer arrives after the call ended (the interrupt handler refuses the job).
+fn promise_of<'js>(
+    ctx: &Ctx<'js>,
+    reply: impl Future<Output = Reply> + 'js,
+) -> rquickjs::Result<rquickjs::Promise<'js>> {
+    let (promise, resolve, _reject) = ctx.promise()?;
+    let job_ctx = ctx.clone();
+    ctx.spawn(async move {
+        let settled = reply
+            .await
+            .into_js(&job_ctx)
+            .and_then(|value| resolve.call::<_, ()>((value,)));
+        if settled.is_err() {
+            clear_exception(&job_ctx);
         }
-    }
+    });
+    Ok(promise)
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -627,38 +631,14 @@ pub(super) fn install_natives<'js>(
 
     let s = state.clone();
     let call = move |ctx: Ctx<'js>, call_id: f64, target: String, input: String| {
-        // Not `Promise::wrap_future`: it prints to stdout when resolving fails, which it does
-        // when the answer arrives after the call ended (the interrupt handler refuses the job).
-        let (promise, resolve, _reject) = ctx.promise()?;
-        let reply = host_call(s.clone(), call_id, target, input);
-        let job_ctx = ctx.clone();
-        ctx.spawn(async move {
-            let settled = reply
-                .await
-                .into_js(&job_ctx)
-                .and_then(|value| resolve.call::<_, ()>((value,)));
-            if settled.is_err() {
-                clear_exception(&job_ctx);
-            }
-        });
-        rquickjs::Result::Ok(promise)
+        let started = s.start_call(call_id as u64, target, &input);
+        promise_of(&ctx, settle(s.clone(), "host call", started))
     };
     natives.set("call", Function::new(ctx.clone(), call)?)?;
     let s = state.clone();
     let model = move |ctx: Ctx<'js>, call_id: f64, request: String| {
-        let (promise, resolve, _reject) = ctx.promise()?;
-        let reply = host_model(s.clone(), call_id, request);
-        let job_ctx = ctx.clone();
-        ctx.spawn(async move {
-            let settled = reply
-                .await
-                .into_js(&job_ctx)
-                .and_then(|value| resolve.call::<_, ()>((value,)));
-            if settled.is_err() {
-                clear_exception(&job_ctx);
-            }
-        });
-        rquickjs::Result::Ok(promise)
+        let started = s.start_model(call_id as u64, &request);
+        promise_of(&ctx, settle(s.clone(), "model call", started))
     };
     natives.set("model", Function::new(ctx.clone(), model)?)?;
     let s = state.clone();
