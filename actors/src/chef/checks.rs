@@ -6,7 +6,7 @@
 //! pipeline: the generator never sees them as editable files, so a repair cannot weaken them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,8 +20,8 @@ use crate::functions::instances::{function_code, sandbox_limits};
 use crate::functions::native::is_native;
 use crate::functions::package::Package;
 use crate::functions::sandbox::{
-    self, CallMeta, Host, HostCallFuture, HostModelFuture, Instance, LogLevel, SandboxError,
-    ScheduleInfo, ScheduleRequest,
+    self, CallMeta, Host, HostCallFuture, HostModelFuture, Instance, LogLevel, MemoryKv,
+    SandboxError, ScheduleInfo, ScheduleRequest,
 };
 use crate::ingredients::edge_cases;
 use crate::ingredients::kinds::{Body, Outcome};
@@ -71,7 +71,7 @@ fn problem(check: &str, message: impl Into<String>) -> Problem {
 /// A host for validation runs: no calls, an in-memory kv, the fixtures as secrets.
 #[derive(Default)]
 struct DryHost {
-    kv: Mutex<BTreeMap<String, Value>>,
+    kv: MemoryKv,
     secrets: BTreeMap<String, String>,
 }
 
@@ -84,31 +84,18 @@ impl Host for DryHost {
         })
     }
     fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
-        Ok(self.kv.lock().ok().and_then(|kv| kv.get(key).cloned()))
+        Ok(self.kv.get(key))
     }
     fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.insert(key.to_string(), value);
-        }
+        self.kv.put(key, value);
         Ok(())
     }
     fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.remove(key);
-        }
+        self.kv.delete(key);
         Ok(())
     }
     fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
-        Ok(self
-            .kv
-            .lock()
-            .map(|kv| {
-                kv.keys()
-                    .filter(|k| k.starts_with(prefix))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.kv.list(prefix))
     }
     fn log(&self, _level: LogLevel, _message: &str) {}
     fn secret(&self, name: &str) -> Result<String, SandboxError> {

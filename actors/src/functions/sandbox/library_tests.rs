@@ -22,7 +22,7 @@ type ModelAnswer = Arc<dyn Fn(&ModelRequest) -> Result<String, SandboxError> + S
 /// schedule book.
 struct LibHost {
     handler: Handler,
-    kv: Mutex<BTreeMap<String, Value>>,
+    kv: MemoryKv,
     logs: Mutex<Vec<(LogLevel, String)>>,
     calls: Mutex<Vec<(String, Value)>>,
     secrets: Mutex<BTreeMap<String, String>>,
@@ -35,7 +35,7 @@ impl LibHost {
     fn with(handler: Handler) -> Arc<Self> {
         Arc::new(Self {
             handler,
-            kv: Mutex::default(),
+            kv: MemoryKv::default(),
             logs: Mutex::default(),
             calls: Mutex::default(),
             secrets: Mutex::default(),
@@ -81,7 +81,7 @@ impl LibHost {
     }
 
     fn kv_value(&self, key: &str) -> Option<Value> {
-        self.kv.lock().ok().and_then(|kv| kv.get(key).cloned())
+        self.kv.get(key)
     }
 }
 
@@ -99,34 +99,18 @@ impl Host for LibHost {
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
-        Ok(self.kv_value(key))
+        Ok(self.kv.get(key))
     }
-
     fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.insert(key.to_string(), value);
-        }
+        self.kv.put(key, value);
         Ok(())
     }
-
     fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.remove(key);
-        }
+        self.kv.delete(key);
         Ok(())
     }
-
     fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
-        Ok(self
-            .kv
-            .lock()
-            .map(|kv| {
-                kv.keys()
-                    .filter(|k| k.starts_with(prefix))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.kv.list(prefix))
     }
 
     fn log(&self, level: LogLevel, message: &str) {

@@ -47,6 +47,7 @@ mod compile;
 mod crypto;
 mod engine;
 mod instance;
+mod memory_kv;
 mod natives;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ use std::time::{Duration, Instant};
 
 pub use actor::{InstanceActor, InstanceMsg};
 pub use instance::Instance;
+pub use memory_kv::MemoryKv;
 
 /// Checks that a function's module compiles (syntax, imports) without running any of it, within
 /// `limits.memory_bytes`: what a deploy verifies before anything is published.

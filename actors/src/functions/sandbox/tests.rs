@@ -1,6 +1,5 @@
 //! Behaviour of the sandbox, one test per rule.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ enum Answer {
 
 struct TestHost {
     answer: Answer,
-    kv: Mutex<BTreeMap<String, Value>>,
+    kv: MemoryKv,
     logs: Mutex<Vec<(LogLevel, String)>>,
     calls: Mutex<Vec<(String, Value, CallMeta)>>,
 }
@@ -32,7 +31,7 @@ impl TestHost {
     fn new(answer: Answer) -> Arc<Self> {
         Arc::new(Self {
             answer,
-            kv: Mutex::default(),
+            kv: MemoryKv::default(),
             logs: Mutex::default(),
             calls: Mutex::default(),
         })
@@ -65,34 +64,18 @@ impl Host for TestHost {
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
-        Ok(self.kv.lock().ok().and_then(|kv| kv.get(key).cloned()))
+        Ok(self.kv.get(key))
     }
-
     fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.insert(key.to_string(), value);
-        }
+        self.kv.put(key, value);
         Ok(())
     }
-
     fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
-        if let Ok(mut kv) = self.kv.lock() {
-            kv.remove(key);
-        }
+        self.kv.delete(key);
         Ok(())
     }
-
     fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
-        Ok(self
-            .kv
-            .lock()
-            .map(|kv| {
-                kv.keys()
-                    .filter(|k| k.starts_with(prefix))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.kv.list(prefix))
     }
 
     fn log(&self, level: LogLevel, message: &str) {
