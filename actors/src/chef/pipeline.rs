@@ -546,358 +546,338 @@ impl Chef {
                     node,
                 });
             };
-
-        // 1. Interpret.
-        let (name, ms, response, node) = stage!(
-            "interpret".to_string(),
-            AgentType::RequirementInterpreter,
-            AgentMessage::Interpret {
-                request: request.to_string()
-            }
-        );
-        let requirement = match response {
-            AgentResponse::Interpreted {
-                requirement,
-                tokens_in,
-                tokens_out,
-            } => {
-                run.tokens_in += tokens_in;
-                run.tokens_out += tokens_out;
-                finish(
-                    &mut run,
-                    name,
-                    ms,
-                    true,
-                    format!(
-                        "recipe {} ({}), function {}, confidence {:.2}",
-                        requirement.recipe,
-                        requirement.goal,
-                        requirement.function,
-                        requirement.confidence
-                    ),
-                    node,
-                );
-                *requirement
-            }
-            AgentResponse::NoMatch(no) => {
-                finish(&mut run, name, ms, false, no.reason.clone(), node);
-                run.outcome = RunOutcome::NoMatch(no);
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
-            }
-            other => {
-                let reason = describe(&other);
-                finish(&mut run, name, ms, false, reason.clone(), node);
-                run.outcome = RunOutcome::Failed {
-                    reasons: vec![reason],
-                };
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
-            }
-        };
-        run.requirement = Some(requirement.clone());
-        // A parameter without a default that the request did not give: ask, don't guess.
-        if let Ok((_, recipe)) = self.node.ingredients().recipe(&requirement.recipe) {
-            let missing: Vec<String> = recipe
-                .parameters
-                .iter()
-                .filter(|p| p.default.is_none() && !requirement.params.contains_key(&p.name))
-                .map(|p| {
-                    let hint = match p.kind {
-                        crate::ingredients::kinds::ParamType::Function => {
-                            " (name it in the request, e.g. \"… to the NAME function\")"
-                        }
-                        _ => "",
-                    };
-                    format!("`{}`: {}{hint}", p.name, p.description)
-                })
-                .collect();
-            if !missing.is_empty() {
-                let reason = format!(
-                    "recipe {} needs what the request does not say: {}",
-                    recipe.name,
-                    missing.join("; ")
-                );
-                run.outcome = RunOutcome::Failed {
-                    reasons: vec![reason],
-                };
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
-            }
-        }
-
-        // 2. Acceptance tests, written before any code exists.
-        let (name, ms, response, node) = stage!(
-            "write tests".to_string(),
-            AgentType::TestGenerator,
-            AgentMessage::WriteTests {
-                requirement: Box::new(requirement.clone())
-            }
-        );
-        let tests: Vec<TestCase> = match response {
-            AgentResponse::Tests { tests } => {
-                let examples = tests.iter().filter(|t| t.origin == "example").count();
-                finish(
-                    &mut run,
-                    name,
-                    ms,
-                    true,
-                    format!(
-                        "{} tests: {examples} from the recipe's examples, {} edge cases from testing templates",
-                        tests.len(),
-                        tests.len() - examples
-                    ),
-                    node,
-                );
-                tests
-            }
-            other => {
-                let reason = describe(&other);
-                finish(&mut run, name, ms, false, reason.clone(), node);
-                run.outcome = RunOutcome::Failed {
-                    reasons: vec![reason],
-                };
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
-            }
-        };
-
-        // 3. Generate, validate, test; repair on failure.
-        let mut feedback: Vec<String> = Vec::new();
-        let mut last_failure: Option<Vec<String>> = None;
-        let mut accepted: Option<GeneratedCode> = None;
-        for round in 0..=MAX_REPAIRS {
-            let label = |stage: &str| {
-                if round == 0 {
-                    stage.to_string()
-                } else {
-                    format!("{stage} (repair {round})")
-                }
+        // A stage that failed ends the run with its reason.
+        let fail = |run: &mut ChefRun, name: String, ms: u64, reason: String, node: String| {
+            finish(run, name, ms, false, reason.clone(), node);
+            run.outcome = RunOutcome::Failed {
+                reasons: vec![reason],
             };
+        };
+
+        // Every early end breaks out of this block; the total time is set once, below it.
+        'cook: {
+            // 1. Interpret.
             let (name, ms, response, node) = stage!(
-                label("generate"),
-                AgentType::CodeGenerator,
-                AgentMessage::Generate {
-                    requirement: Box::new(requirement.clone()),
-                    feedback: feedback.clone(),
-                    round
+                "interpret".to_string(),
+                AgentType::RequirementInterpreter,
+                AgentMessage::Interpret {
+                    request: request.to_string()
                 }
             );
-            let code = match response {
-                AgentResponse::Generated {
-                    code,
+            let requirement = match response {
+                AgentResponse::Interpreted {
+                    requirement,
                     tokens_in,
                     tokens_out,
                 } => {
                     run.tokens_in += tokens_in;
                     run.tokens_out += tokens_out;
-                    let dir = self.write_code(&run_id, &code);
-                    run.code_dir = dir.clone();
                     finish(
                         &mut run,
                         name,
                         ms,
                         true,
                         format!(
-                            "{}@{} from recipe {}{}",
-                            code.function,
-                            code.version,
-                            code.recipe,
-                            dir.map(|d| format!(", written to {d}")).unwrap_or_default()
+                            "recipe {} ({}), function {}, confidence {:.2}",
+                            requirement.recipe,
+                            requirement.goal,
+                            requirement.function,
+                            requirement.confidence
                         ),
                         node,
                     );
-                    *code
+                    *requirement
+                }
+                AgentResponse::NoMatch(no) => {
+                    finish(&mut run, name, ms, false, no.reason.clone(), node);
+                    run.outcome = RunOutcome::NoMatch(no);
+                    break 'cook;
                 }
                 other => {
-                    let reason = describe(&other);
-                    finish(&mut run, name, ms, false, reason.clone(), node);
+                    fail(&mut run, name, ms, describe(&other), node);
+                    break 'cook;
+                }
+            };
+            run.requirement = Some(requirement.clone());
+            // A parameter without a default that the request did not give: ask, don't guess.
+            if let Ok((_, recipe)) = self.node.ingredients().recipe(&requirement.recipe) {
+                let missing: Vec<String> = recipe
+                    .parameters
+                    .iter()
+                    .filter(|p| p.default.is_none() && !requirement.params.contains_key(&p.name))
+                    .map(|p| {
+                        let hint = match p.kind {
+                            crate::ingredients::kinds::ParamType::Function => {
+                                " (name it in the request, e.g. \"… to the NAME function\")"
+                            }
+                            _ => "",
+                        };
+                        format!("`{}`: {}{hint}", p.name, p.description)
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    let reason = format!(
+                        "recipe {} needs what the request does not say: {}",
+                        recipe.name,
+                        missing.join("; ")
+                    );
                     run.outcome = RunOutcome::Failed {
                         reasons: vec![reason],
                     };
-                    run.total_ms = started.elapsed().as_millis() as u64;
-                    return Ok(run);
+                    break 'cook;
                 }
-            };
+            }
 
+            // 2. Acceptance tests, written before any code exists.
             let (name, ms, response, node) = stage!(
-                label("validate"),
-                AgentType::CodeValidator,
-                AgentMessage::Validate {
-                    code: Box::new(code.clone())
+                "write tests".to_string(),
+                AgentType::TestGenerator,
+                AgentMessage::WriteTests {
+                    requirement: Box::new(requirement.clone())
                 }
             );
-            let validation = match response {
-                AgentResponse::Validated(validation) => validation,
-                other => ValidationResult {
-                    ok: false,
-                    problems: vec![super::messages::Problem {
-                        check: "validator".into(),
-                        message: describe(&other),
-                        line: None,
-                        column: None,
-                    }],
-                    checks: Vec::new(),
-                    warnings: Vec::new(),
-                },
+            let tests: Vec<TestCase> = match response {
+                AgentResponse::Tests { tests } => {
+                    let examples = tests.iter().filter(|t| t.origin == "example").count();
+                    finish(
+                        &mut run,
+                        name,
+                        ms,
+                        true,
+                        format!(
+                            "{} tests: {examples} from the recipe's examples, {} edge cases from testing templates",
+                            tests.len(),
+                            tests.len() - examples
+                        ),
+                        node,
+                    );
+                    tests
+                }
+                other => {
+                    fail(&mut run, name, ms, describe(&other), node);
+                    break 'cook;
+                }
             };
-            let detail = if validation.ok {
-                format!(
-                    "{} checks passed{}",
-                    validation.checks.len(),
-                    if validation.warnings.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} warnings", validation.warnings.len())
-                    }
-                )
-            } else {
-                failure_of(&validation, None).join("; ")
-            };
-            finish(&mut run, name, ms, validation.ok, detail, node);
-            run.validation = Some(validation.clone());
 
-            let mut tested = None;
-            if validation.ok {
+            // 3. Generate, validate, test; repair on failure.
+            let mut feedback: Vec<String> = Vec::new();
+            let mut last_failure: Option<Vec<String>> = None;
+            let mut accepted: Option<GeneratedCode> = None;
+            for round in 0..=MAX_REPAIRS {
+                let label = |stage: &str| {
+                    if round == 0 {
+                        stage.to_string()
+                    } else {
+                        format!("{stage} (repair {round})")
+                    }
+                };
                 let (name, ms, response, node) = stage!(
-                    label("test"),
-                    AgentType::TestGenerator,
-                    AgentMessage::RunTests {
-                        code: Box::new(code.clone()),
-                        tests: tests.clone()
+                    label("generate"),
+                    AgentType::CodeGenerator,
+                    AgentMessage::Generate {
+                        requirement: Box::new(requirement.clone()),
+                        feedback: feedback.clone(),
+                        round
                     }
                 );
-                let result = match response {
-                    AgentResponse::Tested(result) => result,
-                    other => TestResult {
-                        passed: 0,
-                        failed: tests.len() as u32,
-                        cases: vec![super::messages::CaseResult {
-                            name: "test run".into(),
-                            passed: false,
-                            detail: Some(describe(&other)),
+                let code = match response {
+                    AgentResponse::Generated {
+                        code,
+                        tokens_in,
+                        tokens_out,
+                    } => {
+                        run.tokens_in += tokens_in;
+                        run.tokens_out += tokens_out;
+                        let dir = self.write_code(&run_id, &code);
+                        run.code_dir = dir.clone();
+                        finish(
+                            &mut run,
+                            name,
+                            ms,
+                            true,
+                            format!(
+                                "{}@{} from recipe {}{}",
+                                code.function,
+                                code.version,
+                                code.recipe,
+                                dir.map(|d| format!(", written to {d}")).unwrap_or_default()
+                            ),
+                            node,
+                        );
+                        *code
+                    }
+                    other => {
+                        fail(&mut run, name, ms, describe(&other), node);
+                        break 'cook;
+                    }
+                };
+
+                let (name, ms, response, node) = stage!(
+                    label("validate"),
+                    AgentType::CodeValidator,
+                    AgentMessage::Validate {
+                        code: Box::new(code.clone())
+                    }
+                );
+                let validation = match response {
+                    AgentResponse::Validated(validation) => validation,
+                    other => ValidationResult {
+                        ok: false,
+                        problems: vec![super::messages::Problem {
+                            check: "validator".into(),
+                            message: describe(&other),
+                            line: None,
+                            column: None,
                         }],
+                        checks: Vec::new(),
+                        warnings: Vec::new(),
                     },
                 };
-                finish(
-                    &mut run,
-                    name,
-                    ms,
-                    result.ok(),
-                    format!("{} passed, {} failed", result.passed, result.failed),
-                    node,
-                );
-                run.tests = Some(result.clone());
-                tested = Some(result);
-            }
-            if validation.ok && tested.as_ref().is_some_and(TestResult::ok) {
-                accepted = Some(code);
-                break;
-            }
-            let failure = failure_of(&validation, tested.as_ref());
-            if last_failure.as_ref() == Some(&failure) {
-                warn!(round, "the same failure repeated; no more repairs");
-                run.outcome = RunOutcome::Failed {
-                    reasons: std::iter::once(format!(
+                let detail = if validation.ok {
+                    format!(
+                        "{} checks passed{}",
+                        validation.checks.len(),
+                        if validation.warnings.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} warnings", validation.warnings.len())
+                        }
+                    )
+                } else {
+                    failure_of(&validation, None).join("; ")
+                };
+                finish(&mut run, name, ms, validation.ok, detail, node);
+                run.validation = Some(validation.clone());
+
+                let mut tested = None;
+                if validation.ok {
+                    let (name, ms, response, node) = stage!(
+                        label("test"),
+                        AgentType::TestGenerator,
+                        AgentMessage::RunTests {
+                            code: Box::new(code.clone()),
+                            tests: tests.clone()
+                        }
+                    );
+                    let result = match response {
+                        AgentResponse::Tested(result) => result,
+                        other => TestResult {
+                            passed: 0,
+                            failed: tests.len() as u32,
+                            cases: vec![super::messages::CaseResult {
+                                name: "test run".into(),
+                                passed: false,
+                                detail: Some(describe(&other)),
+                            }],
+                        },
+                    };
+                    finish(
+                        &mut run,
+                        name,
+                        ms,
+                        result.ok(),
+                        format!("{} passed, {} failed", result.passed, result.failed),
+                        node,
+                    );
+                    run.tests = Some(result.clone());
+                    tested = Some(result);
+                }
+                if validation.ok && tested.as_ref().is_some_and(TestResult::ok) {
+                    accepted = Some(code);
+                    break;
+                }
+                let failure = failure_of(&validation, tested.as_ref());
+                let give_up = if last_failure.as_ref() == Some(&failure) {
+                    warn!(round, "the same failure repeated; no more repairs");
+                    Some(format!(
                         "the same failure repeated after repair round {round}; stopped early"
                     ))
-                    .chain(failure)
-                    .collect(),
+                } else if round == MAX_REPAIRS {
+                    Some(format!("still failing after {MAX_REPAIRS} repair rounds"))
+                } else {
+                    None
                 };
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
+                if let Some(why) = give_up {
+                    run.outcome = RunOutcome::Failed {
+                        reasons: std::iter::once(why).chain(failure).collect(),
+                    };
+                    break 'cook;
+                }
+                run.repairs += 1;
+                feedback = failure.clone();
+                last_failure = Some(failure);
             }
-            if round == MAX_REPAIRS {
-                run.outcome = RunOutcome::Failed {
-                    reasons: std::iter::once(format!(
-                        "still failing after {MAX_REPAIRS} repair rounds"
-                    ))
-                    .chain(failure)
-                    .collect(),
-                };
-                run.total_ms = started.elapsed().as_millis() as u64;
-                return Ok(run);
-            }
-            run.repairs += 1;
-            feedback = failure.clone();
-            last_failure = Some(failure);
-        }
-        let Some(code) = accepted else {
-            run.total_ms = started.elapsed().as_millis() as u64;
-            return Ok(run);
-        };
-
-        if !options.deploy {
-            run.outcome = RunOutcome::Built {
-                function: code.function.clone(),
-                version: code.version.clone(),
+            let Some(code) = accepted else {
+                break 'cook;
             };
-            run.total_ms = started.elapsed().as_millis() as u64;
-            return Ok(run);
-        }
 
-        // 4. Deploy, then hand the version to the Monitor.
-        let (name, ms, response, node) = stage!(
-            "deploy".to_string(),
-            AgentType::DeploymentManager,
-            AgentMessage::Deploy {
-                code: Box::new(code.clone()),
-                replicas: options.replicas,
-                probe: tests
-                    .iter()
-                    .find(|t| t.expect.is_some())
-                    .map(|t| t.input.clone())
+            if !options.deploy {
+                run.outcome = RunOutcome::Built {
+                    function: code.function.clone(),
+                    version: code.version.clone(),
+                };
+                break 'cook;
             }
-        );
-        match response {
-            AgentResponse::Deployed {
-                function,
-                version,
-                replicas,
-            } => {
-                finish(
-                    &mut run,
-                    name,
-                    ms,
-                    true,
-                    format!("{function}@{version} with {replicas} replicas, answering"),
-                    node,
-                );
-                let (name, ms, response, node) = stage!(
-                    "monitor".to_string(),
-                    AgentType::Monitor,
-                    AgentMessage::Watch {
-                        function: function.clone(),
-                        version: version.clone()
-                    }
-                );
-                let watching = matches!(response, AgentResponse::Watching);
-                finish(
-                    &mut run,
-                    name,
-                    ms,
-                    watching,
-                    if watching {
-                        "error rate and latency watched; a misbehaving version is rolled back"
-                            .into()
-                    } else {
-                        describe(&response)
-                    },
-                    node,
-                );
-                info!(%function, %version, "deployed by the chef");
-                run.outcome = RunOutcome::Deployed {
+
+            // 4. Deploy, then hand the version to the Monitor.
+            let (name, ms, response, node) = stage!(
+                "deploy".to_string(),
+                AgentType::DeploymentManager,
+                AgentMessage::Deploy {
+                    code: Box::new(code.clone()),
+                    replicas: options.replicas,
+                    probe: tests
+                        .iter()
+                        .find(|t| t.expect.is_some())
+                        .map(|t| t.input.clone())
+                }
+            );
+            match response {
+                AgentResponse::Deployed {
                     function,
                     version,
                     replicas,
-                };
-            }
-            other => {
-                let reason = describe(&other);
-                finish(&mut run, name, ms, false, reason.clone(), node);
-                run.outcome = RunOutcome::Failed {
-                    reasons: vec![reason],
-                };
+                } => {
+                    finish(
+                        &mut run,
+                        name,
+                        ms,
+                        true,
+                        format!("{function}@{version} with {replicas} replicas, answering"),
+                        node,
+                    );
+                    let (name, ms, response, node) = stage!(
+                        "monitor".to_string(),
+                        AgentType::Monitor,
+                        AgentMessage::Watch {
+                            function: function.clone(),
+                            version: version.clone()
+                        }
+                    );
+                    let watching = matches!(response, AgentResponse::Watching);
+                    finish(
+                        &mut run,
+                        name,
+                        ms,
+                        watching,
+                        if watching {
+                            "error rate and latency watched; a misbehaving version is rolled back"
+                                .into()
+                        } else {
+                            describe(&response)
+                        },
+                        node,
+                    );
+                    info!(%function, %version, "deployed by the chef");
+                    run.outcome = RunOutcome::Deployed {
+                        function,
+                        version,
+                        replicas,
+                    };
+                }
+                other => {
+                    fail(&mut run, name, ms, describe(&other), node);
+                }
             }
         }
         run.total_ms = started.elapsed().as_millis() as u64;
