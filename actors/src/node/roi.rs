@@ -81,10 +81,7 @@ impl Node {
                 let versions = catalog.versions(n);
                 // The version served (pinned by a rollback, else the highest) declares the value
                 // per call and the memory limit.
-                let served = catalog
-                    .served(n)
-                    .or_else(|| versions.first().copied())
-                    .map(|r| &r.manifest);
+                let served = catalog.served(n).map(|r| &r.manifest);
                 FunctionInputs {
                     name: n.clone(),
                     runs: runs

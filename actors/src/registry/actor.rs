@@ -440,7 +440,7 @@ impl RegistryState {
                 release.key(),
                 Versioned {
                     stamp: self.stamp(),
-                    record: Record::Release(Box::new(release.clone())),
+                    record: Record::Release(Arc::new(release.clone())),
                 },
             ));
         }

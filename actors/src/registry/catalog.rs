@@ -11,6 +11,8 @@
 //! - either may become a tombstone when removed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +77,8 @@ struct LegacyVersioned {
 /// A record's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    Release(Box<Release>),
+    /// Shared: the router takes the served release on every call without copying it.
+    Release(Arc<Release>),
     Deployment(Deployment),
     Tombstone,
 }
@@ -238,11 +241,26 @@ impl Catalog {
         })
     }
 
-    /// Live versions of `name`.
+    /// Live versions of `name`, highest first.
     pub fn versions(&self, name: &str) -> Vec<&Release> {
-        let mut versions: Vec<&Release> = self
-            .releases()
-            .filter(|r| r.manifest.name == name)
+        self.versions_of(name)
+            .into_iter()
+            .map(Arc::as_ref)
+            .collect()
+    }
+
+    /// Live versions of `name`, highest first: a range of the key space (`release/NAME@…`), not a
+    /// scan of the whole catalog, since the router asks on every call.
+    fn versions_of(&self, name: &str) -> Vec<&Arc<Release>> {
+        let prefix = format!("release/{name}@");
+        let mut versions: Vec<&Arc<Release>> = self
+            .entries
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(_, v)| match &v.record {
+                Record::Release(r) if r.manifest.name == name => Some(r),
+                _ => None,
+            })
             .collect();
         versions.sort_by(|a, b| b.manifest.version.cmp(&a.manifest.version));
         versions
@@ -265,8 +283,8 @@ impl Catalog {
 
     /// The release the deployment of `name` serves: the pinned version when it is set and still
     /// live, else the highest live version. `None` when nothing of `name` is published.
-    pub fn served(&self, name: &str) -> Option<&Release> {
-        let versions = self.versions(name);
+    pub fn served(&self, name: &str) -> Option<&Arc<Release>> {
+        let versions = self.versions_of(name);
         let pinned = self.deployment(name).and_then(|d| d.version.as_ref());
         pinned
             .and_then(|v| versions.iter().find(|r| &r.manifest.version == v))
@@ -392,7 +410,7 @@ pub(crate) mod tests {
             r.key(),
             Versioned {
                 stamp: stamp(time, 1),
-                record: Record::Release(Box::new(r)),
+                record: Record::Release(Arc::new(r)),
             },
         );
     }
@@ -400,7 +418,7 @@ pub(crate) mod tests {
     #[test]
     fn every_kind_of_record_round_trips_through_its_encoding() {
         for record in [
-            Record::Release(Box::new(release("a", "1.0.0", &[("b", "^1")], 3))),
+            Record::Release(Arc::new(release("a", "1.0.0", &[("b", "^1")], 3))),
             Record::Deployment(Deployment {
                 name: "a".into(),
                 replicas: 2,
@@ -595,7 +613,7 @@ pub(crate) mod tests {
         (key, 0u64..6, 1u8..4, 0u8..6).prop_map(|(key, time, node, payload)| {
             let record = match (key, payload) {
                 (_, 0) => Record::Tombstone,
-                ("release/a@1.0.0", p) => Record::Release(Box::new(release("a", "1.0.0", &[], p))),
+                ("release/a@1.0.0", p) => Record::Release(Arc::new(release("a", "1.0.0", &[], p))),
                 (k, p) => Record::Deployment(Deployment {
                     name: k.trim_start_matches("deployment/").to_string(),
                     replicas: u32::from(p),

@@ -17,6 +17,7 @@
 pub mod choice;
 pub mod error;
 pub mod host;
+pub mod placed;
 pub mod placer;
 pub mod stats;
 pub mod test_run;
@@ -104,6 +105,8 @@ pub(crate) struct RouterInner {
     in_flight: Mutex<HashMap<String, usize>>,
     /// What the calls served here did, per function@version.
     stats: StatsBook,
+    /// Each function's hosts under the current alive view.
+    placed: placed::PlacedHosts,
 }
 
 fn unix_ms(at: Instant) -> u64 {
@@ -126,6 +129,34 @@ fn instant_of(unix_deadline_ms: u64) -> Instant {
         .unwrap_or(0);
     let wait = Duration::from_millis(unix_deadline_ms.saturating_sub(now)).min(MAX_REMOTE_DEADLINE);
     Instant::now() + wait
+}
+
+/// Bytes `value` takes as JSON text, counted without writing it out.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+fn check_input_size(len: usize) -> Result<(), InvokeError> {
+    if len > MAX_INPUT_BYTES {
+        return Err(InvokeError::new(
+            InvokeErrorKind::InputTooLarge,
+            format!("input of {len} bytes exceeds the limit of {MAX_INPUT_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Counts a call in flight to a host for as long as it lives.
@@ -205,6 +236,7 @@ impl Router {
                 link,
                 in_flight: Mutex::new(HashMap::new()),
                 stats: StatsBook::new(),
+                placed: placed::PlacedHosts::default(),
             }
         });
         Self { inner }
@@ -262,7 +294,7 @@ impl RouterInner {
         &self,
         name: &str,
         range: &semver::VersionReq,
-    ) -> Result<(Release, Vec<MemberId>), InvokeError> {
+    ) -> Result<(Arc<Release>, Arc<[MemberId]>), InvokeError> {
         let catalog = self.catalog.borrow().clone();
         let versions = catalog.versions(name);
         // The pinned version after a rollback, else the highest.
@@ -303,12 +335,7 @@ impl RouterInner {
             ));
         }
         let alive = self.alive.borrow().clone();
-        let ids = alive.iter().map(|m| m.node_id.as_str());
-        let placed = crate::placement::hosts(name, ids, deployment.replicas as usize);
-        let hosts: Vec<MemberId> = placed
-            .iter()
-            .filter_map(|id| alive.iter().find(|m| m.node_id == *id).cloned())
-            .collect();
+        let hosts = self.placed.hosts(&alive, name, deployment.replicas);
         if hosts.is_empty() {
             return Err(InvokeError::new(
                 InvokeErrorKind::NoHost,
@@ -331,42 +358,45 @@ impl RouterInner {
                 ),
             ));
         }
-        let input_len = request.input.to_string().len();
-        if input_len > MAX_INPUT_BYTES {
-            return Err(InvokeError::new(
-                InvokeErrorKind::InputTooLarge,
-                format!("input of {input_len} bytes exceeds the limit of {MAX_INPUT_BYTES}"),
-            ));
-        }
-        let (release, mut hosts) = self.resolve(&request.function, &request.range)?;
+        let (release, hosts) = self.resolve(&request.function, &request.range)?;
         let served_by = release.manifest.id();
         if hosts.iter().any(|h| h.node_id == self.me) {
-            let output = self.run_local(&release, &request).await?;
+            // Counted, not written out: a local call never needs the JSON text.
+            check_input_size(json_len(&request.input))?;
+            let output = self.run_local(&release, request).await?;
             return Ok(InvokeOutcome {
                 output,
                 served_by,
                 node: self.me.clone(),
             });
         }
+        // Written once for every attempt.
+        let input = serde_json::to_vec(&request.input).map_err(|e| {
+            InvokeError::new(
+                InvokeErrorKind::BadInput,
+                format!("the input cannot be written as JSON: {e}"),
+            )
+        })?;
+        check_input_size(input.len())?;
+        let mut hosts: Vec<&MemberId> = hosts.iter().collect();
         let mut last_error = None;
         while !hosts.is_empty() {
-            let in_flight = self.in_flight.lock().map(|m| m.clone()).unwrap_or_default();
             let ids: Vec<&str> = hosts.iter().map(|h| h.node_id.as_str()).collect();
-            let Some(target) =
-                choice::pick(&ids, &in_flight, |n| rand::random_range(0..n)).map(str::to_string)
+            let picked = match self.in_flight.lock() {
+                Ok(in_flight) => choice::pick(&ids, &in_flight, |n| rand::random_range(0..n)),
+                Err(_) => choice::pick(&ids, &HashMap::new(), |n| rand::random_range(0..n)),
+            };
+            let Some(position) = picked.and_then(|target| ids.iter().position(|id| *id == target))
             else {
                 break;
             };
-            let Some(position) = hosts.iter().position(|h| h.node_id == target) else {
-                break;
-            };
             let host = hosts.swap_remove(position);
-            match self.run_remote(&host, &release, &request).await {
+            match self.run_remote(host, &release, &request, &input).await {
                 Ok(output) => {
                     return Ok(InvokeOutcome {
                         output,
                         served_by,
-                        node: host.node_id,
+                        node: host.node_id.clone(),
                     });
                 }
                 Err((error, may_have_started)) => {
@@ -388,7 +418,7 @@ impl RouterInner {
         invoke: Invoke,
     ) -> Result<(serde_json::Value, String), InvokeError> {
         let bad = |m: String| InvokeError::new(InvokeErrorKind::BadInput, m);
-        let range = if invoke.version_range.is_empty() {
+        let range = if invoke.version_range.is_empty() || invoke.version_range == "*" {
             semver::VersionReq::STAR
         } else {
             semver::VersionReq::parse(&invoke.version_range).map_err(|e| {
@@ -423,7 +453,7 @@ impl RouterInner {
                 format!("{} is not placed on this node", release.manifest.id()),
             ));
         }
-        let output = self.run_local(&release, &request).await?;
+        let output = self.run_local(&release, request).await?;
         Ok((output, release.manifest.id()))
     }
 
@@ -459,7 +489,7 @@ impl RouterInner {
     async fn run_local(
         &self,
         release: &Release,
-        request: &InvokeRequest,
+        request: InvokeRequest,
     ) -> Result<serde_json::Value, InvokeError> {
         let started = Instant::now();
         let mut executing = None;
@@ -480,7 +510,7 @@ impl RouterInner {
     async fn run_instance(
         &self,
         release: &Release,
-        request: &InvokeRequest,
+        request: InvokeRequest,
         executing: &mut Option<Instant>,
     ) -> Result<serde_json::Value, InvokeError> {
         let hosted = self.ensure_running(release).await?;
@@ -497,12 +527,12 @@ impl RouterInner {
         let meta = CallMeta {
             deadline: request.deadline,
             call_depth: request.call_depth,
-            trace_parent: request.trace_parent.clone(),
+            trace_parent: request.trace_parent,
         };
         // The executor, not the actor's mailbox: one task hop less on the hottest path. The
         // sandbox enforces the deadline itself and never leaves a call half-run.
         *executing = Some(Instant::now());
-        Ok(hosted.executor.execute(request.input.clone(), meta).await?)
+        Ok(hosted.executor.execute(request.input, meta).await?)
     }
 
     /// One remote attempt; on failure also says whether the call may have started there.
@@ -511,12 +541,13 @@ impl RouterInner {
         host: &MemberId,
         release: &Release,
         request: &InvokeRequest,
+        input: &[u8],
     ) -> Result<serde_json::Value, (InvokeError, bool)> {
         let _counted = InFlight::new(self, &host.node_id);
         let frame = Frame::Invoke(Invoke {
             function: release.manifest.name.clone(),
             version_range: request.range.to_string(),
-            input: request.input.to_string().into_bytes(),
+            input: input.to_vec(),
             deadline_unix_ms: unix_ms(request.deadline),
             idempotency_key: request.idempotency_key.clone(),
             caller_principal: request.caller.clone(),

@@ -65,7 +65,7 @@ impl Router {
                     .registry
                     .call(
                         |reply| RegistryMsg::Package {
-                            release: Box::new(release.clone()),
+                            release: Box::new(release.as_ref().clone()),
                             reply,
                         },
                         Some(Duration::from_secs(10)),
