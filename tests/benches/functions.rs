@@ -1,7 +1,11 @@
 //! Invocation costs of functions on real in-process nodes, against the mesh's own floor in the
 //! same run. Run with `cargo bench -p klf-tests --bench functions`.
 //!
-//! Measured on a two-node `LocalMesh` over loopback (mutual TLS, QUIC):
+//! Measured on a two-node `LocalMesh` over loopback (mutual TLS, QUIC). Each node runs on its own
+//! single-worker runtime, as two processes on this two-core machine would, and the bench's calls
+//! are made on the runtime of the calling node; `KLF_BENCH_RUNTIME=shared` puts both nodes on one
+//! shared two-worker runtime instead. `KLF_BENCH_ONLY=a|b` runs only the paths whose labels
+//! contain `a` or `b`. Measured:
 //! - the raw quinn floor: a new stream per 64-byte request with the mesh's TLS and QUIC settings;
 //! - the KLF round trip: node0's transport actor sends a 64-byte `Ping` to node1 and gets the `Pong`
 //!   (what every remote invoke rides on);
@@ -13,7 +17,9 @@
 //! - memory: the resident set of an idle `klf up` process, and the growth of this process per warm
 //!   JavaScript instance (100 trivial functions started on one node).
 //!
-//! - cross-node native no-op: node0 invokes a native (Rust) built-in whose instance is on node1.
+//! - cross-node native no-op: node0 invokes a native (Rust) built-in whose instance is on node1;
+//! - the host side of that call in-process (node1's router serving an `Invoke`, no network): the
+//!   host's own work.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +51,8 @@ enum Path {
     Invoke {
         from: usize,
     },
+    /// node1's router serving a peer's `Invoke` in-process (no network): the host's own cost.
+    Serve,
 }
 
 /// node0's direct transport path.
@@ -52,6 +60,47 @@ static LINK: std::sync::OnceLock<klf_actors::mesh::TransportHandle> = std::sync:
 
 /// The raw floor's client connection.
 static RAW: std::sync::OnceLock<quinn::Connection> = std::sync::OnceLock::new();
+
+/// Where each node runs: `[node0, node1]`, two single-worker runtimes (as two processes would
+/// be), or one shared two-worker runtime with `KLF_BENCH_RUNTIME=shared`.
+static RUNTIMES: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+
+struct Layout {
+    nodes: [tokio::runtime::Handle; 2],
+    separate: bool,
+}
+
+/// The node a path's caller sits on: calls "from node1" run on node1's runtime.
+fn caller_node(path: Path) -> usize {
+    match path {
+        Path::Invoke { from } => from,
+        Path::Serve => 1,
+        Path::Raw | Path::Floor | Path::Direct => 0,
+    }
+}
+
+/// One call of `path`, timed on the runtime of the node that makes it (the bench's own task runs
+/// on node0; a call from node1 is handed to node1's runtime, outside the timed part).
+async fn timed(
+    mesh: &Arc<InProcessMesh>,
+    path: Path,
+    function: &'static str,
+) -> anyhow::Result<Duration> {
+    let layout = RUNTIMES.get().context("no runtimes")?;
+    if layout.separate && caller_node(path) == 1 {
+        let mesh = mesh.clone();
+        return layout.nodes[1]
+            .spawn(async move {
+                let t = Instant::now();
+                once(&mesh, path, function).await?;
+                anyhow::Ok(t.elapsed())
+            })
+            .await?;
+    }
+    let t = Instant::now();
+    once(mesh, path, function).await?;
+    Ok(t.elapsed())
+}
 
 async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Result<()> {
     match path {
@@ -95,6 +144,24 @@ async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Resul
                 other => bail!("expected Pong, got {other:?}"),
             }
         }
+        Path::Serve => {
+            let invoke = klf_proto::Invoke {
+                function: function.to_string(),
+                version_range: "*".into(),
+                input: b"{}".to_vec(),
+                deadline_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64
+                    + 5_000,
+                idempotency_key: None,
+                caller_principal: "bench".into(),
+                call_depth: 0,
+                trace: klf_proto::TraceContext::default(),
+            };
+            let reply = mesh.nodes[1].router().serve_remote(invoke).await;
+            anyhow::ensure!(reply.outcome.is_ok(), "serve failed: {:?}", reply.outcome);
+            Ok(())
+        }
         Path::Invoke { from } => {
             let request = InvokeRequest::new(function, json!({"n": 1}), Duration::from_secs(5));
             mesh.nodes[from]
@@ -114,12 +181,12 @@ fn micros(h: &Histogram<u64>, q: f64) -> f64 {
 /// rotating one), so a burst of load on the machine hits all paths alike and the ratios between
 /// them hold even when the absolute numbers swing.
 async fn sequential_interleaved(
-    mesh: &InProcessMesh,
-    paths: &[(&str, Path, &str)],
+    mesh: &Arc<InProcessMesh>,
+    paths: &[(&str, Path, &'static str)],
 ) -> anyhow::Result<Vec<Histogram<u64>>> {
     for &(_, path, function) in paths {
         for _ in 0..WARMUP {
-            once(mesh, path, function).await?;
+            timed(mesh, path, function).await?;
         }
     }
     let mut histograms = paths
@@ -130,9 +197,8 @@ async fn sequential_interleaved(
         for k in 0..paths.len() {
             let i = (round + k) % paths.len();
             let (_, path, function) = paths[i];
-            let t = Instant::now();
-            once(mesh, path, function).await?;
-            histograms[i].record(t.elapsed().as_nanos() as u64)?;
+            let took = timed(mesh, path, function).await?;
+            histograms[i].record(took.as_nanos() as u64)?;
         }
     }
     Ok(histograms)
@@ -143,16 +209,21 @@ async fn loaded(
     path: Path,
     function: &'static str,
 ) -> anyhow::Result<f64> {
+    let layout = RUNTIMES.get().context("no runtimes")?;
+    let runtime = &layout.nodes[caller_node(path)];
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..IN_FLIGHT {
         let mesh = mesh.clone();
-        tasks.spawn(async move {
-            for _ in 0..PER_TASK {
-                once(&mesh, path, function).await?;
-            }
-            anyhow::Ok(())
-        });
+        tasks.spawn_on(
+            async move {
+                for _ in 0..PER_TASK {
+                    once(&mesh, path, function).await?;
+                }
+                anyhow::Ok(())
+            },
+            runtime,
+        );
     }
     while let Some(done) = tasks.join_next().await {
         done??;
@@ -209,7 +280,8 @@ fn idle_node_rss() -> anyhow::Result<u64> {
 
 async fn run() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
-    let mesh = Arc::new(InProcessMesh::start(2).await?);
+    let layout = RUNTIMES.get().context("no runtimes")?;
+    let mesh = Arc::new(InProcessMesh::start_on_runtimes(&layout.nodes).await?);
     if !mesh
         .wait_all_alive(&[0, 1], 2, Duration::from_secs(10))
         .await
@@ -300,8 +372,11 @@ async fn run() -> anyhow::Result<()> {
         klf_actors::node::DataDir::new(mesh.dir.path().join("node0")).load_credentials()?;
     let creds1 =
         klf_actors::node::DataDir::new(mesh.dir.path().join("node1")).load_credentials()?;
-    let raw_server =
-        klf_tests::floor::FloorServer::start(&creds1, klf_tests::floor::ServerMode::Raw)?;
+    // The floor's server runs where node1 runs, its client where node0 runs (here).
+    let raw_server = {
+        let _node1 = layout.nodes[1].enter();
+        klf_tests::floor::FloorServer::start(&creds1, klf_tests::floor::ServerMode::Raw)?
+    };
     let (raw_endpoint, raw_conn) = klf_tests::floor::floor_client(&creds0, raw_server.addr).await?;
     RAW.set(raw_conn)
         .map_err(|_| anyhow::anyhow!("raw floor connected twice"))?;
@@ -333,7 +408,31 @@ async fn run() -> anyhow::Result<()> {
             name,
         ),
         ("local trivial JS invoke", Path::Invoke { from: 1 }, name),
+        (
+            "host side of a native invoke, in-process",
+            Path::Serve,
+            native,
+        ),
     ];
+    // `KLF_BENCH_ONLY=native` (label substrings, `|`-separated) runs just the matching paths,
+    // interleaved, and skips the rest: for profiling a path with `perf` or `strace -c`.
+    if let Ok(only) = std::env::var("KLF_BENCH_ONLY") {
+        let chosen: Vec<_> = paths
+            .iter()
+            .filter(|(label, _, _)| only.split('|').any(|part| label.contains(part)))
+            .copied()
+            .collect();
+        let histograms = sequential_interleaved(&mesh, &chosen).await?;
+        for ((label, _, _), h) in chosen.iter().zip(histograms) {
+            println!(
+                "{label}: p50 {:.1} µs, p99 {:.1} µs",
+                micros(&h, 0.5),
+                micros(&h, 0.99)
+            );
+        }
+        mesh.shutdown().await;
+        return Ok(());
+    }
     println!(
         "\nsequential ({MEASURED} calls per path after {WARMUP} warm-up, the paths interleaved) and {IN_FLIGHT} in flight ({} calls):",
         IN_FLIGHT * PER_TASK
@@ -351,11 +450,22 @@ async fn run() -> anyhow::Result<()> {
         );
         p50.push(micros(&h, 0.5));
     }
+    // The local call on its own: interleaved with cross-node calls it always starts on a thread
+    // the network paths just left parked, which measures the wake-up more than the call.
+    let local = paths[5];
+    let alone = sequential_interleaved(&mesh, &[local]).await?;
     println!(
-        "\nratios (p50): cross-node native / raw quinn floor {:.2}x (target 1.5x); native / direct KLF round trip {:.2}x; cross-node JS / raw floor {:.2}x; local JS {:.1} µs (target < 50 µs)",
+        "| {} alone (not interleaved) | {:.1} µs | {:.1} µs | |",
+        local.0,
+        micros(&alone[0], 0.5),
+        micros(&alone[0], 0.99)
+    );
+    println!(
+        "\nratios (p50): cross-node native / raw quinn floor {:.2}x (target 1.5x); native / direct KLF round trip {:.2}x; cross-node JS / raw floor {:.2}x; local JS {:.1} µs alone, {:.1} µs interleaved (target < 50 µs)",
         p50[3] / p50[0],
         p50[3] / p50[1],
         p50[4] / p50[0],
+        micros(&alone[0], 0.5),
         p50[5]
     );
     raw_server.close().await;
@@ -384,16 +494,23 @@ async fn run() -> anyhow::Result<()> {
                 "bench",
             )
             .await?;
-        let t = Instant::now();
-        mesh.nodes[1]
-            .invoke(InvokeRequest::new(
-                cold,
-                json!({"n": 1}),
-                Duration::from_secs(5),
-            ))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        colds.record(t.elapsed().as_nanos() as u64)?;
+        // Timed where node1 runs: the first call arrives at the node that hosts the function.
+        let (on_node1, name) = (mesh.clone(), cold.clone());
+        let took = layout.nodes[1]
+            .spawn(async move {
+                let t = Instant::now();
+                on_node1.nodes[1]
+                    .invoke(InvokeRequest::new(
+                        &name,
+                        json!({"n": 1}),
+                        Duration::from_secs(5),
+                    ))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::Ok(t.elapsed())
+            })
+            .await??;
+        colds.record(took.as_nanos() as u64)?;
         if let Some(hosted) = mesh.nodes[1].router().instances().get(cold) {
             sandbox_starts.record(hosted.cold_start.as_nanos() as u64)?;
         }
@@ -453,9 +570,43 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async { tokio::spawn(run()).await? })
+    let runtime = |name: &str, workers: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    // Each node on its own single-worker runtime by default: two nodes on a two-core machine, as
+    // two `klf up` processes would run, so that neither waits for threads the other has parked.
+    let shared = std::env::var("KLF_BENCH_RUNTIME").is_ok_and(|v| v == "shared");
+    let (node0, node1) = if shared {
+        (runtime("nodes", 2)?, None)
+    } else {
+        (runtime("node0", 1)?, Some(runtime("node1", 1)?))
+    };
+    let handles = [
+        node0.handle().clone(),
+        node1.as_ref().unwrap_or(&node0).handle().clone(),
+    ];
+    println!(
+        "runtime layout: {}",
+        if shared {
+            "both nodes on one shared 2-worker runtime (KLF_BENCH_RUNTIME=shared)"
+        } else {
+            "each node on its own 1-worker runtime"
+        }
+    );
+    RUNTIMES
+        .set(Layout {
+            nodes: handles,
+            separate: !shared,
+        })
+        .map_err(|_| anyhow::anyhow!("runtimes set twice"))?;
+    let result = node0.block_on(async { tokio::spawn(run()).await? });
+    // Dropping a runtime from inside another blocks; shut node1's down from here.
+    if let Some(node1) = node1 {
+        node1.shutdown_timeout(Duration::from_secs(2));
+    }
+    result
 }

@@ -55,17 +55,46 @@ impl LocalMesh {
 
     /// Like [`LocalMesh::start`], every node run with `options` (for example a model provider).
     pub async fn start_with_options(n: usize, options: RunOptions) -> Result<Self, NodeError> {
+        Self::start_inner(n, options, &[]).await
+    }
+
+    /// One node per runtime: node `i` runs its actors, connections and instances on
+    /// `runtimes[i]`, as separate processes would, instead of all sharing the caller's threads.
+    /// Benchmarks use it so that one node's work does not wait for another node's threads.
+    pub async fn start_on_runtimes(runtimes: &[tokio::runtime::Handle]) -> Result<Self, NodeError> {
+        Self::start_inner(runtimes.len(), RunOptions::loopback(), runtimes).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        options: RunOptions,
+        runtimes: &[tokio::runtime::Handle],
+    ) -> Result<Self, NodeError> {
+        // Node `i` starts on `runtimes[i]` if given, else on the caller's runtime.
+        let start = |data: DataDir, i: usize| {
+            let options = options.clone();
+            let runtime = runtimes.get(i).cloned();
+            async move {
+                match runtime {
+                    Some(runtime) => runtime
+                        .spawn(async move { Node::start(&data, options).await })
+                        .await
+                        .map_err(|e| NodeError::Config(format!("node{i} did not start: {e}")))?,
+                    None => Node::start(&data, options).await,
+                }
+            }
+        };
         let dir = tempfile::tempdir().map_err(|e| NodeError::Config(format!("temp dir: {e}")))?;
         let first = DataDir::new(dir.path().join("node0"));
         init_mesh(&first, "node0", "local")?;
-        let mut nodes = vec![Arc::new(Node::start(&first, options.clone()).await?)];
+        let mut nodes = vec![Arc::new(start(first, 0).await?)];
         for i in 1..n {
             let name = format!("node{i}");
             let data = DataDir::new(dir.path().join(&name));
             let token = nodes[0].create_join_token(Duration::from_secs(60))?;
             // Local nodes bind port 0 and advertise the port they get when they start.
             join_mesh(&data, &token.encode(), &name, "127.0.0.1:0", "").await?;
-            nodes.push(Arc::new(Node::start(&data, options.clone()).await?));
+            nodes.push(Arc::new(start(data, i).await?));
         }
         Ok(Self {
             dir,
