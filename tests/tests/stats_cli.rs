@@ -36,6 +36,52 @@ fn hello(dir: &Path, version: &str) -> String {
     folder.to_string_lossy().into_owned()
 }
 
+/// `GET /metrics` of the node in `data`, with its admin token or none: (status, body).
+fn scrape(data: &str, with_token: bool) -> (u16, String) {
+    use std::io::{Read, Write};
+    let dir = klf_actors::node::DataDir::new(data);
+    let api = dir
+        .load_settings()
+        .expect("node.json")
+        .api
+        .expect("the node has an API address");
+    let token = dir.admin_bearer().expect("admin token");
+    let mut stream = std::net::TcpStream::connect(&api).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = if with_token {
+        format!("Authorization: Bearer {token}\r\n")
+    } else {
+        String::new()
+    };
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {api}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The sum of the samples of `metric` whose labels include `function="hello"`.
+fn hello_samples(text: &str, metric: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains("function=\"hello\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn stats_and_rollback_through_the_cli() {
     let work = tempfile::tempdir().expect("tmp");
@@ -105,6 +151,23 @@ fn stats_and_rollback_through_the_cli() {
     }
     // Either node shows the mesh's totals: every call counted once, where it ran.
     assert_eq!(totals(&d1), (calls + 3, errors));
+    // Prometheus sees the same calls, each on the node that served it.
+    let (status, _) = scrape(&d1, false);
+    assert_eq!(status, 401, "/metrics needs a token");
+    let (status, n1) = scrape(&d1, true);
+    assert_eq!(status, 200, "{n1}");
+    let (_, n2) = scrape(&d2, true);
+    assert!(
+        n1.contains("# TYPE klf_function_latency_seconds histogram"),
+        "{n1}"
+    );
+    assert!(n1.contains("klf_members{state=\"alive\"} "), "{n1}");
+    let scraped = hello_samples(&n1, "klf_function_calls_total")
+        + hello_samples(&n2, "klf_function_calls_total");
+    assert_eq!(scraped, calls + 3, "n1:\n{n1}\nn2:\n{n2}");
+    let counted = hello_samples(&n1, "klf_function_latency_seconds_count")
+        + hello_samples(&n2, "klf_function_latency_seconds_count");
+    assert_eq!(counted, calls + 3);
     let stats = json(&["fn", "stats", "hello", "--json", "--data", &d1]);
     let stats: Vec<Value> = stats
         .as_array()

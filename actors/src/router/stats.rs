@@ -78,6 +78,27 @@ pub struct StatsSnapshot {
     pub stats: FunctionStats,
     /// Non-empty histogram buckets: (index, count).
     pub latency: Vec<(u16, u64)>,
+    /// Latency of every call served, summed (a Prometheus histogram's `_sum`).
+    #[serde(default)]
+    pub latency_us_sum: u64,
+}
+
+impl StatsSnapshot {
+    /// How many calls took at most each of `bounds_us` (ascending), as a Prometheus histogram
+    /// counts them. A bucket of this book counts under the first bound at or above its upper
+    /// edge, so a count may sit one fine-grained bucket (an eighth of a power of two) high.
+    pub fn cumulative(&self, bounds_us: &[u64]) -> Vec<u64> {
+        bounds_us
+            .iter()
+            .map(|bound| {
+                self.latency
+                    .iter()
+                    .filter(|(index, _)| bucket_high(usize::from(*index)) <= *bound)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .collect()
+    }
 }
 
 /// Merges the snapshots of several nodes per `function@version` (sorted by function, version).
@@ -175,6 +196,7 @@ struct Entry {
     calls: AtomicU64,
     errors: AtomicU64,
     cpu_us: AtomicU64,
+    latency_us_sum: AtomicU64,
     latency: Box<[AtomicU64]>,
     window: [Slot; SLOTS],
     /// Only touched on errors.
@@ -190,6 +212,7 @@ impl Entry {
             Ordering::Relaxed,
         );
         let micros = u64::try_from(call.latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us_sum.fetch_add(micros, Ordering::Relaxed);
         if let Some(bucket) = self.latency.get(bucket_of(micros)) {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
@@ -224,6 +247,7 @@ impl Entry {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             cpu_us: AtomicU64::new(0),
+            latency_us_sum: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             window: Default::default(),
             error_kinds: Mutex::new(BTreeMap::new()),
@@ -343,6 +367,7 @@ impl StatsBook {
                         .filter(|(_, n)| **n > 0)
                         .map(|(i, n)| (i as u16, *n))
                         .collect(),
+                    latency_us_sum: entry.latency_us_sum.load(Ordering::Relaxed),
                 });
             }
         }

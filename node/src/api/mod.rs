@@ -3,6 +3,7 @@
 pub mod chef;
 pub mod functions;
 pub mod ingredients;
+pub mod metrics;
 pub mod roi;
 pub mod stats;
 
@@ -102,6 +103,7 @@ pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/node", get(node_info))
         .route("/v1/members", get(members))
         .route("/v1/join-tokens", post(create_join_token))
