@@ -19,9 +19,15 @@ pub enum LogFormat {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Installs the subscriber: `RUST_LOG` filters (default `info`, quinn and rustls at `warn`).
+///
+/// The mesh's call spans (target `klf::trace`, one per routed call) go to the OpenTelemetry
+/// exporter only: the log output leaves them out, so without an exporter they are never built.
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn"));
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn"))
+    };
+    let calls = |level: &str| format!("{}={level}", klf_actors::router::trace::TARGET).parse();
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -31,7 +37,8 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
             .json()
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+    .with_filter(filter().add_directive(calls("off")?));
     let otel = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -47,12 +54,15 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
                 .build();
             let tracer = provider.tracer("klf");
             let _ = PROVIDER.set(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(filter().add_directive(calls("info")?)),
+            )
         }
         _ => None,
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()?;

@@ -21,6 +21,7 @@ pub mod placed;
 pub mod placer;
 pub mod stats;
 pub mod test_run;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use klf_proto::{Frame, Invoke, InvokeFailure, InvokeReply, TraceContext};
 use ractor::ActorRef;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{Instrument, Span, debug};
 
 pub use error::{InvokeError, InvokeErrorKind};
 pub use host::HostServices;
@@ -129,6 +130,16 @@ fn instant_of(unix_deadline_ms: u64) -> Instant {
         .unwrap_or(0);
     let wait = Duration::from_millis(unix_deadline_ms.saturating_sub(now)).min(MAX_REMOTE_DEADLINE);
     Instant::now() + wait
+}
+
+/// The `traceparent` to pass on from the current span (see [`trace::onward`]); free when no
+/// exporter is installed.
+fn onward_trace(inherited: Option<String>) -> Option<String> {
+    let span = Span::current();
+    if span.is_disabled() {
+        return inherited;
+    }
+    trace::onward(&span, inherited.as_deref())
 }
 
 /// Bytes `value` takes as JSON text, counted without writing it out.
@@ -258,12 +269,56 @@ impl Router {
 
     /// Routes one call to wherever the function runs and returns its result.
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeOutcome, InvokeError> {
-        self.inner.invoke(request).await
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "klf.invoke",
+            otel.kind = "client",
+            function = %request.function,
+            call_depth = request.call_depth,
+            node = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.inner.invoke(request).await;
+        }
+        trace::adopt(&span, request.trace_parent.as_deref());
+        let result = self.inner.invoke(request).instrument(span.clone()).await;
+        match &result {
+            Ok(outcome) => span.record("node", outcome.node.as_str()),
+            Err(e) => span
+                .record("error.kind", e.kind.as_str())
+                .record("otel.status_code", "ERROR"),
+        };
+        result
     }
 
     /// Serves an `Invoke` from a peer: only on an instance of this node.
     pub async fn serve_remote(&self, invoke: Invoke) -> InvokeReply {
-        let served = self.inner.serve_remote(invoke).await;
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "klf.serve",
+            otel.kind = "server",
+            function = %invoke.function,
+            call_depth = invoke.call_depth,
+            error.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let served = if span.is_disabled() {
+            self.inner.serve_remote(invoke).await
+        } else {
+            trace::adopt(&span, Some(invoke.trace.traceparent.as_str()));
+            let served = self
+                .inner
+                .serve_remote(invoke)
+                .instrument(span.clone())
+                .await;
+            if let Err(e) = &served {
+                span.record("error.kind", e.kind.as_str())
+                    .record("otel.status_code", "ERROR");
+            }
+            served
+        };
         match served {
             Ok((output, served_by)) => InvokeReply {
                 outcome: Ok(output.to_string().into_bytes()),
@@ -524,10 +579,11 @@ impl RouterInner {
                 ),
             ));
         };
+        // Calls the function makes are children of this call's span (when traces are exported).
         let meta = CallMeta {
             deadline: request.deadline,
             call_depth: request.call_depth,
-            trace_parent: request.trace_parent,
+            trace_parent: onward_trace(request.trace_parent),
         };
         // The executor, not the actor's mailbox: one task hop less on the hottest path. The
         // sandbox enforces the deadline itself and never leaves a call half-run.
@@ -553,7 +609,7 @@ impl RouterInner {
             caller_principal: request.caller.clone(),
             call_depth: request.call_depth,
             trace: TraceContext {
-                traceparent: request.trace_parent.clone().unwrap_or_default(),
+                traceparent: onward_trace(request.trace_parent.clone()).unwrap_or_default(),
                 tracestate: String::new(),
             },
         });

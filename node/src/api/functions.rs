@@ -424,6 +424,7 @@ pub async fn invoke(
     caller: Caller,
     Path(target): Path<String>,
     Query(query): Query<InvokeQuery>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require("invoker")?;
@@ -450,6 +451,12 @@ pub async fn invoke(
     let mut request = InvokeRequest::new(&name, input, timeout);
     request.range = range;
     request.caller = caller.principal().to_string();
+    // A client's W3C trace context: the call's spans join the client's trace.
+    request.trace_parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .map(str::to_string);
     match node.invoke(request).await {
         Ok(outcome) => Ok((
             [
