@@ -76,6 +76,29 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// The `function` and `version` labels of a snapshot.
+fn labels(s: &StatsSnapshot) -> String {
+    format!(
+        "function=\"{}\",version=\"{}\"",
+        escape(&s.stats.function),
+        escape(&s.stats.version)
+    )
+}
+
+/// A counter family with one sample per function version.
+fn per_function(
+    out: &mut String,
+    functions: &[StatsSnapshot],
+    name: &str,
+    help: &str,
+    value: impl Fn(&StatsSnapshot) -> String,
+) {
+    family(out, name, "counter", help);
+    for s in functions {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(s), value(s));
+    }
+}
+
 fn seconds(micros: u64) -> f64 {
     micros as f64 / 1e6
 }
@@ -113,27 +136,13 @@ fn render(scrape: &Scrape) -> String {
             escape(version)
         );
     }
-    let labels = |s: &StatsSnapshot| {
-        format!(
-            "function=\"{}\",version=\"{}\"",
-            escape(&s.stats.function),
-            escape(&s.stats.version)
-        )
-    };
-    family(
+    per_function(
         &mut out,
+        &scrape.functions,
         "klf_function_calls_total",
-        "counter",
         "Calls this node served, per function version.",
+        |s| s.stats.calls.to_string(),
     );
-    for s in &scrape.functions {
-        let _ = writeln!(
-            out,
-            "klf_function_calls_total{{{}}} {}",
-            labels(s),
-            s.stats.calls
-        );
-    }
     family(
         &mut out,
         "klf_function_errors_total",
@@ -150,20 +159,13 @@ fn render(scrape: &Scrape) -> String {
             );
         }
     }
-    family(
+    per_function(
         &mut out,
+        &scrape.functions,
         "klf_function_execution_seconds_total",
-        "counter",
         "Time spent inside function instances on this node.",
+        |s| seconds(s.stats.cpu_us).to_string(),
     );
-    for s in &scrape.functions {
-        let _ = writeln!(
-            out,
-            "klf_function_execution_seconds_total{{{}}} {}",
-            labels(s),
-            seconds(s.stats.cpu_us)
-        );
-    }
     family(
         &mut out,
         "klf_function_latency_seconds",
