@@ -62,6 +62,24 @@ pub fn klf(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run klf: {e}"))
 }
 
+/// Runs `klf ARGS`: whether it succeeded, its stdout and its stderr.
+pub fn klf_run(args: &[&str]) -> (bool, String, String) {
+    let out = klf(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `klf ARGS`, which must succeed and print JSON, and parses it.
+pub fn klf_json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = klf_run(args);
+    assert!(ok, "klf {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("klf {args:?} printed no JSON ({e}): {stdout}"))
+}
+
 /// One `klf up` process and where it listens.
 pub struct NodeProcess {
     pub name: String,

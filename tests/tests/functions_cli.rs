@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use klf_tests::processes::{ProcessMesh, klf};
+use klf_tests::processes::{ProcessMesh, klf_json, klf_run};
 use serde_json::Value;
 
 fn example(name: &str) -> String {
@@ -12,22 +12,6 @@ fn example(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = klf(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(args: &[&str]) -> Value {
-    let (ok, stdout, stderr) = run(args);
-    assert!(ok, "klf {args:?} failed: {stderr}");
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("klf {args:?} printed no JSON ({e}): {stdout}"))
 }
 
 #[test]
@@ -40,13 +24,13 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let d2 = mesh.nodes[1].data.to_string_lossy().into_owned();
 
     // A dependency that is not published yet is named.
-    let (ok, _, stderr) = run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
     assert!(
         !ok && stderr.contains("needs series-cleaner ^1"),
         "{stderr}"
     );
 
-    let deployed = json(&[
+    let deployed = klf_json(&[
         "fn",
         "deploy",
         &example("series-cleaner"),
@@ -58,14 +42,15 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     ]);
     assert_eq!(deployed["id"], "series-cleaner@1.0.0");
     assert_eq!(deployed["replicas"], 2);
-    let (ok, stdout, stderr) = run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
+    let (ok, stdout, stderr) =
+        klf_run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("deployed moving-average@1.2.0"), "{stdout}");
 
     // The other node lists both within 3 s.
     assert!(
         mesh.wait(Duration::from_secs(3), |_| {
-            let (ok, stdout, _) = run(&["fn", "ls", "--json", "--data", &d2]);
+            let (ok, stdout, _) = klf_run(&["fn", "ls", "--json", "--data", &d2]);
             ok && serde_json::from_str::<Value>(&stdout)
                 .ok()
                 .and_then(|v| v.as_array().map(|a| a.len()))
@@ -74,7 +59,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
         "n2 should list both functions\n{}",
         mesh.logs()
     );
-    let by_type = json(&[
+    let by_type = klf_json(&[
         "fn",
         "ls",
         "--type",
@@ -87,15 +72,15 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     assert_eq!(by_type[0]["name"], "moving-average");
 
     // Info from the node that never stored the artifact: it fetches and verifies it for the examples.
-    let info = json(&["fn", "info", "moving-average@^1", "--json", "--data", &d2]);
+    let info = klf_json(&["fn", "info", "moving-average@^1", "--json", "--data", &d2]);
     assert_eq!(info["id"], "moving-average@1.2.0");
     assert_eq!(info["dependencies"]["series-cleaner"], "^1");
     assert_eq!(info["examples"]["rising"]["xs"][5], 6, "{info}");
-    let deps = json(&["fn", "deps", "moving-average", "--json", "--data", &d2]);
+    let deps = klf_json(&["fn", "deps", "moving-average", "--json", "--data", &d2]);
     assert_eq!(deps[0]["id"], "series-cleaner@1.0.0");
 
     // Invocation from the node that did not deploy: the output JSON alone on stdout.
-    let (ok, stdout, stderr) = run(&[
+    let (ok, stdout, stderr) = klf_run(&[
         "fn",
         "invoke",
         "moving-average",
@@ -111,7 +96,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     );
     let input_file = mesh.dir.path().join("input.json");
     std::fs::write(&input_file, r#"{"xs":[10, "junk", 20]}"#).expect("write");
-    let out = json(&[
+    let out = klf_json(&[
         "fn",
         "invoke",
         "moving-average@^1",
@@ -121,7 +106,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
         &d1,
     ]);
     assert_eq!(out, serde_json::json!({"avg": 15, "n": 2}));
-    let (ok, stdout, stderr) = run(&[
+    let (ok, stdout, stderr) = klf_run(&[
         "fn",
         "invoke",
         "moving-average",
@@ -134,19 +119,19 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
         !ok && stdout.is_empty() && stderr.contains("not JSON"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(&["fn", "invoke", "ghost", "--input", "{}", "--data", &d2]);
+    let (ok, _, stderr) = klf_run(&["fn", "invoke", "ghost", "--input", "{}", "--data", &d2]);
     assert!(
         !ok && stderr.contains("no function named ghost"),
         "{stderr}"
     );
 
     // Clear refusals.
-    let (ok, _, stderr) = run(&["fn", "info", "moving-average@^2", "--data", &d2]);
+    let (ok, _, stderr) = klf_run(&["fn", "info", "moving-average@^2", "--data", &d2]);
     assert!(
         !ok && stderr.contains("no version of moving-average matches ^2"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(&["fn", "info", "ghost", "--data", &d2]);
+    let (ok, _, stderr) = klf_run(&["fn", "info", "ghost", "--data", &d2]);
     assert!(
         !ok && stderr.contains("no function named ghost"),
         "{stderr}"
@@ -154,7 +139,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let changed = mesh.dir.path().join("changed");
     copy_dir(&PathBuf::from(example("series-cleaner")), &changed);
     std::fs::write(changed.join("main.js"), "export default class X {}").expect("write");
-    let (ok, _, stderr) = run(&["fn", "deploy", &changed.to_string_lossy(), "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &changed.to_string_lossy(), "--data", &d1]);
     assert!(
         !ok && stderr.contains("already published with different content"),
         "{stderr}"
@@ -166,15 +151,15 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
         text.replace("version = \"1.0.0\"", "version = \"one\""),
     )
     .expect("write");
-    let (ok, _, stderr) = run(&["fn", "deploy", &changed.to_string_lossy(), "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &changed.to_string_lossy(), "--data", &d1]);
     assert!(!ok && stderr.contains("field `version`"), "{stderr}");
 
     // Removal replicates too.
-    let (ok, _, stderr) = run(&["fn", "rm", "moving-average", "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&["fn", "rm", "moving-average", "--data", &d1]);
     assert!(ok, "{stderr}");
     assert!(
         mesh.wait(Duration::from_secs(5), |_| {
-            let (_, stdout, _) = run(&["fn", "ls", "--json", "--data", &d2]);
+            let (_, stdout, _) = klf_run(&["fn", "ls", "--json", "--data", &d2]);
             !stdout.contains("moving-average")
         }),
         "the removal should reach n2\n{}",

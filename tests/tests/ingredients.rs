@@ -13,7 +13,7 @@ use klf_actors::ingredients::render::render;
 use klf_actors::ingredients::{Body, Kind, Library, Origin, RenderRequest};
 use klf_actors::node::Node;
 use klf_actors::router::{InvokeErrorKind, InvokeRequest};
-use klf_tests::processes::{ProcessMesh, klf};
+use klf_tests::processes::{ProcessMesh, klf_run};
 use klf_tests::{InProcessMesh, wait_until};
 use serde_json::{Value, json};
 
@@ -710,15 +710,6 @@ async fn a_function_without_tests_or_unknown_is_answered_clearly_by_the_test_han
 // ---------------------------------------------------------------------------------------------
 // The command line
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = klf(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_and_tests() {
     let work = tempfile::tempdir().expect("tmp");
@@ -728,7 +719,7 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
     let user_s = user.to_string_lossy().into_owned();
 
     // Without a node: the shipped ingredients plus --ingredients.
-    let (ok, stdout, stderr) = run(&["ingredients", "ls", "--ingredients", &user_s]);
+    let (ok, stdout, stderr) = klf_run(&["ingredients", "ls", "--ingredients", &user_s]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("market-analysis") && stdout.contains("my-edge-cases"),
@@ -740,7 +731,7 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
             && stdout.contains("field `cases`"),
         "{stdout}"
     );
-    let (ok, stdout, _) = run(&["ingredients", "ls", "--kind", "recipe", "--json"]);
+    let (ok, stdout, _) = klf_run(&["ingredients", "ls", "--kind", "recipe", "--json"]);
     assert!(ok);
     let listed: Value = serde_json::from_str(&stdout).expect("json");
     assert!(
@@ -748,17 +739,17 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
             .as_array()
             .is_some_and(|l| l.len() >= 12 && l.iter().all(|i| i["kind"] == "recipe"))
     );
-    let (ok, stdout, _) = run(&["ingredients", "show", "market-analysis"]);
+    let (ok, stdout, _) = klf_run(&["ingredients", "show", "market-analysis"]);
     assert!(
         ok && stdout.contains("BasePredictor") && stdout.contains("main.js.jinja"),
         "{stdout}"
     );
-    let (ok, _, stderr) = run(&["ingredients", "show", "no-such-ingredient"]);
+    let (ok, _, stderr) = klf_run(&["ingredients", "show", "no-such-ingredient"]);
     assert!(
         !ok && stderr.contains("no ingredient named no-such-ingredient"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = klf_run(&[
         "ingredients",
         "render",
         "fan-out-fan-in",
@@ -776,7 +767,7 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
     let data = mesh.nodes[0].data.to_string_lossy().into_owned();
     let out_dir = work.path().join("csv");
     let out_s = out_dir.to_string_lossy().into_owned();
-    let (ok, stdout, stderr) = run(&[
+    let (ok, stdout, stderr) = klf_run(&[
         "ingredients",
         "render",
         "csv-to-json",
@@ -805,12 +796,12 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
         manifest.contains("name = \"my-csv\"") && manifest.contains("delimiter = \";\""),
         "{manifest}"
     );
-    let (ok, _, stderr) = run(&["fn", "deploy", &out_s, "--data", &data]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &out_s, "--data", &data]);
     assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = run(&["fn", "test", "my-csv", "--data", &data]);
+    let (ok, stdout, stderr) = klf_run(&["fn", "test", "my-csv", "--data", &data]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
-    let (ok, stdout, _) = run(&["fn", "test", "my-csv", "--data", &data, "--json"]);
+    let (ok, stdout, _) = klf_run(&["fn", "test", "my-csv", "--data", &data, "--json"]);
     assert!(ok);
     let report: Value = serde_json::from_str(&stdout).expect("json");
     assert!(report["passed"].as_u64().unwrap_or(0) >= 3, "{report}");
@@ -826,18 +817,18 @@ fn the_ingredients_commands_list_show_render_and_the_rendered_package_deploys_an
         "main.js",
         "import { BaseFunction } from \"klf:base\";\nexport default class F extends BaseFunction {\n  static tests = [{ name: \"doubles\", input: 2, expect: 4 }];\n  async execute(x) { return x + 1; }\n}\n",
     );
-    let (ok, _, stderr) = run(&["fn", "deploy", &failing.to_string_lossy(), "--data", &data]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &failing.to_string_lossy(), "--data", &data]);
     assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = run(&["fn", "test", "failing", "--data", &data]);
+    let (ok, stdout, stderr) = klf_run(&["fn", "test", "failing", "--data", &data]);
     assert!(!ok, "{stdout}");
     assert!(
         stdout.contains("FAILED doubles") && stderr.contains("1 test(s) of failing failed"),
         "{stdout}\n{stderr}"
     );
     // The API lists the node's ingredients.
-    let (ok, stdout, stderr) = run(&["ingredients", "ls", "--data", &data, "--json"]);
+    let (ok, stdout, stderr) = klf_run(&["ingredients", "ls", "--data", &data, "--json"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("market-analysis"), "{stdout}");
-    let (ok, _, stderr) = run(&["ingredients", "show", "nope", "--data", &data]);
+    let (ok, _, stderr) = klf_run(&["ingredients", "show", "nope", "--data", &data]);
     assert!(!ok && stderr.contains("404"), "{stderr}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use klf_actors::ledger::{Amount, Basis, EventKind, RunOutcome, RunRecord, StageRecord};
 use klf_actors::router::InvokeRequest;
-use klf_tests::processes::{ProcessMesh, klf};
+use klf_tests::processes::{ProcessMesh, klf_run};
 use klf_tests::{InProcessMesh, wait_until, write_package};
 use serde_json::{Value, json};
 
@@ -230,15 +230,6 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     );
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = klf(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
     let mut mesh = ProcessMesh::new().expect("tmp");
@@ -248,9 +239,9 @@ fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
         .join("../examples/series-cleaner")
         .to_string_lossy()
         .into_owned();
-    let (ok, _, stderr) = run(&["fn", "deploy", &example, "--data", &data]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &example, "--data", &data]);
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = klf_run(&[
         "fn",
         "invoke",
         "series-cleaner",
@@ -261,7 +252,7 @@ fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
     ]);
     assert!(ok, "{stderr}\n{}", mesh.logs());
 
-    let (ok, stdout, stderr) = run(&["roi", "series-cleaner", "--data", &data]);
+    let (ok, stdout, stderr) = klf_run(&["roi", "series-cleaner", "--data", &data]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.starts_with("ROI of function series-cleaner"),
@@ -281,7 +272,7 @@ fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
         assert!(stdout.contains(expected), "missing {expected:?}:\n{stdout}");
     }
 
-    let (ok, stdout, stderr) = run(&["roi", "--json", "--data", &data]);
+    let (ok, stdout, stderr) = klf_run(&["roi", "--json", "--data", &data]);
     assert!(ok, "{stderr}");
     let mesh_roi: Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(mesh_roi["function"], Value::Null);
@@ -295,7 +286,7 @@ fn klf_roi_shows_a_function_and_the_mesh_through_the_api() {
         "{stdout}"
     );
 
-    let (ok, _, stderr) = run(&["roi", "ghost", "--data", &data]);
+    let (ok, _, stderr) = klf_run(&["roi", "ghost", "--data", &data]);
     assert!(
         !ok && stderr.contains("404") && stderr.contains("no function named \"ghost\""),
         "{stderr}"

@@ -4,24 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use klf_tests::processes::{ProcessMesh, klf};
+use klf_tests::processes::{ProcessMesh, klf_json, klf_run};
 use serde_json::Value;
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = klf(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(args: &[&str]) -> Value {
-    let (ok, stdout, stderr) = run(args);
-    assert!(ok, "klf {args:?} failed: {stderr}");
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("klf {args:?} printed no JSON ({e}): {stdout}"))
-}
 
 /// The `hello` example as `version`, in a folder under `dir`.
 fn hello(dir: &Path, version: &str) -> String {
@@ -92,10 +76,10 @@ fn stats_and_rollback_through_the_cli() {
     let d1 = mesh.nodes[0].data.to_string_lossy().into_owned();
     let d2 = mesh.nodes[1].data.to_string_lossy().into_owned();
 
-    let (ok, stdout, _) = run(&["fn", "stats", "--data", &d1]);
+    let (ok, stdout, _) = klf_run(&["fn", "stats", "--data", &d1]);
     assert!(ok && stdout.contains("no calls served yet"), "{stdout}");
     for version in ["1.0.0", "1.1.0"] {
-        let (ok, _, stderr) = run(&[
+        let (ok, _, stderr) = klf_run(&[
             "fn",
             "deploy",
             &hello(work.path(), version),
@@ -108,7 +92,7 @@ fn stats_and_rollback_through_the_cli() {
     }
     // Calls from both nodes (each serves its own: two replicas on two nodes).
     let invoke = |data: &str| {
-        let (ok, stdout, stderr) = run(&[
+        let (ok, stdout, stderr) = klf_run(&[
             "fn",
             "invoke",
             "hello",
@@ -131,7 +115,7 @@ fn stats_and_rollback_through_the_cli() {
     assert!(
         mesh.wait(Duration::from_secs(5), |_| {
             [&d1, &d2].iter().all(|data| {
-                json(&["fn", "info", "hello", "--json", "--data", data])["served"] == "1.1.0"
+                klf_json(&["fn", "info", "hello", "--json", "--data", data])["served"] == "1.1.0"
             })
         }),
         "both nodes should serve hello@1.1.0"
@@ -139,7 +123,7 @@ fn stats_and_rollback_through_the_cli() {
     // Whatever ran so far (the deploy may run the package's examples, an attempt above may have
     // failed while the instance started, or been served by 1.0.0) is the baseline.
     let totals = |data: &str| {
-        let stats = json(&["fn", "stats", "hello", "--json", "--data", data]);
+        let stats = klf_json(&["fn", "stats", "hello", "--json", "--data", data]);
         let all = stats.as_array().cloned().unwrap_or_default();
         let sum = |name: &str| all.iter().filter_map(|s| s[name].as_u64()).sum::<u64>();
         (sum("calls"), sum("errors"))
@@ -168,7 +152,7 @@ fn stats_and_rollback_through_the_cli() {
     let counted = hello_samples(&n1, "klf_function_latency_seconds_count")
         + hello_samples(&n2, "klf_function_latency_seconds_count");
     assert_eq!(counted, calls + 3);
-    let stats = json(&["fn", "stats", "hello", "--json", "--data", &d1]);
+    let stats = klf_json(&["fn", "stats", "hello", "--json", "--data", &d1]);
     let stats: Vec<Value> = stats
         .as_array()
         .expect("array")
@@ -186,31 +170,31 @@ fn stats_and_rollback_through_the_cli() {
         stats[0]["p99_us"].as_u64().is_some_and(|p| p > 0),
         "{stats:?}"
     );
-    let (ok, table, stderr) = run(&["fn", "stats", "--data", &d2]);
+    let (ok, table, stderr) = klf_run(&["fn", "stats", "--data", &d2]);
     assert!(ok, "{stderr}");
     assert!(table.starts_with("FUNCTION"), "{table}");
     assert!(table.contains("hello@1.1.0"), "{table}");
 
     // Rollback: refused for a version that is not published, then pinned everywhere.
-    let (ok, _, stderr) = run(&["fn", "rollback", "hello", "0.9.0", "--data", &d2]);
+    let (ok, _, stderr) = klf_run(&["fn", "rollback", "hello", "0.9.0", "--data", &d2]);
     assert!(!ok, "0.9.0 is not published");
     assert!(
         stderr.contains("hello@0.9.0 is not published (published: 1.1.0, 1.0.0)"),
         "{stderr}"
     );
-    let (ok, stdout, stderr) = run(&["fn", "rollback", "hello", "1.0.0", "--data", &d2]);
+    let (ok, stdout, stderr) = klf_run(&["fn", "rollback", "hello", "1.0.0", "--data", &d2]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("hello now serves 1.0.0"), "{stdout}");
     assert!(
         mesh.wait(Duration::from_secs(5), |_| {
-            let info = json(&["fn", "info", "hello", "--json", "--data", &d1]);
+            let info = klf_json(&["fn", "info", "hello", "--json", "--data", &d1]);
             info["served"] == "1.0.0" && info["pinned"] == "1.0.0"
         }),
         "n1 should serve the pinned 1.0.0\n{}",
         mesh.logs()
     );
     let calls_of_v1 = || {
-        let stats = json(&["fn", "stats", "hello", "--json", "--data", &d2]);
+        let stats = klf_json(&["fn", "stats", "hello", "--json", "--data", &d2]);
         stats.as_array().and_then(|a| {
             a.iter()
                 .find(|s| s["version"] == "1.0.0")
