@@ -34,6 +34,24 @@ async fn mesh_of_two(monitor: MonitorConfig) -> InProcessMesh {
     mesh
 }
 
+/// Publishes `name@version` running `source` from `node`, deployed with `replicas` instances.
+async fn publish(
+    node: &Node,
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    source: &str,
+    replicas: u32,
+) {
+    node.publish(
+        write_package(dir, name, version, "", source),
+        replicas,
+        "admin",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("publish {name}@{version}: {e}"));
+}
+
 /// Waits until every node serves `name@version`.
 async fn serving(mesh: &InProcessMesh, name: &str, version: &str) {
     assert!(
@@ -72,28 +90,14 @@ async fn the_monitor_rolls_a_failing_new_version_back_to_the_last_good_one() {
     })
     .await;
     let work = tempfile::tempdir().expect("tmp");
-    mesh.nodes[0]
-        .publish(
-            write_package(work.path(), "quotes", "1.0.0", "", GOOD),
-            2,
-            "admin",
-        )
-        .await
-        .expect("v1");
+    publish(&mesh.nodes[0], work.path(), "quotes", "1.0.0", GOOD, 2).await;
     serving(&mesh, "quotes", "1.0.0").await;
     for n in 0..30 {
         let node = &mesh.nodes[(n % 2) as usize];
         assert_eq!(call(node, "quotes", n).await.as_deref(), Ok("quotes@1.0.0"));
     }
 
-    mesh.nodes[1]
-        .publish(
-            write_package(work.path(), "quotes", "2.0.0", "", BAD),
-            2,
-            "admin",
-        )
-        .await
-        .expect("v2");
+    publish(&mesh.nodes[1], work.path(), "quotes", "2.0.0", BAD, 2).await;
     serving(&mesh, "quotes", "2.0.0").await;
     let (mut failed, mut calls) = (0, 30);
     let mut n = 100;
@@ -196,14 +200,7 @@ async fn rollback_pins_a_published_version_until_the_next_deploy() {
     .await;
     let work = tempfile::tempdir().expect("tmp");
     for version in ["1.0.0", "1.1.0"] {
-        mesh.nodes[0]
-            .publish(
-                write_package(work.path(), "pinned", version, "", GOOD),
-                1,
-                "admin",
-            )
-            .await
-            .expect("publish");
+        publish(&mesh.nodes[0], work.path(), "pinned", version, GOOD, 1).await;
     }
     serving(&mesh, "pinned", "1.1.0").await;
 
@@ -239,14 +236,7 @@ async fn rollback_pins_a_published_version_until_the_next_deploy() {
     }
 
     // A deploy of a new version unpins: the new highest serves.
-    mesh.nodes[0]
-        .publish(
-            write_package(work.path(), "pinned", "1.2.0", "", GOOD),
-            1,
-            "admin",
-        )
-        .await
-        .expect("publish 1.2.0");
+    publish(&mesh.nodes[0], work.path(), "pinned", "1.2.0", GOOD, 1).await;
     serving(&mesh, "pinned", "1.2.0").await;
     assert_eq!(
         mesh.nodes[0]
