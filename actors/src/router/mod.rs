@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use klf_proto::{Frame, Invoke, InvokeFailure, InvokeReply, TraceContext};
 use ractor::ActorRef;
 use tokio::sync::watch;
-use tracing::{Instrument, Span, debug};
+use tracing::{Span, debug};
 
 pub use error::{InvokeError, InvokeErrorKind};
 pub use host::HostServices;
@@ -279,17 +279,11 @@ impl Router {
             error.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            return self.inner.invoke(request).await;
+        let parent = request.trace_parent.clone();
+        let result = trace::traced(&span, parent.as_deref(), self.inner.invoke(request)).await;
+        if let Ok(outcome) = &result {
+            span.record("node", outcome.node.as_str());
         }
-        trace::adopt(&span, request.trace_parent.as_deref());
-        let result = self.inner.invoke(request).instrument(span.clone()).await;
-        match &result {
-            Ok(outcome) => span.record("node", outcome.node.as_str()),
-            Err(e) => span
-                .record("error.kind", e.kind.as_str())
-                .record("otel.status_code", "ERROR"),
-        };
         result
     }
 
@@ -304,21 +298,8 @@ impl Router {
             error.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let served = if span.is_disabled() {
-            self.inner.serve_remote(invoke).await
-        } else {
-            trace::adopt(&span, Some(invoke.trace.traceparent.as_str()));
-            let served = self
-                .inner
-                .serve_remote(invoke)
-                .instrument(span.clone())
-                .await;
-            if let Err(e) = &served {
-                span.record("error.kind", e.kind.as_str())
-                    .record("otel.status_code", "ERROR");
-            }
-            served
-        };
+        let parent = invoke.trace.traceparent.clone();
+        let served = trace::traced(&span, Some(&parent), self.inner.serve_remote(invoke)).await;
         match served {
             Ok((output, served_by)) => InvokeReply {
                 outcome: Ok(output.to_string().into_bytes()),
