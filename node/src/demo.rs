@@ -124,12 +124,14 @@ const MARKET_DATA: &str = include_str!("../../examples/data/market-data.json");
 async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
     let request = "Analyze market data and find opportunities";
     let mut chefs = Vec::new();
-    let (_, problems) = klf_actors::chef::providers::node_providers();
-    for problem in problems {
-        println!("(chef provider not available: {problem})");
-    }
-    for node in &mesh.nodes {
-        let (providers, _) = klf_actors::chef::providers::node_providers();
+    for (i, node) in mesh.nodes.iter().enumerate() {
+        let (providers, problems) = klf_actors::chef::providers::node_providers();
+        // Every node reads the same environment: say what is missing once.
+        if i == 0 {
+            for problem in problems {
+                println!("(chef provider not available: {problem})");
+            }
+        }
         chefs.push(Chef::start(node.clone(), providers).await?);
     }
     println!("\nchef on node0: \"{request}\" (provider offline, deploy with 2 replicas)");

@@ -613,12 +613,12 @@ impl RegistryState {
     }
 }
 
-/// The package of `release`: from the local store, else from the peers (the signer first), verified
-/// before it is stored or used.
 /// Rounds over the peers before an artifact is declared unavailable, and the pause after the first.
 const FETCH_ROUNDS: u32 = 3;
 const FETCH_BACKOFF: Duration = Duration::from_millis(150);
 
+/// The package of `release`: from the local store, else from the peers (the signer first), verified
+/// before it is stored or used.
 async fn fetch_package(
     release: &Release,
     store: &Store,
