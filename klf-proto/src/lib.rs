@@ -22,6 +22,14 @@ pub use frame::*;
 pub use limits::Limits;
 pub use version::{ProtocolVersion, SUPPORTED_VERSIONS, negotiate};
 
+/// Milliseconds since the Unix epoch: the time base of every wall-clock instant on the wire
+/// (deadlines in `Invoke`) and in the records nodes keep. A clock before 1970 reads as 0.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// ALPN of the mesh protocol: every connection under it carries a client certificate from the mesh CA.
 pub const ALPN_MESH: &[u8] = b"klf/1";
 /// ALPN of the bootstrap protocol: the only place a client may come without a certificate, and the

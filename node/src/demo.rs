@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use klf_actors::chef::{Chef, ChefOptions, RunOutcome};
 use klf_actors::functions::package::Package;
 use klf_actors::mesh::{MemberState, MemberView};
-use klf_actors::node::{LocalMesh, wait_until};
 use klf_actors::router::InvokeRequest;
+use klf_actors::{LocalMesh, wait_until};
 
 fn print_members(title: &str, members: &[MemberView]) {
     println!("{title}");
@@ -124,7 +124,7 @@ const MARKET_DATA: &str = include_str!("../../examples/data/market-data.json");
 async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
     let request = "Analyze market data and find opportunities";
     let mut chefs = Vec::new();
-    for (i, node) in mesh.nodes.iter().enumerate() {
+    for (i, kitchen) in mesh.kitchens.iter().enumerate() {
         let (providers, problems) = klf_actors::chef::providers::node_providers();
         // Every node reads the same environment: say what is missing once.
         if i == 0 {
@@ -132,7 +132,7 @@ async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
                 println!("(chef provider not available: {problem})");
             }
         }
-        chefs.push(Chef::start(node.clone(), providers).await?);
+        chefs.push(Chef::start(kitchen.clone(), providers).await?);
     }
     println!("\nchef on node0: \"{request}\" (provider offline, deploy with 2 replicas)");
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel();
@@ -209,7 +209,7 @@ async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
     }
     println!("result JSON: {output}");
 
-    match mesh.nodes[0].roi(Some(function)).await {
+    match mesh.kitchens[0].roi(Some(function)).await {
         Ok(roi) => print!("\n{}", crate::roi::render(&roi)),
         Err(e) => println!("\nROI unavailable: {e}"),
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use klf_actors::chef::kitchen::{Kitchen, KitchenOptions};
 use klf_actors::model::ModelConfig;
 use klf_actors::node::{DataDir, Node, RunOptions, join_mesh};
 use tracing::info;
@@ -129,7 +130,6 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         local_api: Some(api_bound.to_string()),
         advertise,
         model: ModelConfig::from_env(),
-        ingredient_dirs: args.ingredients.clone(),
         ..RunOptions::loopback()
     };
     match &options.model {
@@ -151,11 +151,20 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         node.local_addr(),
         api_bound
     );
+    let kitchen = Kitchen::start(
+        node.clone(),
+        KitchenOptions {
+            ingredient_dirs: args.ingredients.clone(),
+            ..KitchenOptions::default()
+        },
+    )
+    .await
+    .context("cannot start the kitchen (ingredients, ledger, monitor)")?;
     let (providers, recording, problems) = klf_actors::chef::providers::node_providers_recorded();
     for problem in &problems {
         tracing::warn!("chef provider not available: {problem}");
     }
-    let chef = klf_actors::chef::Chef::start(node.clone(), providers)
+    let chef = klf_actors::chef::Chef::start(kitchen.clone(), providers)
         .await
         .context("cannot start the chef")?;
     if let Some((recording, file)) = recording {
@@ -171,6 +180,7 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let server = tokio::spawn(crate::api::serve(
         api_listener,
         node.clone(),
+        kitchen.clone(),
         Some(chef.clone()),
         async {
             let _ = api_stopped.await;
@@ -179,6 +189,7 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!("shutting down: leaving the mesh");
     chef.stop();
+    kitchen.stop().await;
     node.shutdown().await;
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;

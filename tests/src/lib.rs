@@ -6,7 +6,7 @@ pub mod floor;
 pub mod model_server;
 pub mod processes;
 
-pub use klf_actors::node::{LocalMesh, LocalMesh as InProcessMesh, wait_until};
+pub use klf_actors::{LocalMesh, LocalMesh as InProcessMesh, wait_until};
 
 /// Writes a package folder under `dir` (a `klf.toml` with `name`, `version`, a `type`, and the
 /// `extra` manifest lines, plus `main.js` holding `source`) and loads it.

@@ -31,9 +31,9 @@ async fn mesh_with_chefs(n: usize) -> (InProcessMesh, Vec<Arc<Chef>>) {
     let all: Vec<usize> = (0..n).collect();
     assert!(mesh.wait_all_alive(&all, n, Duration::from_secs(10)).await);
     let mut chefs = Vec::new();
-    for node in &mesh.nodes {
+    for kitchen in &mesh.kitchens {
         let providers: Vec<Arc<dyn Provider>> = vec![Arc::new(Offline)];
-        chefs.push(Chef::start(node.clone(), providers).await.expect("chef"));
+        chefs.push(Chef::start(kitchen.clone(), providers).await.expect("chef"));
     }
     (mesh, chefs)
 }
@@ -178,7 +178,7 @@ async fn differently_worded_requests_build_other_recipes_with_parameters_from_th
     values[20] = 900.0;
     let requirement = run.requirement.expect("requirement");
     let example = {
-        let library = mesh.nodes[0].ingredients();
+        let library = mesh.kitchens[0].ingredients();
         let (_, recipe) = library.recipe(&requirement.recipe).expect("recipe");
         recipe.examples[0].input.clone()
     };
@@ -272,7 +272,7 @@ async fn agents_on_another_node_are_reached_over_klf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_validator_refuses_eval_and_foreign_imports_with_the_reason() {
     let (mesh, _chefs) = mesh_with_chefs(1).await;
-    let library = mesh.nodes[0].ingredients().clone();
+    let library = mesh.kitchens[0].ingredients().clone();
     let requirement = match klf_actors::chef::providers::offline::interpret(
         "turn CSV text into JSON objects",
         &library,

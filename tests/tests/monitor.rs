@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use klf_actors::chef::KitchenOptions;
 use klf_actors::chef::monitor::MonitorConfig;
 use klf_actors::mesh::{PeerAddr, TransportError, TransportMsg};
 use klf_actors::node::{Node, NodeError, RunOptions};
@@ -18,11 +19,12 @@ const GOOD: &str = "import { BaseFunction } from \"klf:base\";\nexport default c
 const BAD: &str = "import { BaseFunction } from \"klf:base\";\nexport default class F extends BaseFunction { async execute(input) { if (input.n % 4 !== 0) { throw new Error(\"broken release\"); } return { n: input.n, doubled: input.n * 2 }; } }\n";
 
 async fn mesh_of_two(monitor: MonitorConfig) -> InProcessMesh {
-    let mesh = InProcessMesh::start_with_options(
+    let mesh = InProcessMesh::start_with_kitchen(
         2,
-        RunOptions {
+        RunOptions::loopback(),
+        KitchenOptions {
             monitor,
-            ..RunOptions::loopback()
+            ..KitchenOptions::default()
         },
     )
     .await
@@ -147,8 +149,8 @@ async fn the_monitor_rolls_a_failing_new_version_back_to_the_last_good_one() {
 
     // Exactly one node acted, and it says why.
     let mut events = Vec::new();
-    for node in &mesh.nodes {
-        events.extend(node.monitor_events().await.expect("events"));
+    for kitchen in &mesh.kitchens {
+        events.extend(kitchen.monitor_events().await.expect("events"));
     }
     assert_eq!(events.len(), 1, "{events:?}");
     let event = &events[0];

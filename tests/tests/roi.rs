@@ -75,12 +75,16 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     std::fs::write(data.root().join("roi.toml"), RATES).expect("roi.toml");
     mesh.nodes[0].shutdown().await;
     mesh.restart(0).await.expect("restart with rates");
-    let node = &mesh.nodes[0];
-    assert_eq!(node.rates().hourly_rate_usd.value, 100.0);
-    assert_eq!(node.rates().maintenance_event_hours.value, 1.0);
+    let kitchen = &mesh.kitchens[0];
+    let node = kitchen.node();
+    assert_eq!(kitchen.rates().hourly_rate_usd.value, 100.0);
+    assert_eq!(kitchen.rates().maintenance_event_hours.value, 1.0);
 
     // What the Chef records: one run that took 3.6 s with one repair round.
-    node.ledger().record_run(&chef_run()).expect("record run");
+    kitchen
+        .ledger()
+        .record_run(&chef_run())
+        .expect("record run");
 
     let package = write_package(
         mesh.dir.path(),
@@ -91,10 +95,11 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     );
     node.publish(package, 1, "admin").await.expect("deploy");
     // A rollback (here to the only version) is a maintenance event in the ledger.
-    node.rollback("doubler", semver::Version::new(1, 0, 0))
+    kitchen
+        .rollback("doubler", semver::Version::new(1, 0, 0))
         .await
         .expect("rollback");
-    let events = node.ledger().events(Some("doubler")).expect("events");
+    let events = kitchen.ledger().events(Some("doubler")).expect("events");
     assert_eq!(
         events
             .iter()
@@ -129,7 +134,7 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
         assert_eq!(outcome.output, json!({"y": x * 2}));
     }
 
-    let roi = node.roi(Some("doubler")).await.expect("roi");
+    let roi = kitchen.roi(Some("doubler")).await.expect("roi");
     assert_eq!(roi.function.as_deref(), Some("doubler"));
     assert_eq!((roi.runs, roi.events), (1, 1));
     // Cost: 3.6 s = 0.001 h × $100 = $0.10; tokens $0.02; (1 repair round + 1 rollback) × 1 h × $100.
@@ -186,14 +191,21 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     nothing.version = None;
     nothing.outcome = RunOutcome::NoMatch;
     nothing.repairs = 0;
-    node.ledger().record_run(&nothing).expect("record no-match");
-    let mesh_roi = node.roi(None).await.expect("mesh roi");
+    kitchen
+        .ledger()
+        .record_run(&nothing)
+        .expect("record no-match");
+    let mesh_roi = kitchen.roi(None).await.expect("mesh roi");
     assert_eq!(
         (mesh_roi.function, mesh_roi.functions, mesh_roi.runs),
         (None, 1, 2)
     );
     assert!(close(line(&mesh_roi.cost, "development").0, 0.2));
-    let unknown = node.roi(Some("ghost")).await.err().map(|e| e.to_string());
+    let unknown = kitchen
+        .roi(Some("ghost"))
+        .await
+        .err()
+        .map(|e| e.to_string());
     assert!(
         unknown
             .as_deref()
@@ -204,13 +216,16 @@ async fn a_recorded_run_and_n_invocations_give_the_expected_roi_and_survive_a_re
     // Restarted, the node still has its ledger.
     mesh.nodes[0].shutdown().await;
     mesh.restart(0).await.expect("restart");
-    let node = &mesh.nodes[0];
+    let kitchen = &mesh.kitchens[0];
     assert_eq!(
-        node.ledger().runs(Some("doubler")).expect("runs"),
+        kitchen.ledger().runs(Some("doubler")).expect("runs"),
         vec![chef_run()]
     );
-    assert_eq!(node.ledger().events(None).expect("events").len(), 1);
-    let again = node.roi(Some("doubler")).await.expect("roi after restart");
+    assert_eq!(kitchen.ledger().events(None).expect("events").len(), 1);
+    let again = kitchen
+        .roi(Some("doubler"))
+        .await
+        .expect("roi after restart");
     assert!(close(again.cost.total, 200.12));
     assert_eq!(again.runs, 1);
 

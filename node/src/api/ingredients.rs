@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::ingredients::render::render;
 use klf_actors::ingredients::{Ingredient, Kind, Library, LoadError, RenderError, RenderRequest};
-use klf_actors::node::Node;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller};
@@ -97,7 +98,7 @@ pub fn parse_kind(text: &str) -> Result<Kind, String> {
 
 /// `GET /v1/ingredients[?kind=K]`.
 pub async fn list(
-    State(node): State<Arc<Node>>,
+    Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
@@ -108,7 +109,7 @@ pub async fn list(
         .map(parse_kind)
         .transpose()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
-    Ok(Json(listing(node.ingredients(), kind)).into_response())
+    Ok(Json(listing(kitchen.ingredients(), kind)).into_response())
 }
 
 fn load_error(e: LoadError) -> ApiError {
@@ -124,12 +125,12 @@ fn load_error(e: LoadError) -> ApiError {
 
 /// `GET /v1/ingredients/{name}`.
 pub async fn show(
-    State(node): State<Arc<Node>>,
+    Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require("reader")?;
-    let ingredient = node.ingredients().find(&name).map_err(load_error)?;
+    let ingredient = kitchen.ingredients().find(&name).map_err(load_error)?;
     Ok(Json(detail(ingredient)).into_response())
 }
 
@@ -143,7 +144,7 @@ pub struct RenderBody {
 
 /// `POST /v1/ingredients/{name}/render` `{"name"?, "set"?: {param: value}}`: the package's files.
 pub async fn render_recipe(
-    State(node): State<Arc<Node>>,
+    Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(recipe): Path<String>,
     body: Option<Json<RenderBody>>,
@@ -155,7 +156,7 @@ pub async fn render_recipe(
         name: body.name,
         set: body.set,
     };
-    let rendered = render(node.ingredients(), &request).map_err(|e| match e {
+    let rendered = render(kitchen.ingredients(), &request).map_err(|e| match e {
         RenderError::Load(e) => load_error(e),
         other => ApiError::new(StatusCode::BAD_REQUEST, "render_failed", other.to_string()),
     })?;

@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::node::Node;
 use klf_actors::security::ApiToken;
 use serde::Deserialize;
@@ -99,7 +100,7 @@ impl Caller {
 }
 
 /// The API's routes.
-pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
+pub fn router(node: Arc<Node>, kitchen: Arc<Kitchen>, chef: chef::ChefSlot) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -131,9 +132,10 @@ pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
         .route("/v1/chef", post(chef::run))
         .route("/v1/roi", get(roi::mesh))
         .route("/v1/roi/{name}", get(roi::function))
-        .layer(axum::Extension(chef))
         .route("/v1/functions/{target}/rollback", post(stats::rollback))
         .route("/v1/stats", get(stats::stats))
+        .layer(axum::Extension(chef))
+        .layer(axum::Extension(kitchen))
         .with_state(node)
 }
 
@@ -141,10 +143,11 @@ pub fn router(node: Arc<Node>, chef: chef::ChefSlot) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    kitchen: Arc<Kitchen>,
     chef: chef::ChefSlot,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, chef))
+    axum::serve(listener, router(node, kitchen, chef))
         .with_graceful_shutdown(shutdown)
         .await
 }

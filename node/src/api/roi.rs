@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
+use klf_actors::chef::kitchen::Kitchen;
+use klf_actors::chef::roi::RoiError;
 use klf_actors::ledger::Roi;
-use klf_actors::node::{Node, RoiError};
 
 use super::{ApiError, Caller};
 
@@ -23,17 +25,20 @@ fn roi_error(e: RoiError) -> ApiError {
 }
 
 /// `GET /v1/roi`: the whole mesh.
-pub async fn mesh(State(node): State<Arc<Node>>, caller: Caller) -> Result<Json<Roi>, ApiError> {
+pub async fn mesh(
+    Extension(kitchen): Extension<Arc<Kitchen>>,
+    caller: Caller,
+) -> Result<Json<Roi>, ApiError> {
     caller.require("reader")?;
-    node.roi(None).await.map(Json).map_err(roi_error)
+    kitchen.roi(None).await.map(Json).map_err(roi_error)
 }
 
 /// `GET /v1/roi/{name}`: one function, every version.
 pub async fn function(
-    State(node): State<Arc<Node>>,
+    Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Roi>, ApiError> {
     caller.require("reader")?;
-    node.roi(Some(&name)).await.map(Json).map_err(roi_error)
+    kitchen.roi(Some(&name)).await.map(Json).map_err(roi_error)
 }

@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::node::{Node, NodeError};
 use klf_actors::registry::RegistryError;
 use serde::Deserialize;
@@ -49,7 +51,7 @@ pub struct RollbackBody {
 /// `POST /v1/functions/{NAME}/rollback {"version": "1.0.0"}`: serve that published version until
 /// the next deploy.
 pub async fn rollback(
-    State(node): State<Arc<Node>>,
+    Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(name): Path<String>,
     Json(body): Json<RollbackBody>,
@@ -62,17 +64,20 @@ pub async fn rollback(
             format!("{:?} is not a version like 1.2.0: {e}", body.version),
         )
     })?;
-    let deployment = node.rollback(&name, version).await.map_err(|e| match e {
-        NodeError::Registry(RegistryError::VersionNotPublished { .. }) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "version_not_published",
-            e.to_string(),
-        ),
-        NodeError::Registry(RegistryError::NotDeployed(_)) => {
-            ApiError::new(StatusCode::CONFLICT, "not_deployed", e.to_string())
-        }
-        other => node_error(other),
-    })?;
+    let deployment = kitchen
+        .rollback(&name, version)
+        .await
+        .map_err(|e| match e {
+            NodeError::Registry(RegistryError::VersionNotPublished { .. }) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "version_not_published",
+                e.to_string(),
+            ),
+            NodeError::Registry(RegistryError::NotDeployed(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "not_deployed", e.to_string())
+            }
+            other => node_error(other),
+        })?;
     Ok(Json(serde_json::json!({
         "name": deployment.name,
         "version": deployment.version.map(|v| v.to_string()),

@@ -1,0 +1,374 @@
+//! The Chef's agents: one ractor actor per seed role, each implementing the seed's `AIAgent`
+//! interface (interpret, generate, validate, test, communicate) for its own role and refusing the
+//! others. The pipeline talks to them only through [`AgentMessage`]s, so an agent on another node
+//! is reached the same way, in a KLF `Agent` frame.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::checks;
+use super::messages::{
+    AgentMessage, AgentResponse, AgentType, GeneratedCode, TechnicalRequirement,
+};
+use super::providers::{Interpretation, Provider};
+use crate::kitchen::Kitchen;
+use futures_util::future::BoxFuture;
+
+/// How long a deployment may take to answer its first call.
+const DEPLOY_READY: Duration = Duration::from_secs(15);
+
+/// The seed's `AIAgent` interface. An agent implements the operations of its role; the default
+/// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
+pub trait AIAgent: Send + Sync + 'static {
+    fn id(&self) -> String;
+    fn name(&self) -> &'static str {
+        self.agent_type().as_str()
+    }
+    fn agent_type(&self) -> AgentType;
+
+    fn interpret(&self, _request: String) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("interpret")
+    }
+    fn generate(
+        &self,
+        _requirement: TechnicalRequirement,
+        _feedback: Vec<String>,
+        _round: u32,
+    ) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("generate")
+    }
+    fn validate(&self, _code: GeneratedCode) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("validate")
+    }
+    fn test(&self, _message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("test")
+    }
+    fn deploy(
+        &self,
+        _code: GeneratedCode,
+        _replicas: u32,
+        _probe: Option<serde_json::Value>,
+    ) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("deploy")
+    }
+    fn watch(&self, _function: String, _version: String) -> BoxFuture<'static, AgentResponse> {
+        self.refuse("watch")
+    }
+
+    /// Dispatches a message to the operation it asks for.
+    fn communicate(&self, message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+        match message {
+            AgentMessage::Interpret { request } => self.interpret(request),
+            AgentMessage::Generate {
+                requirement,
+                feedback,
+                round,
+            } => self.generate(*requirement, feedback, round),
+            AgentMessage::Validate { code } => self.validate(*code),
+            message @ (AgentMessage::WriteTests { .. } | AgentMessage::RunTests { .. }) => {
+                self.test(message)
+            }
+            AgentMessage::Deploy {
+                code,
+                replicas,
+                probe,
+            } => self.deploy(*code, replicas, probe),
+            AgentMessage::Watch { function, version } => self.watch(function, version),
+        }
+    }
+
+    fn refuse(&self, operation: &str) -> BoxFuture<'static, AgentResponse> {
+        let response = AgentResponse::Failed {
+            agent: self.agent_type(),
+            reason: format!("the {} does not {operation}", self.name()),
+        };
+        Box::pin(std::future::ready(response))
+    }
+}
+
+/// What every agent of a node shares.
+#[derive(Clone)]
+pub struct AgentContext {
+    pub kitchen: Arc<Kitchen>,
+    pub provider: Arc<dyn Provider>,
+}
+
+impl AgentContext {
+    fn id(&self, role: AgentType) -> String {
+        format!("{}/{}", self.kitchen.node().settings().name, role.as_str())
+    }
+}
+
+struct Interpreter(AgentContext);
+struct Generator(AgentContext);
+struct Validator(AgentContext);
+struct Tester(AgentContext);
+struct Deployer(AgentContext);
+/// The Monitor agent: keeps what the pipeline deployed, for the node's monitor to watch.
+struct Watcher(AgentContext, Arc<Mutex<Vec<(String, String)>>>);
+
+impl AIAgent for Interpreter {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::RequirementInterpreter
+    }
+    fn interpret(&self, request: String) -> BoxFuture<'static, AgentResponse> {
+        let context = self.0.clone();
+        Box::pin(async move {
+            let library = context.kitchen.ingredients().clone();
+            match context.provider.interpret(request, library).await {
+                Ok(costed) => match costed.value {
+                    Interpretation::Requirement(requirement) => AgentResponse::Interpreted {
+                        requirement,
+                        tokens_in: costed.usage.input_tokens,
+                        tokens_out: costed.usage.output_tokens,
+                    },
+                    Interpretation::NoMatch(no) => AgentResponse::NoMatch(no),
+                },
+                Err(error) => AgentResponse::Failed {
+                    agent: AgentType::RequirementInterpreter,
+                    reason: error.to_string(),
+                },
+            }
+        })
+    }
+}
+
+impl AIAgent for Generator {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::CodeGenerator
+    }
+    fn generate(
+        &self,
+        requirement: TechnicalRequirement,
+        feedback: Vec<String>,
+        round: u32,
+    ) -> BoxFuture<'static, AgentResponse> {
+        let context = self.0.clone();
+        Box::pin(async move {
+            let library = context.kitchen.ingredients().clone();
+            match context
+                .provider
+                .generate(requirement, feedback, round, library)
+                .await
+            {
+                Ok(costed) => AgentResponse::Generated {
+                    code: Box::new(costed.value),
+                    tokens_in: costed.usage.input_tokens,
+                    tokens_out: costed.usage.output_tokens,
+                },
+                Err(error) => AgentResponse::Failed {
+                    agent: AgentType::CodeGenerator,
+                    reason: error.to_string(),
+                },
+            }
+        })
+    }
+}
+
+impl AIAgent for Validator {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::CodeValidator
+    }
+    fn validate(&self, code: GeneratedCode) -> BoxFuture<'static, AgentResponse> {
+        let kitchen = self.0.kitchen.clone();
+        let node = kitchen.node().clone();
+        Box::pin(async move {
+            let catalog = node.catalog();
+            AgentResponse::Validated(checks::validate(&code, &catalog).await)
+        })
+    }
+}
+
+impl AIAgent for Tester {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::TestGenerator
+    }
+    fn test(&self, message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+        let kitchen = self.0.kitchen.clone();
+        let node = kitchen.node().clone();
+        Box::pin(async move {
+            match message {
+                AgentMessage::WriteTests { requirement } => {
+                    match checks::acceptance_tests(&requirement, kitchen.ingredients()) {
+                        Ok(tests) => AgentResponse::Tests { tests },
+                        Err(reason) => AgentResponse::Failed {
+                            agent: AgentType::TestGenerator,
+                            reason,
+                        },
+                    }
+                }
+                AgentMessage::RunTests { code, tests } => {
+                    let instances = node.router().instances();
+                    AgentResponse::Tested(
+                        checks::run_tests(&code, &tests, |release| instances.host_for(release))
+                            .await,
+                    )
+                }
+                other => AgentResponse::Failed {
+                    agent: AgentType::TestGenerator,
+                    reason: format!("the test-generator does not {}", other.name()),
+                },
+            }
+        })
+    }
+}
+
+impl AIAgent for Deployer {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::DeploymentManager
+    }
+    fn deploy(
+        &self,
+        code: GeneratedCode,
+        replicas: u32,
+        probe: Option<serde_json::Value>,
+    ) -> BoxFuture<'static, AgentResponse> {
+        let kitchen = self.0.kitchen.clone();
+        let node = kitchen.node().clone();
+        Box::pin(async move {
+            let failed = |reason: String| AgentResponse::Failed {
+                agent: AgentType::DeploymentManager,
+                reason,
+            };
+            let package = match checks::package_of(&code) {
+                Ok(package) => package,
+                Err(reason) => return failed(reason),
+            };
+            let probe = probe.or_else(|| package.examples.first().map(|e| e.input.clone()));
+            let release = match node.publish(package, replicas, "chef").await {
+                Ok(release) => release,
+                Err(error) => return failed(format!("publishing failed: {error}")),
+            };
+            // Deployed means answering (the function's own errors included; see
+            // `Node::wait_serving`).
+            let name = release.manifest.name.clone();
+            let version = release.manifest.version.clone();
+            let input = probe.unwrap_or(serde_json::Value::Null);
+            if let Err(error) = node
+                .wait_serving(&name, &version, input, DEPLOY_READY)
+                .await
+            {
+                return failed(format!(
+                    "{name}@{version} was published but does not serve: {error}"
+                ));
+            }
+            let version = version.to_string();
+            AgentResponse::Deployed {
+                function: name,
+                version,
+                replicas,
+            }
+        })
+    }
+}
+
+impl AIAgent for Watcher {
+    fn id(&self) -> String {
+        self.0.id(self.agent_type())
+    }
+    fn agent_type(&self) -> AgentType {
+        AgentType::Monitor
+    }
+    fn watch(&self, function: String, version: String) -> BoxFuture<'static, AgentResponse> {
+        if let Ok(mut watched) = self.1.lock() {
+            watched.push((function, version));
+        }
+        Box::pin(std::future::ready(AgentResponse::Watching))
+    }
+}
+
+/// A message to an agent actor.
+pub enum AgentMsg {
+    Communicate(AgentMessage, RpcReplyPort<AgentResponse>),
+}
+
+/// The actor around one agent. Work runs in a task of its own, so a long test run does not hold
+/// up the next message (runs of several requests overlap).
+pub struct AgentActor;
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = Arc<dyn AIAgent>;
+    type Arguments = Arc<dyn AIAgent>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        agent: Arc<dyn AIAgent>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(agent)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        message: AgentMsg,
+        agent: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AgentMsg::Communicate(message, reply) => {
+                let work = agent.communicate(message);
+                tokio::spawn(async move {
+                    let _ = reply.send(work.await);
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The six agents of one node.
+pub struct Agents {
+    pub actors: Vec<(AgentType, ActorRef<AgentMsg>)>,
+    /// What the Monitor agent was asked to watch.
+    pub watched: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Agents {
+    /// Spawns one actor per role.
+    pub async fn spawn(context: AgentContext) -> Result<Self, ActorProcessingErr> {
+        let watched = Arc::new(Mutex::new(Vec::new()));
+        let agents: Vec<Arc<dyn AIAgent>> = vec![
+            Arc::new(Interpreter(context.clone())),
+            Arc::new(Generator(context.clone())),
+            Arc::new(Validator(context.clone())),
+            Arc::new(Tester(context.clone())),
+            Arc::new(Deployer(context.clone())),
+            Arc::new(Watcher(context, watched.clone())),
+        ];
+        let mut actors = Vec::new();
+        for agent in agents {
+            let role = agent.agent_type();
+            let (actor, _) = Actor::spawn(None, AgentActor, agent).await?;
+            actors.push((role, actor));
+        }
+        Ok(Self { actors, watched })
+    }
+
+    pub fn get(&self, role: AgentType) -> Option<&ActorRef<AgentMsg>> {
+        self.actors.iter().find(|(r, _)| *r == role).map(|(_, a)| a)
+    }
+
+    pub fn stop(&self) {
+        for (_, actor) in &self.actors {
+            actor.stop(None);
+        }
+    }
+}

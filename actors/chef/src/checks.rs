@@ -1,0 +1,476 @@
+//! The Code Validator's and the Test Generator's work: static analysis, package and compile
+//! checks, dependencies against the registry, a sandboxed run; acceptance tests from the recipe's
+//! examples, its testing templates and its schemas, and running them in a real sandbox.
+//!
+//! The acceptance tests are written from the requirement, before any code exists, and held by the
+//! pipeline: the generator never sees them as editable files, so a repair cannot weaken them.
+
+use futures_util::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::messages::{
+    CaseResult, GeneratedCode, Problem, TechnicalRequirement, TestCase, TestResult,
+    ValidationResult,
+};
+use crate::ingredients::edge_cases;
+use crate::ingredients::kinds::{Body, Outcome};
+use crate::ingredients::{Library, RenderedPackage, schema};
+use klf_functions::analysis::{self, Severity};
+use klf_functions::native::is_native;
+use klf_functions::package::Package;
+use klf_functions::sandbox::{
+    self, CallMeta, Host, Instance, LogLevel, MemoryKv, SandboxError, ScheduleInfo, ScheduleRequest,
+};
+use klf_model::ModelRequest;
+use klf_registry::{Catalog, Release};
+use klf_router::instances::{function_code, sandbox_limits};
+
+/// The package the code describes, loaded as `klf fn deploy` would.
+pub fn package_of(code: &GeneratedCode) -> Result<Package, String> {
+    RenderedPackage {
+        name: code.function.clone(),
+        version: code.version.clone(),
+        recipe: code.recipe.clone(),
+        files: code.files.clone(),
+        params: BTreeMap::new(),
+        fixtures: Default::default(),
+    }
+    .package()
+    .map_err(|e| e.to_string())
+}
+
+/// A release record for code that is not published yet: what a host needs to serve it.
+fn unpublished_release(package: &Package, kv_namespace: &str) -> Release {
+    let mut manifest = package.manifest.clone();
+    manifest.name = kv_namespace.to_string();
+    Release {
+        manifest,
+        artifact: [0; 32],
+        artifact_len: 0,
+        signature: Vec::new(),
+        signer: String::new(),
+        signer_cert: Vec::new(),
+        owner: "chef".into(),
+        created_unix_ms: 0,
+    }
+}
+
+fn problem(check: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        check: check.into(),
+        message: message.into(),
+        line: None,
+        column: None,
+    }
+}
+
+/// A host for validation runs: no calls, an in-memory kv, the fixtures as secrets.
+#[derive(Default)]
+struct DryHost {
+    kv: MemoryKv,
+    secrets: BTreeMap<String, String>,
+}
+
+impl Host for DryHost {
+    fn call(
+        &self,
+        target: String,
+        _input: Value,
+        _meta: CallMeta,
+    ) -> BoxFuture<'static, Result<serde_json::Value, SandboxError>> {
+        Box::pin(async move {
+            Err(SandboxError::Host(format!(
+                "ctx.call({target:?}) is not available while the code is validated"
+            )))
+        })
+    }
+    fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
+        Ok(self.kv.get(key))
+    }
+    fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
+        self.kv.put(key, value);
+        Ok(())
+    }
+    fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
+        self.kv.delete(key);
+        Ok(())
+    }
+    fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
+        Ok(self.kv.list(prefix))
+    }
+    fn log(&self, _level: LogLevel, _message: &str) {}
+    fn secret(&self, name: &str) -> Result<String, SandboxError> {
+        self.secrets
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SandboxError::Secret(format!("secret {name:?} has no test fixture")))
+    }
+}
+
+/// The real node host of a test run, with the recipe's test secrets in front of the node's.
+struct TestHost {
+    inner: Arc<dyn Host>,
+    secrets: BTreeMap<String, String>,
+}
+
+impl Host for TestHost {
+    fn call(
+        &self,
+        target: String,
+        input: Value,
+        meta: CallMeta,
+    ) -> BoxFuture<'static, Result<serde_json::Value, SandboxError>> {
+        self.inner.call(target, input, meta)
+    }
+    fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
+        self.inner.kv_get(key)
+    }
+    fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
+        self.inner.kv_put(key, value)
+    }
+    fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
+        self.inner.kv_delete(key)
+    }
+    fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
+        self.inner.kv_list(prefix)
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        self.inner.log(level, message);
+    }
+    fn secret(&self, name: &str) -> Result<String, SandboxError> {
+        match self.secrets.get(name) {
+            Some(value) => Ok(value.clone()),
+            None => self.inner.secret(name),
+        }
+    }
+    fn model(
+        &self,
+        request: ModelRequest,
+        meta: CallMeta,
+    ) -> BoxFuture<'static, Result<klf_model::ModelReply, SandboxError>> {
+        self.inner.model(request, meta)
+    }
+    fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
+        self.inner.schedule(request)
+    }
+    fn unschedule(&self, id: &str) -> bool {
+        self.inner.unschedule(id)
+    }
+    fn schedules(&self) -> Vec<ScheduleInfo> {
+        self.inner.schedules()
+    }
+}
+
+/// Every check of the Code Validator, in order; later checks run only when the earlier ones pass
+/// (there is no point compiling code the parser rejects).
+pub async fn validate(code: &GeneratedCode, catalog: &Catalog) -> ValidationResult {
+    let mut result = ValidationResult {
+        ok: false,
+        problems: Vec::new(),
+        checks: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let package = match package_of(code) {
+        Ok(package) => package,
+        Err(message) => {
+            result.problems.push(problem("package", message));
+            result.checks.push(("package".into(), false));
+            return result;
+        }
+    };
+    result.checks.push(("package".into(), true));
+    if is_native(&package.manifest.entry) {
+        result.problems.push(problem(
+            "package",
+            "generated code must be JavaScript, not a native built-in",
+        ));
+        return result;
+    }
+
+    let report = analysis::analyze(&package.manifest.entry, &package.source);
+    for finding in &report.findings {
+        let entry = Problem {
+            check: "static".into(),
+            message: format!("[{}] {}", finding.rule, finding.message),
+            line: Some(finding.line),
+            column: Some(finding.column),
+        };
+        match finding.severity {
+            Severity::Error => result.problems.push(entry),
+            Severity::Warning => result.warnings.push(entry),
+        }
+    }
+    let static_ok = report.errors().next().is_none();
+    result.checks.push(("static analysis".into(), static_ok));
+    if !static_ok {
+        return result;
+    }
+
+    let code_for_sandbox = function_code(&package.manifest, &package.source);
+    let limits = sandbox_limits(&package.manifest);
+    if let Err(error) = sandbox::check(&code_for_sandbox, limits).await {
+        result.problems.push(problem("compile", error.to_string()));
+        result.checks.push(("compile".into(), false));
+        return result;
+    }
+    result.checks.push(("compile".into(), true));
+
+    let mut dependencies_ok = true;
+    for (name, range) in &package.manifest.dependencies {
+        let deployed = catalog.deployment(name).is_some_and(|d| d.enabled);
+        let matching = catalog
+            .versions(name)
+            .iter()
+            .any(|r| range.matches(&r.manifest.version));
+        if !deployed || !matching {
+            dependencies_ok = false;
+            result.problems.push(problem(
+                "dependencies",
+                format!(
+                    "depends on {name} {range}, which is not {} in the mesh; deploy it first",
+                    if matching { "deployed" } else { "published" }
+                ),
+            ));
+        }
+    }
+    result.checks.push(("dependencies".into(), dependencies_ok));
+    if !dependencies_ok {
+        return result;
+    }
+
+    let host = Arc::new(DryHost {
+        secrets: code.fixtures.clone(),
+        ..Default::default()
+    });
+    let sandboxed = async {
+        let instance = Instance::start(code_for_sandbox, limits, host).await?;
+        instance.validate().await
+    }
+    .await;
+    match sandboxed {
+        Ok(true) => result.checks.push(("sandboxed run".into(), true)),
+        Ok(false) => {
+            result.problems.push(problem(
+                "sandbox",
+                "the class does not implement execute(input)",
+            ));
+            result.checks.push(("sandboxed run".into(), false));
+        }
+        Err(error) => {
+            result.problems.push(problem(
+                "sandbox",
+                format!("the module does not start: {error}"),
+            ));
+            result.checks.push(("sandboxed run".into(), false));
+        }
+    }
+    result.ok = result.problems.is_empty();
+    result
+}
+
+/// The acceptance tests of a requirement: the recipe's examples (exact outputs or errors), the
+/// edge cases its testing templates generate from the input schema (rejected inputs must fail,
+/// accepted ones must produce output the output schema accepts).
+pub fn acceptance_tests(
+    requirement: &TechnicalRequirement,
+    library: &Library,
+) -> Result<Vec<TestCase>, String> {
+    let (_, recipe) = library
+        .recipe(&requirement.recipe)
+        .map_err(|e| e.to_string())?;
+    let mut tests: Vec<TestCase> = recipe
+        .examples
+        .iter()
+        .map(|example| TestCase {
+            name: format!("example: {}", example.name),
+            origin: "example".into(),
+            input: example.input.clone(),
+            expect: example.expect.clone(),
+            error: example.error.clone(),
+            output_schema: (example.expect.is_none() && example.error.is_none())
+                .then(|| requirement.output_schema.clone()),
+        })
+        .collect();
+    let base = recipe
+        .examples
+        .iter()
+        .find(|e| e.error.is_none())
+        .map(|e| e.input.clone())
+        .unwrap_or_else(edge_cases::empty_object);
+    for used in &recipe.uses {
+        let Some(ingredient) = library.get(used) else {
+            continue;
+        };
+        let Body::Testing(template) = &ingredient.body else {
+            continue;
+        };
+        for case in edge_cases::generate(template, &requirement.input_schema, &base) {
+            let rejected = matches!(case.outcome, Outcome::Rejected);
+            tests.push(TestCase {
+                name: format!("edge case: {}", case.name),
+                origin: "edge-case".into(),
+                input: case.input,
+                expect: None,
+                error: rejected.then(|| case.error.unwrap_or_default()),
+                output_schema: (!rejected).then(|| requirement.output_schema.clone()),
+            });
+        }
+    }
+    // Exact expectations must themselves satisfy the output schema: a test that contradicts the
+    // schema is a broken recipe, not a failing function.
+    for test in &tests {
+        if let Some(expect) = &test.expect
+            && let Err(message) = schema::validate(&requirement.output_schema, expect)
+        {
+            return Err(format!(
+                "{}: the expected output does not match the output schema: {message}",
+                test.name
+            ));
+        }
+    }
+    Ok(tests)
+}
+
+/// JSON text with object keys sorted, for comparing outputs.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, String> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            let inner: Vec<String> = sorted
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() > 300 {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    } else {
+        text
+    }
+}
+
+/// Runs `tests` against `code` in a real sandbox whose host is this node's (calls route through
+/// the mesh); the recipe's test secrets are served first. Key-value writes go to a namespace of
+/// their own (`NAME--chef-test`), not the function's.
+pub async fn run_tests(
+    code: &GeneratedCode,
+    tests: &[TestCase],
+    node_host: impl Fn(&Release) -> Arc<dyn Host>,
+) -> TestResult {
+    let mut result = TestResult {
+        passed: 0,
+        failed: 0,
+        cases: Vec::new(),
+    };
+    let package = match package_of(code) {
+        Ok(package) => package,
+        Err(message) => {
+            result.failed = tests.len() as u32;
+            result.cases.push(CaseResult {
+                name: "package".into(),
+                passed: false,
+                detail: Some(message),
+            });
+            return result;
+        }
+    };
+    let namespace = format!("{}--chef-test", package.manifest.name);
+    let release = unpublished_release(&package, &namespace);
+    let host = Arc::new(TestHost {
+        inner: node_host(&release),
+        secrets: code.fixtures.clone(),
+    });
+    let limits = sandbox_limits(&package.manifest);
+    let instance = match Instance::start(
+        function_code(&package.manifest, &package.source),
+        limits,
+        host,
+    )
+    .await
+    {
+        Ok(instance) => instance,
+        Err(error) => {
+            result.failed = tests.len() as u32;
+            result.cases.push(CaseResult {
+                name: "start".into(),
+                passed: false,
+                detail: Some(format!("the function does not start: {error}")),
+            });
+            return result;
+        }
+    };
+    for test in tests {
+        let outcome = instance
+            .execute(
+                test.input.clone(),
+                CallMeta::with_timeout(limits.timeout + Duration::from_secs(1)),
+            )
+            .await;
+        let verdict: Result<(), String> =
+            match (&outcome, &test.expect, &test.error, &test.output_schema) {
+                (Ok(actual), Some(expect), _, _) => {
+                    if canonical(actual) == canonical(expect) {
+                        Ok(())
+                    } else {
+                        Err(format!("expected {}, got {}", short(expect), short(actual)))
+                    }
+                }
+                (Ok(actual), None, Some(error), _) => Err(format!(
+                    "expected an error containing {error:?}, got the output {}",
+                    short(actual)
+                )),
+                (Ok(actual), None, None, Some(schema)) => schema::validate(schema, actual)
+                    .map_err(|m| format!("the output does not match the output schema: {m}")),
+                (Ok(_), None, None, None) => Ok(()),
+                (Err(error), _, Some(wanted), _) => {
+                    let message = error.to_string();
+                    if message.contains(wanted.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "expected an error containing {wanted:?}, got: {message}"
+                        ))
+                    }
+                }
+                (Err(error), _, None, _) => Err(format!("failed: {error}")),
+            };
+        match verdict {
+            Ok(()) => {
+                result.passed += 1;
+                result.cases.push(CaseResult {
+                    name: test.name.clone(),
+                    passed: true,
+                    detail: None,
+                });
+            }
+            Err(detail) => {
+                result.failed += 1;
+                result.cases.push(CaseResult {
+                    name: test.name.clone(),
+                    passed: false,
+                    detail: Some(detail),
+                });
+            }
+        }
+    }
+    result
+}

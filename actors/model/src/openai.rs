@@ -1,0 +1,399 @@
+//! Any OpenAI-compatible chat-completions endpoint (`POST {base_url}/chat/completions`).
+//!
+//! Retries follow what such endpoints mean: 429 and 5xx, timeouts and connection failures are
+//! transient (honouring `Retry-After` when the provider sends one); 400/401/403/404/422 are not,
+//! and retrying them would only spend the caller's deadline and the user's quota.
+
+use futures_util::future::BoxFuture;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use super::{ModelConfig, ModelError, ModelProvider, ModelReply, ModelRequest, Usage};
+
+/// Longest `Retry-After` honoured; beyond it the call gives up rather than hang.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Most of a provider's error body quoted back in messages.
+const MAX_QUOTED: usize = 300;
+
+/// A provider behind an OpenAI-compatible HTTP API.
+#[derive(Clone)]
+pub struct OpenAiCompatible {
+    client: reqwest::Client,
+    config: ModelConfig,
+}
+
+impl OpenAiCompatible {
+    pub fn new(config: ModelConfig) -> Result<Self, ModelError> {
+        if !(config.base_url.starts_with("http://") || config.base_url.starts_with("https://")) {
+            return Err(ModelError::BadRequest(format!(
+                "base URL {:?} must start with http:// or https://",
+                config.base_url
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ModelError::BadRequest(format!("HTTP client: {e}")))?;
+        Ok(Self { client, config })
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{}/chat/completions",
+            self.config.base_url.trim_end_matches('/')
+        )
+    }
+
+    fn body(&self, request: &ModelRequest) -> Value {
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": request.messages,
+        });
+        if let Some(max) = request.max_tokens {
+            body["max_tokens"] = json!(max);
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if request.json {
+            body["response_format"] = json!({ "type": "json_object" });
+        }
+        body
+    }
+
+    async fn complete_within(
+        self,
+        request: ModelRequest,
+        timeout: Duration,
+    ) -> Result<ModelReply, ModelError> {
+        if request.messages.is_empty() {
+            return Err(ModelError::BadRequest("no messages to send".into()));
+        }
+        let deadline = Instant::now() + timeout;
+        let body = self.body(&request);
+        let attempts = self.config.max_attempts.max(1);
+        let mut backoff = self.config.backoff;
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                last = format!("deadline of {timeout:?} reached");
+                return Err(ModelError::Exhausted {
+                    attempts: attempt - 1,
+                    last,
+                });
+            }
+            let mut send = self.client.post(self.url()).json(&body).timeout(remaining);
+            if let Some(key) = &self.config.api_key {
+                send = send.bearer_auth(key);
+            }
+            let wait = match send.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = retry_after(response.headers());
+                    let text = response.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return parse_reply(&text, attempt);
+                    }
+                    let message = quote(&text);
+                    match status.as_u16() {
+                        401 | 403 => {
+                            return Err(ModelError::Unauthorized {
+                                status: status.as_u16(),
+                                message,
+                            });
+                        }
+                        429 | 500..=599 => {
+                            last = format!("HTTP {}: {message}", status.as_u16());
+                            retry_after.unwrap_or(backoff)
+                        }
+                        code => {
+                            return Err(ModelError::Rejected {
+                                status: code,
+                                message,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    last = if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        format!("cannot reach {}: {e}", self.config.base_url)
+                    };
+                    backoff
+                }
+            };
+            if attempt == attempts {
+                break;
+            }
+            if wait > MAX_RETRY_AFTER || Instant::now() + wait >= deadline {
+                warn!(
+                    ?wait,
+                    "the model provider asks to wait past the deadline; giving up"
+                );
+                return Err(ModelError::Exhausted {
+                    attempts: attempt,
+                    last: format!("{last} (asked to wait {wait:?}, past the deadline)"),
+                });
+            }
+            debug!(attempt, ?wait, %last, "retrying the model provider");
+            tokio::time::sleep(wait).await;
+            backoff = backoff.saturating_mul(2);
+        }
+        Err(ModelError::Exhausted { attempts, last })
+    }
+}
+
+impl ModelProvider for OpenAiCompatible {
+    fn complete(
+        &self,
+        request: ModelRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
+        Box::pin(self.clone().complete_within(request, timeout))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} at {}", self.config.model, self.config.base_url)
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from these APIs and is ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let seconds: f64 = text.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn quote(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= MAX_QUOTED {
+        return text.to_string();
+    }
+    let mut end = MAX_QUOTED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn parse_reply(text: &str, attempts: u32) -> Result<ModelReply, ModelError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ModelError::Malformed(format!("not JSON ({e}): {}", quote(text))))?;
+    let content = value
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ModelError::Malformed(format!("no choices[0].message.content in {}", quote(text)))
+        })?;
+    let count = |field: &str| {
+        value
+            .pointer(&format!("/usage/{field}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    Ok(ModelReply {
+        text: content.to_string(),
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        usage: Usage {
+            input_tokens: count("prompt_tokens"),
+            output_tokens: count("completion_tokens"),
+        },
+        attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+
+    use super::*;
+    use crate::Message;
+
+    /// A chat-completions server that answers each request with the next scripted response.
+    async fn server(
+        script: Vec<(u16, &'static str, Option<&'static str>)>,
+    ) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let script = Arc::new(script);
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move |headers: HeaderMap, body: String| {
+                let script = script.clone();
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let (status, text, retry) = script[n.min(script.len() - 1)];
+                    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    assert_eq!(request["model"], "test-model");
+                    assert_eq!(
+                        headers.get("authorization").and_then(|v| v.to_str().ok()),
+                        Some("Bearer k")
+                    );
+                    let mut response = (
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                        text.to_string(),
+                    )
+                        .into_response();
+                    if let Some(retry) = retry {
+                        response
+                            .headers_mut()
+                            .insert("retry-after", retry.parse().expect("header"));
+                    }
+                    response
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/v1"), hits)
+    }
+
+    fn provider(base_url: String) -> OpenAiCompatible {
+        OpenAiCompatible::new(ModelConfig {
+            base_url,
+            model: "test-model".into(),
+            api_key: Some("k".into()),
+            max_attempts: 3,
+            backoff: Duration::from_millis(5),
+        })
+        .expect("provider")
+    }
+
+    fn ask() -> ModelRequest {
+        ModelRequest {
+            messages: vec![Message {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    const GOOD: &str = r#"{"model":"test-model","choices":[{"message":{"role":"assistant","content":"hello"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+
+    #[tokio::test]
+    async fn a_good_answer_carries_text_and_usage() {
+        let (url, hits) = server(vec![(200, GOOD, None)]).await;
+        let reply = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .expect("reply");
+        assert_eq!(reply.text, "hello");
+        assert_eq!(
+            reply.usage,
+            Usage {
+                input_tokens: 3,
+                output_tokens: 1
+            }
+        );
+        assert_eq!((reply.attempts, hits.load(Ordering::SeqCst)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn rate_limits_and_server_errors_are_retried_honouring_retry_after() {
+        let (url, hits) = server(vec![
+            (429, "slow down", Some("0")),
+            (503, "busy", None),
+            (200, GOOD, None),
+        ])
+        .await;
+        let reply = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .expect("reply");
+        assert_eq!((reply.attempts, hits.load(Ordering::SeqCst)), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn bad_credentials_are_not_retried() {
+        let (url, hits) = server(vec![(401, "bad key", None), (200, GOOD, None)]).await;
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ModelError::Unauthorized { status: 401, .. }),
+            "{error}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_request_is_not_retried() {
+        let (url, hits) = server(vec![(400, "no such model", None), (200, GOOD, None)]).await;
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("no such model"), "{error}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn persistent_failure_ends_with_the_last_reason() {
+        let (url, hits) = server(vec![(500, "boom", None)]).await;
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ModelError::Exhausted { attempts: 3, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("boom"), "{error}");
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_deadline_gives_up_at_once() {
+        let (url, hits) = server(vec![(429, "later", Some("20"))]).await;
+        let started = Instant::now();
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(error.to_string().contains("past the deadline"), "{error}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_and_unreachable_endpoints_are_typed() {
+        let (url, _) = server(vec![(200, "{\"choices\":[]}", None)]).await;
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ModelError::Malformed(_)), "{error}");
+
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let error = provider(format!("http://{addr}/v1"))
+            .complete(ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ModelError::Exhausted { .. }), "{error}");
+        assert!(error.to_string().contains("cannot reach"), "{error}");
+    }
+}

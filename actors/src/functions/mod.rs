@@ -1,6 +1,0 @@
-//! Functions: packages, the sandbox, instances.
-
-pub mod instances;
-pub mod native;
-pub mod package;
-pub mod sandbox;
