@@ -7,7 +7,8 @@
 # Usage: deploy/build-image.sh [--no-build] [--tag TAG]
 #   --no-build   use the existing target/release/klf instead of `cargo build --release -p klf-node`
 #   --tag TAG    image tag (default klf:local, or $KLF_IMAGE)
-#   KLF_BIN=PATH package that binary instead (implies --no-build; it must suit the host's glibc)
+#   KLF_BIN=PATH package that binary instead (implies --no-build; it must suit the host's glibc,
+#                or be static, or be a script for /bin/sh like deploy/k8s/testdata/klf-stub)
 #
 # Idempotent: rerunning rebuilds the rootfs and lets docker reuse its cache when nothing changed.
 set -euo pipefail
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --no-build) build=0 ;;
     --tag) tag=${2:?--tag needs a value}; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -60,27 +61,32 @@ install -d -m 1777 "$rootfs/tmp"
 
 # The binary, without debug symbols (the image does not need them; the host copy keeps them).
 cp "$bin" "$rootfs/usr/local/bin/klf"
-if command -v strip >/dev/null; then
-  strip --strip-debug "$rootfs/usr/local/bin/klf"
+if command -v strip >/dev/null && ! strip --strip-debug "$rootfs/usr/local/bin/klf" 2>/dev/null; then
+  log "$bin is not an ELF binary strip knows; packaged as it is"
 fi
 chmod 0755 "$rootfs/usr/local/bin/klf"
 
 # Its shared libraries and the dynamic loader, at the paths the binary asks for.
 # ldd prints "libx.so => /path/libx.so (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)".
-libs=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+# ldd fails on a static binary or a script ("not a dynamic executable"): then there are none.
+libs=$({ ldd "$bin" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 [ -n "$libs" ] || log "ldd lists no libraries for $bin (fine for a static binary)"
 for lib in $libs; do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"
 done
 
-# busybox and the applets the entrypoint uses (plus ls/ps/env/wget/nslookup for `docker exec` debugging).
+# busybox and the applets the entrypoint uses (wget, timeout, nslookup and httpd for the `http`
+# token hand-off of Kubernetes; plus ls/ps/env for `docker exec` debugging).
 cp "$busybox" "$rootfs/bin/busybox"
-for applet in sh cat tail mv rm mkdir sleep ls ps env wget nslookup; do
+for applet in sh cat tail mv rm mkdir sleep wget timeout nslookup httpd ls ps env; do
   ln -sf busybox "$rootfs/bin/$applet"
 done
 cp "$here/entrypoint.sh" "$rootfs/entrypoint.sh"
 chmod 0755 "$rootfs/entrypoint.sh"
+# The seed's httpd (`http` hand-off) runs the entrypoint as a CGI to hand out join tokens.
+mkdir -p "$rootfs/www/cgi-bin"
+ln -s /entrypoint.sh "$rootfs/www/cgi-bin/join-token"
 
 # A minimal /etc: the unprivileged user the node runs as, and name resolution through docker's DNS.
 cat >"$rootfs/etc/passwd" <<'EOF'
