@@ -90,6 +90,15 @@ fn requirement(interpretation: Interpretation) -> TechnicalRequirement {
     }
 }
 
+/// Round `round` of the generator, told `feedback` (the previous code is the recipe's own).
+fn attempt(round: u32, feedback: Vec<String>) -> klf_actors::chef::messages::Attempt {
+    klf_actors::chef::messages::Attempt {
+        round,
+        feedback,
+        previous: None,
+    }
+}
+
 #[tokio::test]
 async fn a_good_answer_becomes_the_requirement() {
     let server = server(vec![content(good_answer())]).await;
@@ -301,7 +310,7 @@ async fn a_repair_round_rewrites_main_js_only() {
 
     // Round 0 without feedback: the recipe as rendered, no model call.
     let first = openai(&server)
-        .generate(requirement.clone(), Vec::new(), 0, library())
+        .generate(requirement.clone(), attempt(0, Vec::new()), library())
         .await
         .expect("round 0");
     assert_eq!(first.value.files["main.js"], module);
@@ -309,7 +318,7 @@ async fn a_repair_round_rewrites_main_js_only() {
     assert!(server.requests().is_empty());
 
     let code = openai(&server)
-        .generate(requirement, feedback.clone(), 1, library())
+        .generate(requirement, attempt(1, feedback.clone()), library())
         .await
         .expect("repair round");
     assert_eq!(code.value.round, 1);
@@ -362,7 +371,11 @@ async fn a_repair_may_not_touch_the_embedded_tests() {
         .join("\n");
     let server = server(vec![content(json!({"main.js": cheat}).to_string())]).await;
     let error = openai(&server)
-        .generate(requirement, vec!["a test failed".into()], 1, library())
+        .generate(
+            requirement,
+            attempt(1, vec!["a test failed".into()]),
+            library(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, ProviderError::Unusable(_)), "{error}");
@@ -409,8 +422,10 @@ async fn record_the_replay_fixture() {
     provider
         .generate(
             requirement,
-            vec!["test flat-series: expected [] but got an error".into()],
-            1,
+            attempt(
+                1,
+                vec!["test flat-series: expected [] but got an error".into()],
+            ),
             library(),
         )
         .await
@@ -445,8 +460,10 @@ async fn the_committed_recording_replays_to_the_same_requirement() {
     let code = provider
         .generate(
             replayed,
-            vec!["test flat-series: expected [] but got an error".into()],
-            1,
+            attempt(
+                1,
+                vec!["test flat-series: expected [] but got an error".into()],
+            ),
             library(),
         )
         .await

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::checks;
 use super::messages::{
-    AgentMessage, AgentResponse, AgentType, GeneratedCode, TechnicalRequirement,
+    AgentMessage, AgentResponse, AgentType, Attempt, GeneratedCode, TechnicalRequirement,
 };
 use super::providers::{Interpretation, Provider};
 use crate::kitchen::Kitchen;
@@ -34,8 +34,7 @@ pub trait AIAgent: Send + Sync + 'static {
     fn generate(
         &self,
         _requirement: TechnicalRequirement,
-        _feedback: Vec<String>,
-        _round: u32,
+        _attempt: Attempt,
     ) -> BoxFuture<'static, AgentResponse> {
         self.refuse("generate")
     }
@@ -63,9 +62,8 @@ pub trait AIAgent: Send + Sync + 'static {
             AgentMessage::Interpret { request } => self.interpret(request),
             AgentMessage::Generate {
                 requirement,
-                feedback,
-                round,
-            } => self.generate(*requirement, feedback, round),
+                attempt,
+            } => self.generate(*requirement, *attempt),
             AgentMessage::Validate { code } => self.validate(*code),
             message @ (AgentMessage::WriteTests { .. } | AgentMessage::RunTests { .. }) => {
                 self.test(message)
@@ -148,15 +146,14 @@ impl AIAgent for Generator {
     fn generate(
         &self,
         requirement: TechnicalRequirement,
-        feedback: Vec<String>,
-        round: u32,
+        attempt: Attempt,
     ) -> BoxFuture<'static, AgentResponse> {
         let context = self.0.clone();
         Box::pin(async move {
             let library = context.kitchen.ingredients().clone();
             match context
                 .provider
-                .generate(requirement, feedback, round, library)
+                .generate(requirement, attempt, library)
                 .await
             {
                 Ok(costed) => AgentResponse::Generated {

@@ -68,6 +68,22 @@ pub struct Candidate {
 pub struct RequirementLimits {
     pub memory_mb: u64,
     pub timeout_ms: u64,
+    /// The p99 latency one call may take in the performance test (none: the timeout bounds it).
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+/// One example a requirement states: an input and what it must give (an output or an error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequirementExample {
+    pub name: String,
+    pub input: Value,
+    /// Exactly this output.
+    #[serde(default)]
+    pub output: Option<Value>,
+    /// Or an error whose message contains this text.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What the Requirement Interpreter makes of a request.
@@ -75,10 +91,17 @@ pub struct RequirementLimits {
 pub struct TechnicalRequirement {
     pub request: String,
     pub goal: String,
-    /// The recipe the function is built from.
+    /// The recipe the function is built from; empty when a model wrote the requirement itself
+    /// (see [`TechnicalRequirement::is_freeform`]).
     pub recipe: String,
     /// The function's name in the mesh.
     pub function: String,
+    /// The function's `type` in the catalog (free-form requirements; a recipe declares its own).
+    #[serde(default)]
+    pub kind: String,
+    /// What the function does, in a sentence or two (free-form requirements).
+    #[serde(default)]
+    pub description: String,
     /// Recipe parameters: those found in the request, the rest at their defaults.
     pub params: BTreeMap<String, Value>,
     /// Which parameters came from the request (the rest are defaults).
@@ -90,6 +113,24 @@ pub struct TechnicalRequirement {
     /// How sure the interpreter is (0 to 1), and what else it considered.
     pub confidence: f64,
     pub alternatives: Vec<Candidate>,
+    /// Examples with their expected outputs or errors (free-form requirements; a recipe's are in
+    /// the recipe). The pipeline holds them: the code generator never sees the expectations.
+    #[serde(default)]
+    pub examples: Vec<RequirementExample>,
+    /// Host capabilities the function needs (`call`, `kv`, `log`, `crypto`, `secret`, `model`,
+    /// `schedule`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Deployed functions it may call: name → semver range.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, String>,
+}
+
+impl TechnicalRequirement {
+    /// Whether a model wrote this requirement (and will write the code) rather than a recipe.
+    pub fn is_freeform(&self) -> bool {
+        self.recipe.is_empty()
+    }
 }
 
 /// The interpreter's answer when no recipe fits: never a wrong function dressed as a right one.
@@ -113,6 +154,18 @@ pub struct GeneratedCode {
     /// Secrets (name → content) the function's tests need on the node that runs them.
     #[serde(default)]
     pub fixtures: BTreeMap<String, String>,
+}
+
+/// What the Code Generator is told about the round it writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 0 for the first attempt, then the repair round.
+    pub round: u32,
+    /// What went wrong with the previous round's code: the validator's problems and the names
+    /// and messages of failed tests, never their expected outputs.
+    pub feedback: Vec<String>,
+    /// The previous round's code, which a repair starts from.
+    pub previous: Option<GeneratedCode>,
 }
 
 /// One problem the validator found.
@@ -182,9 +235,7 @@ pub enum AgentMessage {
     },
     Generate {
         requirement: Box<TechnicalRequirement>,
-        /// What went wrong with the previous round's code, for a repair.
-        feedback: Vec<String>,
-        round: u32,
+        attempt: Box<Attempt>,
     },
     Validate {
         code: Box<GeneratedCode>,

@@ -101,6 +101,7 @@ pub async fn run(
         deploy: body.deploy,
         replicas: body.replicas.unwrap_or(1).clamp(1, 64),
         placement,
+        ..ChefOptions::default()
     };
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel::<StageEvent>();
     let (lines, out) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::messages::{
-    Candidate, GeneratedCode, NoMatch, RequirementLimits, Step, TechnicalRequirement,
+    Attempt, Candidate, GeneratedCode, NoMatch, RequirementLimits, Step, TechnicalRequirement,
 };
 use crate::ingredients::kinds::Recipe;
 use crate::ingredients::{Library, RenderRequest, render};
@@ -80,12 +80,12 @@ pub trait Provider: Send + Sync + 'static {
         library: Arc<Library>,
     ) -> BoxFuture<'static, Result<Costed<Interpretation>, ProviderError>>;
 
-    /// Requirement → package; `feedback` says what was wrong with the previous round's code.
+    /// Requirement → package; `attempt` says which round, and for a repair what was wrong with
+    /// the previous round's code.
     fn generate(
         &self,
         requirement: TechnicalRequirement,
-        feedback: Vec<String>,
-        round: u32,
+        attempt: Attempt,
         library: Arc<Library>,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>>;
 }
@@ -138,6 +138,8 @@ pub fn requirement_for(
         goal: recipe.title.clone(),
         recipe: recipe.name.clone(),
         function: function.unwrap_or_else(|| recipe.name.clone()),
+        kind: String::new(),
+        description: recipe.description.clone(),
         params: all,
         extracted,
         input_schema: recipe.input_schema.clone(),
@@ -153,9 +155,13 @@ pub fn requirement_for(
         limits: RequirementLimits {
             memory_mb: 32,
             timeout_ms: 1000,
+            latency_budget_ms: None,
         },
         confidence,
         alternatives,
+        examples: Vec::new(),
+        capabilities: Vec::new(),
+        dependencies: BTreeMap::new(),
     }
 }
 

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::ingredients::kinds::{Body, Recipe, coerce};
 use crate::ingredients::{Kind, Library, schema};
-use crate::messages::{GeneratedCode, NoMatch, TechnicalRequirement};
+use crate::messages::{Attempt, GeneratedCode, NoMatch, TechnicalRequirement};
 use futures_util::future::BoxFuture;
 use klf_model::{Message, ModelProvider, ModelRequest, Usage};
 
@@ -535,10 +535,12 @@ impl ModelBacked {
     async fn generate_with(
         self,
         requirement: TechnicalRequirement,
-        feedback: Vec<String>,
-        round: u32,
+        attempt: Attempt,
         library: Arc<Library>,
     ) -> Result<Costed<GeneratedCode>, ProviderError> {
+        let Attempt {
+            round, feedback, ..
+        } = attempt;
         let mut code = render_requirement(&requirement, round, &library)?;
         if feedback.is_empty() {
             // The rendered recipe is reviewed code: the first round uses it as it is.
@@ -578,14 +580,10 @@ impl Provider for ModelBacked {
     fn generate(
         &self,
         requirement: TechnicalRequirement,
-        feedback: Vec<String>,
-        round: u32,
+        attempt: Attempt,
         library: Arc<Library>,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>> {
-        Box::pin(
-            self.clone()
-                .generate_with(requirement, feedback, round, library),
-        )
+        Box::pin(self.clone().generate_with(requirement, attempt, library))
     }
 }
 

@@ -10,7 +10,7 @@ use super::{Costed, Interpretation, Provider, ProviderError, render_requirement,
 use crate::bm25::{self, Index};
 use crate::ingredients::kinds::{Body, ParamType, Parameter, Recipe, coerce};
 use crate::ingredients::{Kind, Library};
-use crate::messages::{Candidate, GeneratedCode, NoMatch, TechnicalRequirement};
+use crate::messages::{Attempt, Candidate, GeneratedCode, NoMatch, TechnicalRequirement};
 use futures_util::future::BoxFuture;
 
 /// The lowest BM25 score that counts as a match. Calibrated on the shipped recipes: requests for
@@ -264,13 +264,14 @@ impl Provider for Offline {
     fn generate(
         &self,
         requirement: TechnicalRequirement,
-        _feedback: Vec<String>,
-        round: u32,
+        attempt: Attempt,
         library: Arc<Library>,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>> {
         // Rendering is deterministic: a repair round renders the same package, so a failure that
         // repeats stops the repairs early (the pipeline sees the same failure twice).
-        Box::pin(async move { render_requirement(&requirement, round, &library).map(Costed::free) })
+        Box::pin(async move {
+            render_requirement(&requirement, attempt.round, &library).map(Costed::free)
+        })
     }
 }
 

@@ -1,6 +1,12 @@
-//! The Chef's pipeline (design §13): request → requirement → package → validation → acceptance
-//! tests → test run → deployment → monitoring, with bounded repair rounds and an explicit failed
-//! state. Each stage is timed; the agents doing the work may live on other nodes.
+//! The Chef's pipeline: request → requirement → acceptance tests → package → validation → test
+//! run → deployment → monitoring, with bounded repair rounds and an explicit failed state.
+//!
+//! What the pipeline decides lives in [`machine`], a pure state machine with its own tests; this
+//! module is the thin driver around it: it asks the agents (here, or on the node a placement
+//! names, over KLF), writes each round's package to the data dir, keeps the run's deadline, reports
+//! progress, and records the finished run in the ledger.
+
+pub mod machine;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,19 +18,17 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::agents::{AgentContext, AgentMsg, Agents};
 use super::messages::{
-    AgentMessage, AgentResponse, AgentType, GeneratedCode, NoMatch, TechnicalRequirement, TestCase,
+    AgentMessage, AgentResponse, AgentType, GeneratedCode, NoMatch, TechnicalRequirement,
     TestResult, ValidationResult,
 };
 use super::providers::Provider;
+use crate::kitchen::Kitchen;
 use futures_util::future::BoxFuture;
 use klf_mesh::MemberState;
 use klf_node_core::AgentEndpoint;
-
-use crate::kitchen::Kitchen;
 use klf_security::PeerIdentity;
+pub use machine::{Cooking, MAX_REPAIRS, Next, Plan, Stage};
 
-/// Repair rounds after the first attempt.
-pub const MAX_REPAIRS: u32 = 3;
 /// Longest an agent may take to answer one message.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The `kind` of KLF `Agent` frames that carry Chef messages.
@@ -50,7 +54,17 @@ pub struct ChefOptions {
     /// Agents to run on other nodes: role → node name (the rest run here).
     #[serde(default)]
     pub placement: BTreeMap<AgentType, String>,
+    /// Wall-clock limit of the whole run, in milliseconds (default [`DEFAULT_DEADLINE`]): a run
+    /// that reaches it ends `failed`, saying in which stage.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Model tokens (in + out) the run may spend; unbounded when `None`.
+    #[serde(default)]
+    pub token_budget: Option<u64>,
 }
+
+/// How long a run may take unless `--deadline` says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 impl Default for ChefOptions {
     fn default() -> Self {
@@ -59,7 +73,17 @@ impl Default for ChefOptions {
             deploy: false,
             replicas: 1,
             placement: BTreeMap::new(),
+            deadline_ms: None,
+            token_budget: None,
         }
+    }
+}
+
+impl ChefOptions {
+    /// The run's wall-clock limit.
+    pub fn deadline(&self) -> Duration {
+        self.deadline_ms
+            .map_or(DEFAULT_DEADLINE, Duration::from_millis)
     }
 }
 
@@ -73,6 +97,18 @@ pub struct StageEvent {
     pub detail: String,
     /// The node whose agent did the work.
     pub node: String,
+    /// While a stage streams model tokens (status `progress`): how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a streaming model exchange got.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Tokens (or streamed chunks, when the server does not count) received so far.
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub elapsed_ms: u64,
 }
 
 /// One finished stage.
@@ -209,30 +245,6 @@ impl AgentEndpoint for Endpoint {
             })
         })
     }
-}
-
-/// What went wrong with a round's code, as lines the generator gets back.
-fn failure_of(validation: &ValidationResult, tests: Option<&TestResult>) -> Vec<String> {
-    let mut lines: Vec<String> = validation
-        .problems
-        .iter()
-        .map(|p| match (p.line, p.column) {
-            (Some(line), Some(column)) => {
-                format!("{} (line {line}, column {column}): {}", p.check, p.message)
-            }
-            _ => format!("{}: {}", p.check, p.message),
-        })
-        .collect();
-    if let Some(tests) = tests {
-        lines.extend(tests.cases.iter().filter(|c| !c.passed).map(|c| {
-            format!(
-                "test {:?} failed: {}",
-                c.name,
-                c.detail.clone().unwrap_or_default()
-            )
-        }));
-    }
-    lines
 }
 
 impl Chef {
@@ -486,7 +498,8 @@ impl Chef {
         progress: Option<UnboundedSender<StageEvent>>,
     ) -> Result<ChefRun, ChefError> {
         let started = Instant::now();
-        let mut run = ChefRun {
+        let deadline = tokio::time::Instant::now() + options.deadline();
+        let run = ChefRun {
             run_id: run_id.clone(),
             request: request.to_string(),
             provider: options.provider.clone(),
@@ -504,384 +517,81 @@ impl Chef {
             total_ms: 0,
             started_unix_ms: klf_proto::unix_ms(),
         };
+        let plan = Plan {
+            deploy: options.deploy,
+            replicas: options.replicas,
+            token_budget: options.token_budget,
+        };
+        let mut cooking = Cooking::new(run, plan, self.kitchen.ingredients().clone());
         let emit = |event: StageEvent| {
             if let Some(progress) = &progress {
                 let _ = progress.send(event);
             }
         };
-        let provider = options.provider.clone();
-        let placement = options.placement.clone();
-
-        // A stage: announce, ask the agent, time it.
-        macro_rules! stage {
-            ($name:expr, $role:expr, $message:expr) => {{
-                let name: String = $name;
-                emit(StageEvent {
-                    stage: name.clone(),
-                    status: "started".into(),
-                    ms: None,
-                    detail: String::new(),
-                    node: String::new(),
-                });
-                let t = Instant::now();
-                let (response, node) = self
-                    .ask(&run_id, &provider, $role, $message, &placement)
-                    .await;
-                (name, t.elapsed().as_millis() as u64, response, node)
-            }};
-        }
-        let finish =
-            |run: &mut ChefRun, name: String, ms: u64, ok: bool, detail: String, node: String| {
-                emit(StageEvent {
-                    stage: name.clone(),
-                    status: if ok { "done" } else { "failed" }.into(),
-                    ms: Some(ms),
-                    detail: detail.clone(),
-                    node: node.clone(),
-                });
-                run.stages.push(StageReport {
-                    stage: name,
-                    ms,
-                    ok,
-                    detail,
-                    node,
-                });
-            };
-        // A stage that failed ends the run with its reason.
-        let fail = |run: &mut ChefRun, name: String, ms: u64, reason: String, node: String| {
-            finish(run, name, ms, false, reason.clone(), node);
-            run.outcome = RunOutcome::Failed {
-                reasons: vec![reason],
-            };
-        };
-
-        // Every early end breaks out of this block; the total time is set once, below it.
-        'cook: {
-            // 1. Interpret.
-            let (name, ms, response, node) = stage!(
-                "interpret".to_string(),
-                AgentType::RequirementInterpreter,
-                AgentMessage::Interpret {
-                    request: request.to_string()
+        loop {
+            match cooking.next() {
+                Next::Done => break,
+                Next::Write(code) => {
+                    let dir = self.write_code(&run_id, &code);
+                    cooking.written(dir);
                 }
-            );
-            let requirement = match response {
-                AgentResponse::Interpreted {
-                    requirement,
-                    tokens_in,
-                    tokens_out,
+                Next::Ask {
+                    stage,
+                    role,
+                    message,
                 } => {
-                    run.tokens_in += tokens_in;
-                    run.tokens_out += tokens_out;
-                    finish(
-                        &mut run,
-                        name,
-                        ms,
-                        true,
-                        format!(
-                            "recipe {} ({}), function {}, confidence {:.2}",
-                            requirement.recipe,
-                            requirement.goal,
-                            requirement.function,
-                            requirement.confidence
-                        ),
-                        node,
+                    emit(StageEvent {
+                        stage: stage.clone(),
+                        status: "started".into(),
+                        ms: None,
+                        detail: String::new(),
+                        node: String::new(),
+                        progress: None,
+                    });
+                    let t = Instant::now();
+                    let asked = self.ask(
+                        &run_id,
+                        &options.provider,
+                        role,
+                        message,
+                        &options.placement,
                     );
-                    *requirement
-                }
-                AgentResponse::NoMatch(no) => {
-                    finish(&mut run, name, ms, false, no.reason.clone(), node);
-                    run.outcome = RunOutcome::NoMatch(no);
-                    break 'cook;
-                }
-                other => {
-                    fail(&mut run, name, ms, describe(&other), node);
-                    break 'cook;
-                }
-            };
-            run.requirement = Some(requirement.clone());
-            // A parameter without a default that the request did not give: ask, don't guess.
-            if let Ok((_, recipe)) = self.kitchen.ingredients().recipe(&requirement.recipe) {
-                let missing: Vec<String> = recipe
-                    .parameters
-                    .iter()
-                    .filter(|p| p.default.is_none() && !requirement.params.contains_key(&p.name))
-                    .map(|p| {
-                        let hint = match p.kind {
-                            crate::ingredients::kinds::ParamType::Function => {
-                                " (name it in the request, e.g. \"… to the NAME function\")"
-                            }
-                            _ => "",
-                        };
-                        format!("`{}`: {}{hint}", p.name, p.description)
-                    })
-                    .collect();
-                if !missing.is_empty() {
-                    let reason = format!(
-                        "recipe {} needs what the request does not say: {}",
-                        recipe.name,
-                        missing.join("; ")
-                    );
-                    run.outcome = RunOutcome::Failed {
-                        reasons: vec![reason],
-                    };
-                    break 'cook;
-                }
-            }
-
-            // 2. Acceptance tests, written before any code exists.
-            let (name, ms, response, node) = stage!(
-                "write tests".to_string(),
-                AgentType::TestGenerator,
-                AgentMessage::WriteTests {
-                    requirement: Box::new(requirement.clone())
-                }
-            );
-            let tests: Vec<TestCase> = match response {
-                AgentResponse::Tests { tests } => {
-                    let examples = tests.iter().filter(|t| t.origin == "example").count();
-                    finish(
-                        &mut run,
-                        name,
-                        ms,
-                        true,
-                        format!(
-                            "{} tests: {examples} from the recipe's examples, {} edge cases from testing templates",
-                            tests.len(),
-                            tests.len() - examples
-                        ),
-                        node,
-                    );
-                    tests
-                }
-                other => {
-                    fail(&mut run, name, ms, describe(&other), node);
-                    break 'cook;
-                }
-            };
-
-            // 3. Generate, validate, test; repair on failure.
-            let mut feedback: Vec<String> = Vec::new();
-            let mut last_failure: Option<Vec<String>> = None;
-            let mut accepted: Option<GeneratedCode> = None;
-            for round in 0..=MAX_REPAIRS {
-                let label = |stage: &str| {
-                    if round == 0 {
-                        stage.to_string()
-                    } else {
-                        format!("{stage} (repair {round})")
-                    }
-                };
-                let (name, ms, response, node) = stage!(
-                    label("generate"),
-                    AgentType::CodeGenerator,
-                    AgentMessage::Generate {
-                        requirement: Box::new(requirement.clone()),
-                        feedback: feedback.clone(),
-                        round
-                    }
-                );
-                let code = match response {
-                    AgentResponse::Generated {
-                        code,
-                        tokens_in,
-                        tokens_out,
-                    } => {
-                        run.tokens_in += tokens_in;
-                        run.tokens_out += tokens_out;
-                        let dir = self.write_code(&run_id, &code);
-                        run.code_dir = dir.clone();
-                        finish(
-                            &mut run,
-                            name,
-                            ms,
-                            true,
-                            format!(
-                                "{}@{} from recipe {}{}",
-                                code.function,
-                                code.version,
-                                code.recipe,
-                                dir.map(|d| format!(", written to {d}")).unwrap_or_default()
-                            ),
-                            node,
-                        );
-                        *code
-                    }
-                    other => {
-                        fail(&mut run, name, ms, describe(&other), node);
-                        break 'cook;
-                    }
-                };
-
-                let (name, ms, response, node) = stage!(
-                    label("validate"),
-                    AgentType::CodeValidator,
-                    AgentMessage::Validate {
-                        code: Box::new(code.clone())
-                    }
-                );
-                let validation = match response {
-                    AgentResponse::Validated(validation) => validation,
-                    other => ValidationResult {
-                        ok: false,
-                        problems: vec![super::messages::Problem {
-                            check: "validator".into(),
-                            message: describe(&other),
-                            line: None,
-                            column: None,
-                        }],
-                        checks: Vec::new(),
-                        warnings: Vec::new(),
-                    },
-                };
-                let detail = if validation.ok {
-                    format!(
-                        "{} checks passed{}",
-                        validation.checks.len(),
-                        if validation.warnings.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", {} warnings", validation.warnings.len())
+                    match tokio::time::timeout_at(deadline, asked).await {
+                        Ok((response, node)) => {
+                            let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+                            emit(cooking.answer(&stage, response, ms, &node));
                         }
-                    )
-                } else {
-                    failure_of(&validation, None).join("; ")
-                };
-                finish(&mut run, name, ms, validation.ok, detail, node);
-                run.validation = Some(validation.clone());
-
-                let mut tested = None;
-                if validation.ok {
-                    let (name, ms, response, node) = stage!(
-                        label("test"),
-                        AgentType::TestGenerator,
-                        AgentMessage::RunTests {
-                            code: Box::new(code.clone()),
-                            tests: tests.clone()
+                        Err(_) => {
+                            let reason = format!(
+                                "the run's deadline of {:?} passed during stage {stage}; give it \
+                                 longer with --deadline",
+                                options.deadline()
+                            );
+                            warn!(%stage, "chef run deadline passed");
+                            emit(StageEvent {
+                                stage: stage.clone(),
+                                status: "failed".into(),
+                                ms: Some(
+                                    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                                ),
+                                detail: reason.clone(),
+                                node: String::new(),
+                                progress: None,
+                            });
+                            cooking.abandon(reason);
                         }
-                    );
-                    let result = match response {
-                        AgentResponse::Tested(result) => result,
-                        other => TestResult {
-                            passed: 0,
-                            failed: tests.len() as u32,
-                            cases: vec![super::messages::CaseResult {
-                                name: "test run".into(),
-                                passed: false,
-                                detail: Some(describe(&other)),
-                            }],
-                        },
-                    };
-                    finish(
-                        &mut run,
-                        name,
-                        ms,
-                        result.ok(),
-                        format!("{} passed, {} failed", result.passed, result.failed),
-                        node,
-                    );
-                    run.tests = Some(result.clone());
-                    tested = Some(result);
-                }
-                if validation.ok && tested.as_ref().is_some_and(TestResult::ok) {
-                    accepted = Some(code);
-                    break;
-                }
-                let failure = failure_of(&validation, tested.as_ref());
-                let give_up = if last_failure.as_ref() == Some(&failure) {
-                    warn!(round, "the same failure repeated; no more repairs");
-                    Some(format!(
-                        "the same failure repeated after repair round {round}; stopped early"
-                    ))
-                } else if round == MAX_REPAIRS {
-                    Some(format!("still failing after {MAX_REPAIRS} repair rounds"))
-                } else {
-                    None
-                };
-                if let Some(why) = give_up {
-                    run.outcome = RunOutcome::Failed {
-                        reasons: std::iter::once(why).chain(failure).collect(),
-                    };
-                    break 'cook;
-                }
-                run.repairs += 1;
-                feedback = failure.clone();
-                last_failure = Some(failure);
-            }
-            let Some(code) = accepted else {
-                break 'cook;
-            };
-
-            if !options.deploy {
-                run.outcome = RunOutcome::Built {
-                    function: code.function.clone(),
-                    version: code.version.clone(),
-                };
-                break 'cook;
-            }
-
-            // 4. Deploy, then hand the version to the Monitor.
-            let (name, ms, response, node) = stage!(
-                "deploy".to_string(),
-                AgentType::DeploymentManager,
-                AgentMessage::Deploy {
-                    code: Box::new(code.clone()),
-                    replicas: options.replicas,
-                    probe: tests
-                        .iter()
-                        .find(|t| t.expect.is_some())
-                        .map(|t| t.input.clone())
-                }
-            );
-            match response {
-                AgentResponse::Deployed {
-                    function,
-                    version,
-                    replicas,
-                } => {
-                    finish(
-                        &mut run,
-                        name,
-                        ms,
-                        true,
-                        format!("{function}@{version} with {replicas} replicas, answering"),
-                        node,
-                    );
-                    let (name, ms, response, node) = stage!(
-                        "monitor".to_string(),
-                        AgentType::Monitor,
-                        AgentMessage::Watch {
-                            function: function.clone(),
-                            version: version.clone()
-                        }
-                    );
-                    let watching = matches!(response, AgentResponse::Watching);
-                    finish(
-                        &mut run,
-                        name,
-                        ms,
-                        watching,
-                        if watching {
-                            "error rate and latency watched; a misbehaving version is rolled back"
-                                .into()
-                        } else {
-                            describe(&response)
-                        },
-                        node,
-                    );
-                    info!(%function, %version, "deployed by the chef");
-                    run.outcome = RunOutcome::Deployed {
-                        function,
-                        version,
-                        replicas,
-                    };
-                }
-                other => {
-                    fail(&mut run, name, ms, describe(&other), node);
+                    }
                 }
             }
         }
-        run.total_ms = started.elapsed().as_millis() as u64;
+        let mut run = cooking.into_run();
+        if let RunOutcome::Deployed {
+            function, version, ..
+        } = &run.outcome
+        {
+            info!(%function, %version, "deployed by the chef");
+        }
+        run.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(run)
     }
 
@@ -910,17 +620,6 @@ impl Chef {
                 None
             }
         }
-    }
-}
-
-/// A response the pipeline did not expect, in words.
-fn describe(response: &AgentResponse) -> String {
-    match response {
-        AgentResponse::Failed { agent, reason } => format!("{}: {reason}", agent.as_str()),
-        other => format!(
-            "unexpected answer: {}",
-            serde_json::to_string(other).unwrap_or_default()
-        ),
     }
 }
 
