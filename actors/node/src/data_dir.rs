@@ -13,6 +13,7 @@
 //! store.redb         the embedded store: catalog records, artifacts, function key-value data,
 //!                    the ledger (Chef runs, maintenance events)
 //! roi.toml           optional: the prices ROI uses (`[roi]`, see docs/roi.md)
+//! lock               locked (flock) while a node runs from this dir; holds its process id
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,12 @@ pub struct NodeSettings {
     pub api: Option<String>,
 }
 
+/// An exclusive lock on a data dir, held while a node runs from it; released when dropped.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
 /// Paths inside a data dir, and loading and saving what they hold.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -52,6 +59,38 @@ impl DataDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the data dir for this process: a second `klf up` on the same dir is refused here,
+    /// before it binds a port or announces itself under the same node id.
+    pub fn lock(&self) -> Result<DataDirLock, crate::NodeError> {
+        use std::io::Write as _;
+        let path = self.root.join("lock");
+        let file_error = |source| crate::NodeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(file_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(crate::NodeError::InUse {
+                    path: self.root.clone(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(file_error(e)),
+        }
+        file.set_len(0).map_err(file_error)?;
+        write!(file, "{}", std::process::id()).map_err(file_error)?;
+        Ok(DataDirLock { _file: file })
     }
 
     pub fn node_file(&self) -> PathBuf {

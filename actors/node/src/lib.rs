@@ -53,6 +53,20 @@ pub enum NodeError {
     Registry(RegistryError),
     #[error("the function's code is refused: {0}")]
     InvalidCode(SandboxError),
+    #[error(
+        "{} is in use by another klf process (pid {holder}); stop it, or give this node its own --data directory",
+        path.display()
+    )]
+    InUse {
+        path: std::path::PathBuf,
+        holder: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How to run a node (what `klf up` takes on its command line).
@@ -184,6 +198,8 @@ pub struct Node {
     data_dir: DataDir,
     /// Weak: the registry owns the store, so a stopped node releases its data dir.
     store: std::sync::Weak<Store>,
+    /// Held while the actors run; released when they stop (so the dir can be started again).
+    lock: std::sync::Mutex<Option<data_dir::DataDirLock>>,
     ops: ops::NodeOps,
 }
 
@@ -206,6 +222,8 @@ impl Node {
                 dir.root().display()
             )));
         }
+        // First, before anything binds a port or speaks for this node id.
+        let lock = dir.lock()?;
         let mut settings = dir.load_settings()?;
         let credentials = dir.load_credentials()?;
         let api_tokens = dir.load_api_tokens()?;
@@ -366,6 +384,7 @@ impl Node {
             agents,
             data_dir: dir.clone(),
             store: Arc::downgrade(&store),
+            lock: std::sync::Mutex::new(Some(lock)),
             ops,
         })
     }
@@ -644,5 +663,8 @@ impl Node {
         let _ = self.registry.stop_and_wait(None, wait).await;
         let _ = self.membership.stop_and_wait(None, wait).await;
         let _ = self.transport.stop_and_wait(None, wait).await;
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 }
