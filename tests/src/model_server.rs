@@ -1,6 +1,7 @@
 //! A real HTTP server speaking the OpenAI chat-completions API, for tests of `ctx.model` and the
 //! Chef's `openai` provider: each request gets the next scripted answer (the last repeats), and
-//! every request body is kept so tests can check what was sent.
+//! every request body is kept so tests can check what was sent. A request with `stream: true` is
+//! answered as server-sent events, one word per chunk, as real servers stream tokens.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// One scripted answer.
@@ -24,6 +26,9 @@ pub enum Scripted {
         body: String,
         retry_after: Option<u32>,
     },
+    /// A model that never stops on its own: it writes words until the request's `max_tokens`
+    /// (then `finish_reason: length`), or forever, slowly, when there is none.
+    Ramble,
 }
 
 #[derive(Default)]
@@ -43,6 +48,52 @@ impl Drop for ModelServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `text` as a stream of one-word chunks.
+fn words(text: &str) -> futures_util::stream::BoxStream<'static, String> {
+    let mut chunks: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    if chunks.is_empty() {
+        chunks.push(String::new());
+    }
+    futures_util::stream::iter(chunks).boxed()
+}
+
+/// A streamed chat completion: a `data:` event per chunk, then one with the finish reason and the
+/// usage, then `data: [DONE]`.
+fn stream(
+    request: &Value,
+    chunks: futures_util::stream::BoxStream<'static, String>,
+    finish_reason: &'static str,
+) -> axum::response::Response {
+    let model = request["model"].clone();
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = counted.clone();
+    let chunk_model = model.clone();
+    let events = chunks
+        .map(move |chunk| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let event = json!({
+                "object": "chat.completion.chunk",
+                "model": chunk_model,
+                "choices": [{ "index": 0, "delta": { "content": chunk }, "finish_reason": null }],
+            });
+            Ok::<_, std::convert::Infallible>(format!("data: {event}\n\n"))
+        })
+        .chain(futures_util::stream::once(async move {
+            let last = json!({
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{ "index": 0, "delta": {}, "finish_reason": finish_reason }],
+                "usage": { "prompt_tokens": 10, "completion_tokens": counted.load(std::sync::atomic::Ordering::Relaxed) },
+            });
+            Ok(format!("data: {last}\n\ndata: [DONE]\n\n"))
+        }));
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(events),
+    )
+        .into_response()
 }
 
 fn completion(content: &str, request: &Value) -> Value {
@@ -89,7 +140,35 @@ impl ModelServer {
                             .cloned()
                             .unwrap_or(Scripted::Echo)
                     };
+                    let streams = request["stream"].as_bool() == Some(true);
                     match answer {
+                        Scripted::Content(text) if streams => {
+                            stream(&request, words(&text), "stop")
+                        }
+                        Scripted::Ramble => {
+                            let limit = request["max_tokens"].as_u64();
+                            let rambling = futures_util::stream::iter(0u64..)
+                                .take_while(move |n| {
+                                    std::future::ready(limit.is_none_or(|l| *n < l))
+                                })
+                                .then(move |n| async move {
+                                    if limit.is_none() {
+                                        tokio::time::sleep(std::time::Duration::from_millis(20))
+                                            .await;
+                                    }
+                                    format!("word{n} ")
+                                });
+                            let reason = if limit.is_some() { "length" } else { "stop" };
+                            if streams {
+                                stream(&request, rambling.boxed(), reason)
+                            } else {
+                                let text: Vec<String> =
+                                    futures_util::StreamExt::collect(rambling).await;
+                                let mut body = completion(&text.concat(), &request);
+                                body["choices"][0]["finish_reason"] = json!(reason);
+                                (StatusCode::OK, body.to_string()).into_response()
+                            }
+                        }
                         Scripted::Content(text) => {
                             (StatusCode::OK, completion(&text, &request).to_string())
                                 .into_response()

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use klf_actors::chef::agents::RunContext;
 use klf_actors::chef::messages::TechnicalRequirement;
 use klf_actors::chef::providers::model::{ModelBacked, elide};
 use klf_actors::chef::providers::replay::{Recording, Replay};
@@ -103,7 +104,7 @@ fn attempt(round: u32, feedback: Vec<String>) -> klf_actors::chef::messages::Att
 async fn a_good_answer_becomes_the_requirement() {
     let server = server(vec![content(good_answer())]).await;
     let answer = openai(&server)
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .expect("interpret");
     let requests = server.requests();
@@ -164,7 +165,7 @@ async fn a_malformed_answer_and_an_unknown_recipe_are_repaired() {
     ])
     .await;
     let answer = openai(&server)
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .expect("interpret after repairs");
     let requests = server.requests();
@@ -207,7 +208,7 @@ async fn answers_that_stay_unusable_fail_naming_the_last_problem() {
     ])
     .await;
     let error = openai(&server)
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .unwrap_err();
     assert!(matches!(error, ProviderError::Unusable(_)), "{error}");
@@ -232,7 +233,7 @@ async fn a_rate_limit_is_waited_out() {
     ])
     .await;
     let answer = openai(&server)
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .expect("interpret after a 429");
     assert_eq!(server.requests().len(), 2);
@@ -251,7 +252,7 @@ async fn bad_credentials_fail_without_a_retry() {
     ])
     .await;
     let error = openai(&server)
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .unwrap_err();
     assert!(matches!(error, ProviderError::Model(_)), "{error}");
@@ -271,7 +272,12 @@ async fn no_recipe_is_answered_honestly_with_the_closest() {
     )])
     .await;
     let answer = openai(&server)
-        .interpret("write a poem about stock prices".into(), library())
+        .interpret(
+            "write a poem about stock prices".into(),
+            library(),
+            Vec::new(),
+            RunContext::default(),
+        )
         .await
         .expect("interpret");
     let Interpretation::NoMatch(no) = answer.value else {
@@ -310,7 +316,12 @@ async fn a_repair_round_rewrites_main_js_only() {
 
     // Round 0 without feedback: the recipe as rendered, no model call.
     let first = openai(&server)
-        .generate(requirement.clone(), attempt(0, Vec::new()), library())
+        .generate(
+            requirement.clone(),
+            attempt(0, Vec::new()),
+            library(),
+            RunContext::default(),
+        )
         .await
         .expect("round 0");
     assert_eq!(first.value.files["main.js"], module);
@@ -318,7 +329,12 @@ async fn a_repair_round_rewrites_main_js_only() {
     assert!(server.requests().is_empty());
 
     let code = openai(&server)
-        .generate(requirement, attempt(1, feedback.clone()), library())
+        .generate(
+            requirement,
+            attempt(1, feedback.clone()),
+            library(),
+            RunContext::default(),
+        )
         .await
         .expect("repair round");
     assert_eq!(code.value.round, 1);
@@ -375,6 +391,7 @@ async fn a_repair_may_not_touch_the_embedded_tests() {
             requirement,
             attempt(1, vec!["a test failed".into()]),
             library(),
+            RunContext::default(),
         )
         .await
         .unwrap_err();
@@ -415,7 +432,7 @@ async fn record_the_replay_fixture() {
     let recording = Arc::new(Recording::new(client(&server)));
     let provider = ModelBacked::new(recording.clone(), "openai");
     let interpreted = provider
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .expect("interpret");
     let requirement = self::requirement(interpreted.value);
@@ -427,6 +444,7 @@ async fn record_the_replay_fixture() {
                 vec!["test flat-series: expected [] but got an error".into()],
             ),
             library(),
+            RunContext::default(),
         )
         .await
         .expect("generate");
@@ -440,7 +458,7 @@ async fn the_committed_recording_replays_to_the_same_requirement() {
     let server = server(vec![content(good_answer())]).await;
     let live = requirement(
         openai(&server)
-            .interpret(REQUEST.into(), library())
+            .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
             .await
             .expect("live")
             .value,
@@ -450,7 +468,7 @@ async fn the_committed_recording_replays_to_the_same_requirement() {
     let provider = provider_from("replay", Some(&fixture())).expect("replay provider");
     assert_eq!(provider.name(), "replay");
     let replayed = provider
-        .interpret(REQUEST.into(), library())
+        .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .expect("replayed interpretation");
     assert_eq!(replayed.model, "test-model");
@@ -465,6 +483,7 @@ async fn the_committed_recording_replays_to_the_same_requirement() {
                 vec!["test flat-series: expected [] but got an error".into()],
             ),
             library(),
+            RunContext::default(),
         )
         .await
         .expect("replayed repair round");
@@ -482,6 +501,8 @@ async fn a_mismatched_replay_says_which_exchange_and_what_differs() {
         .interpret(
             "find trading opportunities in my portfolio".into(),
             library(),
+            Vec::new(),
+            RunContext::default(),
         )
         .await
         .unwrap_err();

@@ -151,12 +151,13 @@ async fn a_healed_partition_heals_the_view_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_on_a_data_dir_in_use_is_refused_before_it_binds_anything() {
     let mut mesh = InProcessMesh::start(2).await.expect("mesh");
-    assert!(mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(10)).await);
-    let second = klf_actors::node::Node::start(
-        &mesh.data_dir(1),
-        klf_actors::node::RunOptions::loopback(),
-    )
-    .await;
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(10))
+            .await
+    );
+    let second =
+        klf_actors::node::Node::start(&mesh.data_dir(1), klf_actors::node::RunOptions::loopback())
+            .await;
     let Err(error) = second else {
         panic!("a second node started on node1's data dir");
     };
@@ -175,6 +176,9 @@ async fn a_second_node_on_a_data_dir_in_use_is_refused_before_it_binds_anything(
     // Stopped, its dir can be started again (the lock goes with the actors).
     mesh.nodes[1].kill().await;
     mesh.restart(1).await.expect("restart on the released dir");
-    assert!(mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(10)).await);
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(10))
+            .await
+    );
     mesh.shutdown().await;
 }

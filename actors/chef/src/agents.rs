@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::checks;
 use super::messages::{
-    AgentMessage, AgentResponse, AgentType, Attempt, GeneratedCode, TechnicalRequirement,
+    AgentMessage, AgentResponse, AgentType, Attempt, Bounds, GeneratedCode, TechnicalRequirement,
 };
 use super::providers::{Interpretation, Provider};
 use crate::kitchen::Kitchen;
@@ -18,6 +18,15 @@ use futures_util::future::BoxFuture;
 
 /// How long a deployment may take to answer its first call.
 const DEPLOY_READY: Duration = Duration::from_secs(15);
+
+/// What an agent knows of the run a message belongs to.
+#[derive(Clone, Default)]
+pub struct RunContext {
+    pub run_id: String,
+    pub bounds: Bounds,
+    /// Where a streaming model exchange reports progress (agents on the pipeline's own node).
+    pub progress: Option<klf_model::ProgressSink>,
+}
 
 /// The seed's `AIAgent` interface. An agent implements the operations of its role; the default
 /// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
@@ -28,11 +37,12 @@ pub trait AIAgent: Send + Sync + 'static {
     }
     fn agent_type(&self) -> AgentType;
 
-    fn interpret(&self, _request: String) -> BoxFuture<'static, AgentResponse> {
+    fn interpret(&self, _cx: RunContext, _request: String) -> BoxFuture<'static, AgentResponse> {
         self.refuse("interpret")
     }
     fn generate(
         &self,
+        _cx: RunContext,
         _requirement: TechnicalRequirement,
         _attempt: Attempt,
     ) -> BoxFuture<'static, AgentResponse> {
@@ -41,7 +51,7 @@ pub trait AIAgent: Send + Sync + 'static {
     fn validate(&self, _code: GeneratedCode) -> BoxFuture<'static, AgentResponse> {
         self.refuse("validate")
     }
-    fn test(&self, _message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+    fn test(&self, _cx: RunContext, _message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
         self.refuse("test")
     }
     fn deploy(
@@ -57,16 +67,20 @@ pub trait AIAgent: Send + Sync + 'static {
     }
 
     /// Dispatches a message to the operation it asks for.
-    fn communicate(&self, message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+    fn communicate(
+        &self,
+        cx: RunContext,
+        message: AgentMessage,
+    ) -> BoxFuture<'static, AgentResponse> {
         match message {
-            AgentMessage::Interpret { request } => self.interpret(request),
+            AgentMessage::Interpret { request } => self.interpret(cx, request),
             AgentMessage::Generate {
                 requirement,
                 attempt,
-            } => self.generate(*requirement, *attempt),
+            } => self.generate(cx, *requirement, *attempt),
             AgentMessage::Validate { code } => self.validate(*code),
             message @ (AgentMessage::WriteTests { .. } | AgentMessage::RunTests { .. }) => {
-                self.test(message)
+                self.test(cx, message)
             }
             AgentMessage::Deploy {
                 code,
@@ -114,11 +128,16 @@ impl AIAgent for Interpreter {
     fn agent_type(&self) -> AgentType {
         AgentType::RequirementInterpreter
     }
-    fn interpret(&self, request: String) -> BoxFuture<'static, AgentResponse> {
+    fn interpret(&self, cx: RunContext, request: String) -> BoxFuture<'static, AgentResponse> {
         let context = self.0.clone();
         Box::pin(async move {
             let library = context.kitchen.ingredients().clone();
-            match context.provider.interpret(request, library).await {
+            let deployed = deployed_functions(&context.kitchen.node().catalog());
+            match context
+                .provider
+                .interpret(request, library, deployed, cx)
+                .await
+            {
                 Ok(costed) => match costed.value {
                     Interpretation::Requirement(requirement) => AgentResponse::Interpreted {
                         requirement,
@@ -145,6 +164,7 @@ impl AIAgent for Generator {
     }
     fn generate(
         &self,
+        cx: RunContext,
         requirement: TechnicalRequirement,
         attempt: Attempt,
     ) -> BoxFuture<'static, AgentResponse> {
@@ -153,7 +173,7 @@ impl AIAgent for Generator {
             let library = context.kitchen.ingredients().clone();
             match context
                 .provider
-                .generate(requirement, attempt, library)
+                .generate(requirement, attempt, library, cx)
                 .await
             {
                 Ok(costed) => AgentResponse::Generated {
@@ -194,18 +214,44 @@ impl AIAgent for Tester {
     fn agent_type(&self) -> AgentType {
         AgentType::TestGenerator
     }
-    fn test(&self, message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+    fn test(&self, cx: RunContext, message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
+        let provider = self.0.provider.clone();
         let kitchen = self.0.kitchen.clone();
         let node = kitchen.node().clone();
         Box::pin(async move {
             match message {
                 AgentMessage::WriteTests { requirement } => {
-                    match checks::acceptance_tests(&requirement, kitchen.ingredients()) {
-                        Ok(tests) => AgentResponse::Tests { tests },
-                        Err(reason) => AgentResponse::Failed {
-                            agent: AgentType::TestGenerator,
-                            reason,
-                        },
+                    let mut tests =
+                        match checks::acceptance_tests(&requirement, kitchen.ingredients()) {
+                            Ok(tests) => tests,
+                            Err(reason) => {
+                                return AgentResponse::Failed {
+                                    agent: AgentType::TestGenerator,
+                                    reason,
+                                };
+                            }
+                        };
+                    // A model-written function also gets tests written from its requirement alone.
+                    let (mut tokens_in, mut tokens_out) = (0, 0);
+                    if requirement.is_freeform() {
+                        match provider.write_tests(*requirement, cx).await {
+                            Ok(written) => {
+                                tokens_in = written.usage.input_tokens;
+                                tokens_out = written.usage.output_tokens;
+                                tests.extend(written.value);
+                            }
+                            Err(error) => {
+                                return AgentResponse::Failed {
+                                    agent: AgentType::TestGenerator,
+                                    reason: error.to_string(),
+                                };
+                            }
+                        }
+                    }
+                    AgentResponse::Tests {
+                        tests,
+                        tokens_in,
+                        tokens_out,
                     }
                 }
                 AgentMessage::RunTests { code, tests } => {
@@ -293,7 +339,7 @@ impl AIAgent for Watcher {
 
 /// A message to an agent actor.
 pub enum AgentMsg {
-    Communicate(AgentMessage, RpcReplyPort<AgentResponse>),
+    Communicate(RunContext, AgentMessage, RpcReplyPort<AgentResponse>),
 }
 
 /// The actor around one agent. Work runs in a task of its own, so a long test run does not hold
@@ -320,8 +366,8 @@ impl Actor for AgentActor {
         agent: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AgentMsg::Communicate(message, reply) => {
-                let work = agent.communicate(message);
+            AgentMsg::Communicate(cx, message, reply) => {
+                let work = agent.communicate(cx, message);
                 tokio::spawn(async move {
                     let _ = reply.send(work.await);
                 });
@@ -329,6 +375,22 @@ impl Actor for AgentActor {
         }
         Ok(())
     }
+}
+
+/// What the interpreter is told is deployed (the registry's discover), so a new function may call
+/// what exists.
+pub fn deployed_functions(catalog: &klf_registry::Catalog) -> Vec<crate::providers::Deployed> {
+    catalog
+        .deployments()
+        .filter(|d| d.enabled)
+        .filter_map(|d| catalog.served(&d.name))
+        .map(|release| crate::providers::Deployed {
+            name: release.manifest.name.clone(),
+            version: release.manifest.version.to_string(),
+            kind: release.manifest.kind.clone(),
+            description: release.manifest.description.clone(),
+        })
+        .collect()
 }
 
 /// The six agents of one node.

@@ -279,29 +279,40 @@ pub fn acceptance_tests(
     requirement: &TechnicalRequirement,
     library: &Library,
 ) -> Result<Vec<TestCase>, String> {
-    let (_, recipe) = library
-        .recipe(&requirement.recipe)
-        .map_err(|e| e.to_string())?;
-    let mut tests: Vec<TestCase> = recipe
-        .examples
+    // The examples (the recipe's, or a model-written requirement's own) and the testing templates
+    // whose edge cases apply to the input schema.
+    let (mut tests, templates): (Vec<TestCase>, Vec<&str>) = if requirement.is_freeform() {
+        (
+            crate::providers::freeform::example_tests(requirement),
+            vec![FREEFORM_TESTING],
+        )
+    } else {
+        let (_, recipe) = library
+            .recipe(&requirement.recipe)
+            .map_err(|e| e.to_string())?;
+        (
+            recipe
+                .examples
+                .iter()
+                .map(|example| TestCase {
+                    name: format!("example: {}", example.name),
+                    origin: "example".into(),
+                    input: example.input.clone(),
+                    expect: example.expect.clone(),
+                    error: example.error.clone(),
+                    output_schema: (example.expect.is_none() && example.error.is_none())
+                        .then(|| requirement.output_schema.clone()),
+                })
+                .collect(),
+            recipe.uses.iter().map(String::as_str).collect(),
+        )
+    };
+    let base = tests
         .iter()
-        .map(|example| TestCase {
-            name: format!("example: {}", example.name),
-            origin: "example".into(),
-            input: example.input.clone(),
-            expect: example.expect.clone(),
-            error: example.error.clone(),
-            output_schema: (example.expect.is_none() && example.error.is_none())
-                .then(|| requirement.output_schema.clone()),
-        })
-        .collect();
-    let base = recipe
-        .examples
-        .iter()
-        .find(|e| e.error.is_none())
-        .map(|e| e.input.clone())
+        .find(|t| t.error.is_none())
+        .map(|t| t.input.clone())
         .unwrap_or_else(edge_cases::empty_object);
-    for used in &recipe.uses {
+    for used in templates {
         let Some(ingredient) = library.get(used) else {
             continue;
         };
@@ -334,6 +345,9 @@ pub fn acceptance_tests(
     }
     Ok(tests)
 }
+
+/// The testing template whose edge cases a model-written function's input schema gets.
+const FREEFORM_TESTING: &str = "input-edge-cases";
 
 /// JSON text with object keys sorted, for comparing outputs.
 fn canonical(value: &Value) -> String {
@@ -388,6 +402,7 @@ pub async fn run_tests(
             result.cases.push(CaseResult {
                 name: "package".into(),
                 passed: false,
+                feedback: Some(message.clone()),
                 detail: Some(message),
             });
             return result;
@@ -410,10 +425,12 @@ pub async fn run_tests(
         Ok(instance) => instance,
         Err(error) => {
             result.failed = tests.len() as u32;
+            let message = format!("the function does not start: {error}");
             result.cases.push(CaseResult {
                 name: "start".into(),
                 passed: false,
-                detail: Some(format!("the function does not start: {error}")),
+                feedback: Some(message.clone()),
+                detail: Some(message),
             });
             return result;
         }
@@ -425,34 +442,59 @@ pub async fn run_tests(
                 CallMeta::with_timeout(limits.timeout + Duration::from_secs(1)),
             )
             .await;
-        let verdict: Result<(), String> =
-            match (&outcome, &test.expect, &test.error, &test.output_schema) {
-                (Ok(actual), Some(expect), _, _) => {
-                    if canonical(actual) == canonical(expect) {
-                        Ok(())
-                    } else {
-                        Err(format!("expected {}, got {}", short(expect), short(actual)))
-                    }
+        // Each failure in two words: for a person (with what was expected) and for the code
+        // generator (without it).
+        let verdict: Result<(), (String, String)> = match (
+            &outcome,
+            &test.expect,
+            &test.error,
+            &test.output_schema,
+        ) {
+            (Ok(actual), Some(expect), _, _) => {
+                if canonical(actual) == canonical(expect) {
+                    Ok(())
+                } else {
+                    Err((
+                        format!("expected {}, got {}", short(expect), short(actual)),
+                        format!("the output {} is not the expected output", short(actual)),
+                    ))
                 }
-                (Ok(actual), None, Some(error), _) => Err(format!(
+            }
+            (Ok(actual), None, Some(error), _) => Err((
+                format!(
                     "expected an error containing {error:?}, got the output {}",
                     short(actual)
-                )),
-                (Ok(actual), None, None, Some(schema)) => schema::validate(schema, actual)
-                    .map_err(|m| format!("the output does not match the output schema: {m}")),
-                (Ok(_), None, None, None) => Ok(()),
-                (Err(error), _, Some(wanted), _) => {
-                    let message = error.to_string();
-                    if message.contains(wanted.as_str()) {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "expected an error containing {wanted:?}, got: {message}"
-                        ))
-                    }
+                ),
+                format!(
+                    "it returned {} but this input must be refused with an error",
+                    short(actual)
+                ),
+            )),
+            (Ok(actual), None, None, Some(schema)) => {
+                schema::validate(schema, actual).map_err(|m| {
+                    let message = format!("the output does not match the output schema: {m}");
+                    (message.clone(), message)
+                })
+            }
+            (Ok(_), None, None, None) => Ok(()),
+            (Err(error), _, Some(wanted), _) => {
+                let message = error.to_string();
+                if message.contains(wanted.as_str()) {
+                    Ok(())
+                } else {
+                    Err((
+                        format!("expected an error containing {wanted:?}, got: {message}"),
+                        format!(
+                            "it failed with \"{message}\", which is not the error this input must give"
+                        ),
+                    ))
                 }
-                (Err(error), _, None, _) => Err(format!("failed: {error}")),
-            };
+            }
+            (Err(error), _, None, _) => {
+                let message = format!("failed: {error}");
+                Err((message.clone(), message))
+            }
+        };
         match verdict {
             Ok(()) => {
                 result.passed += 1;
@@ -460,14 +502,16 @@ pub async fn run_tests(
                     name: test.name.clone(),
                     passed: true,
                     detail: None,
+                    feedback: None,
                 });
             }
-            Err(detail) => {
+            Err((detail, feedback)) => {
                 result.failed += 1;
                 result.cases.push(CaseResult {
                     name: test.name.clone(),
                     passed: false,
                     detail: Some(detail),
+                    feedback: Some(feedback),
                 });
             }
         }

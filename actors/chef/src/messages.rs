@@ -99,6 +99,9 @@ pub struct TechnicalRequirement {
     /// The function's `type` in the catalog (free-form requirements; a recipe declares its own).
     #[serde(default)]
     pub kind: String,
+    /// The version to publish (empty: the recipe's, or 1.0.0 for a new model-written function).
+    #[serde(default)]
+    pub version: String,
     /// What the function does, in a sentence or two (free-form requirements).
     #[serde(default)]
     pub description: String,
@@ -131,6 +134,15 @@ impl TechnicalRequirement {
     pub fn is_freeform(&self) -> bool {
         self.recipe.is_empty()
     }
+
+    /// The version a model-written package gets.
+    pub fn version_or_first(&self) -> String {
+        if self.version.is_empty() {
+            "1.0.0".into()
+        } else {
+            self.version.clone()
+        }
+    }
 }
 
 /// The interpreter's answer when no recipe fits: never a wrong function dressed as a right one.
@@ -154,6 +166,54 @@ pub struct GeneratedCode {
     /// Secrets (name → content) the function's tests need on the node that runs them.
     #[serde(default)]
     pub fixtures: BTreeMap<String, String>,
+}
+
+/// What every model exchange of one run may use. It travels with each agent message, so an agent
+/// on another node keeps the run's bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bounds {
+    /// `max_tokens` of one exchange, by stage: `interpret`, `write-tests`, `generate`.
+    pub max_tokens: BTreeMap<String, u32>,
+    /// When the whole run must end, in milliseconds since the Unix epoch.
+    pub deadline_unix_ms: u64,
+    /// Have the model write the function even when a recipe fits (`--fresh`).
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+impl Bounds {
+    /// Default `max_tokens` per stage: a requirement with its schemas and examples, a set of
+    /// tests, a module of a few hundred lines.
+    pub const DEFAULT_MAX_TOKENS: [(&'static str, u32); 3] = [
+        ("interpret", 2048),
+        ("write-tests", 2048),
+        ("generate", 4096),
+    ];
+
+    /// `max_tokens` for `stage`.
+    pub fn max_tokens(&self, stage: &str) -> u32 {
+        self.max_tokens.get(stage).copied().unwrap_or_else(|| {
+            Self::DEFAULT_MAX_TOKENS
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map_or(2048, |(_, n)| *n)
+        })
+    }
+
+    /// Time left before the run's deadline.
+    pub fn remaining(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.deadline_unix_ms.saturating_sub(klf_proto::unix_ms()))
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_tokens: BTreeMap::new(),
+            deadline_unix_ms: klf_proto::unix_ms().saturating_add(5 * 60 * 1000),
+            fresh: false,
+        }
+    }
 }
 
 /// What the Code Generator is told about the round it writes.
@@ -209,7 +269,12 @@ pub struct TestCase {
 pub struct CaseResult {
     pub name: String,
     pub passed: bool,
+    /// What went wrong, for a person: may show the expected output.
     pub detail: Option<String>,
+    /// What went wrong, for the code generator: never shows the expected output (the tests are
+    /// held by the pipeline, so code cannot be fitted to them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
 }
 
 /// The test run's verdict.
@@ -292,6 +357,11 @@ pub enum AgentResponse {
     Validated(ValidationResult),
     Tests {
         tests: Vec<TestCase>,
+        /// Model tokens spent writing them (0 when none were written by a model).
+        #[serde(default)]
+        tokens_in: u64,
+        #[serde(default)]
+        tokens_out: u64,
     },
     Tested(TestResult),
     Deployed {

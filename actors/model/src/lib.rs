@@ -30,6 +30,12 @@ pub struct ModelRequest {
     pub temperature: Option<f32>,
     /// Ask for a JSON object (`response_format: json_object`); the caller still validates it.
     pub json: bool,
+    /// With `json`: the JSON Schema the answer must follow, sent as a structured output
+    /// (`response_format: json_schema`) where the server accepts it. A server that refuses it is
+    /// asked for a plain JSON object instead, and one that refuses that for plain text: the
+    /// caller checks the answer against the schema either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
 }
 
 /// Tokens a call consumed, as the provider reports them.
@@ -48,7 +54,28 @@ pub struct ModelReply {
     pub usage: Usage,
     /// Attempts it took (1 when the first succeeded).
     pub attempts: u32,
+    /// Why the model stopped (`stop`, or `length` when `max_tokens` cut the answer off).
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
+
+impl ModelReply {
+    /// Whether `max_tokens` cut the answer off (it is then probably incomplete).
+    pub fn truncated(&self) -> bool {
+        self.finish_reason.as_deref() == Some("length")
+    }
+}
+
+/// How far a streamed answer got, reported as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streamed {
+    /// Content chunks received (one token each on the servers seen so far).
+    pub chunks: u64,
+    pub elapsed: Duration,
+}
+
+/// Told of each streamed chunk (it must be quick: it runs on the reading task).
+pub type ProgressSink = std::sync::Arc<dyn Fn(Streamed) + Send + Sync>;
 
 /// Why a model call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +105,17 @@ pub trait ModelProvider: Send + Sync + 'static {
         request: ModelRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<ModelReply, ModelError>>;
+    /// Like [`ModelProvider::complete`], telling `progress` of each chunk as the answer streams
+    /// in. Providers that cannot stream answer at once (the default).
+    fn complete_streaming(
+        &self,
+        request: ModelRequest,
+        timeout: Duration,
+        progress: ProgressSink,
+    ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
+        let _ = progress;
+        self.complete(request, timeout)
+    }
     /// What `klf` shows about the provider (never the key).
     fn describe(&self) -> String;
 }

@@ -2,26 +2,50 @@
 //!
 //! Retries follow what such endpoints mean: 429 and 5xx, timeouts and connection failures are
 //! transient (honouring `Retry-After` when the provider sends one); 400/401/403/404/422 are not,
-//! and retrying them would only spend the caller's deadline and the user's quota.
+//! and retrying them would only spend the caller's deadline and the user's quota — except that a
+//! 400 to a request using a newer feature (`response_format: json_schema`, streaming) is asked again
+//! in a simpler shape, so older servers and small local ones work too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::{ModelConfig, ModelError, ModelProvider, ModelReply, ModelRequest, Usage};
+use super::{
+    ModelConfig, ModelError, ModelProvider, ModelReply, ModelRequest, ProgressSink, Streamed, Usage,
+};
 
 /// Longest `Retry-After` honoured; beyond it the call gives up rather than hang.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Most of a provider's error body quoted back in messages.
 const MAX_QUOTED: usize = 300;
 
+/// How much of OpenAI's `response_format` a server has accepted, best first. A server that
+/// rejects a level is asked again one level down, and the level is remembered for later calls.
+const FORMAT_SCHEMA: u8 = 2;
+const FORMAT_OBJECT: u8 = 1;
+const FORMAT_TEXT: u8 = 0;
+
 /// A provider behind an OpenAI-compatible HTTP API.
 #[derive(Clone)]
 pub struct OpenAiCompatible {
     client: reqwest::Client,
     config: ModelConfig,
+    /// The best `response_format` level this server accepts (see [`FORMAT_SCHEMA`]).
+    format: Arc<AtomicU8>,
+    /// Whether this server streams (`stream: true`); cleared when it refuses.
+    streams: Arc<AtomicBool>,
+}
+
+/// One way of sending a request: which `response_format` and whether to stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    format: u8,
+    stream: bool,
 }
 
 impl OpenAiCompatible {
@@ -36,7 +60,12 @@ impl OpenAiCompatible {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ModelError::BadRequest(format!("HTTP client: {e}")))?;
-        Ok(Self { client, config })
+        Ok(Self {
+            client,
+            config,
+            format: Arc::new(AtomicU8::new(FORMAT_SCHEMA)),
+            streams: Arc::new(AtomicBool::new(true)),
+        })
     }
 
     fn url(&self) -> String {
@@ -46,7 +75,7 @@ impl OpenAiCompatible {
         )
     }
 
-    fn body(&self, request: &ModelRequest) -> Value {
+    fn body(&self, request: &ModelRequest, shape: Shape) -> Value {
         let mut body = json!({
             "model": self.config.model,
             "messages": request.messages,
@@ -58,25 +87,79 @@ impl OpenAiCompatible {
             body["temperature"] = json!(t);
         }
         if request.json {
-            body["response_format"] = json!({ "type": "json_object" });
+            match (&request.schema, shape.format) {
+                (Some(schema), FORMAT_SCHEMA) => {
+                    body["response_format"] = json!({
+                        "type": "json_schema",
+                        "json_schema": { "name": "answer", "schema": schema },
+                    });
+                }
+                (_, FORMAT_SCHEMA | FORMAT_OBJECT) => {
+                    body["response_format"] = json!({ "type": "json_object" });
+                }
+                _ => {}
+            }
+        }
+        if shape.stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({ "include_usage": true });
         }
         body
+    }
+
+    /// The shape to try first for `request`.
+    fn first_shape(&self, request: &ModelRequest, stream: bool) -> Shape {
+        let known = self.format.load(Ordering::Relaxed);
+        let format = match (request.json, &request.schema) {
+            (false, _) => FORMAT_TEXT,
+            (true, None) => known.min(FORMAT_OBJECT),
+            (true, Some(_)) => known,
+        };
+        Shape {
+            format,
+            stream: stream && self.streams.load(Ordering::Relaxed),
+        }
+    }
+
+    /// After the server rejected `shape` (400/422), the next one to try, if any: first without
+    /// streaming, then one `response_format` level down. What was refused is remembered.
+    fn fallback(&self, request: &ModelRequest, shape: Shape) -> Option<Shape> {
+        if shape.stream {
+            self.streams.store(false, Ordering::Relaxed);
+            return Some(Shape {
+                stream: false,
+                ..shape
+            });
+        }
+        if request.json && shape.format > FORMAT_TEXT {
+            let lower = shape.format - 1;
+            self.format.fetch_min(lower, Ordering::Relaxed);
+            return Some(Shape {
+                format: lower,
+                ..shape
+            });
+        }
+        None
     }
 
     async fn complete_within(
         self,
         request: ModelRequest,
         timeout: Duration,
+        progress: Option<ProgressSink>,
     ) -> Result<ModelReply, ModelError> {
         if request.messages.is_empty() {
             return Err(ModelError::BadRequest("no messages to send".into()));
         }
-        let deadline = Instant::now() + timeout;
-        let body = self.body(&request);
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut shape = self.first_shape(&request, progress.is_some());
         let attempts = self.config.max_attempts.max(1);
         let mut backoff = self.config.backoff;
         let mut last = String::new();
-        for attempt in 1..=attempts {
+        let mut attempt = 0;
+        while attempt < attempts {
+            attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 last = format!("deadline of {timeout:?} reached");
@@ -85,19 +168,34 @@ impl OpenAiCompatible {
                     last,
                 });
             }
-            let mut send = self.client.post(self.url()).json(&body).timeout(remaining);
+            let mut send = self
+                .client
+                .post(self.url())
+                .json(&self.body(&request, shape))
+                .timeout(remaining);
             if let Some(key) = &self.config.api_key {
                 send = send.bearer_auth(key);
             }
             let wait = match send.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = retry_after(response.headers());
-                    let text = response.text().await.unwrap_or_default();
                     if status.is_success() {
+                        let streamed = response
+                            .headers()
+                            .get(reqwest::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.starts_with("text/event-stream"));
+                        if streamed {
+                            return read_stream(response, attempt, started, progress.as_ref())
+                                .await;
+                        }
+                        let text = response.text().await.map_err(|e| {
+                            ModelError::Malformed(format!("the answer could not be read: {e}"))
+                        })?;
                         return parse_reply(&text, attempt);
                     }
-                    let message = quote(&text);
+                    let retry_after = retry_after(response.headers());
+                    let message = quote(&response.text().await.unwrap_or_default());
                     match status.as_u16() {
                         401 | 403 => {
                             return Err(ModelError::Unauthorized {
@@ -109,6 +207,21 @@ impl OpenAiCompatible {
                             last = format!("HTTP {}: {message}", status.as_u16());
                             retry_after.unwrap_or(backoff)
                         }
+                        code @ (400 | 422) => match self.fallback(&request, shape) {
+                            // Not the server's fault, and not an attempt: ask in a simpler shape.
+                            Some(simpler) => {
+                                debug!(?shape, ?simpler, %message, "the server refused this request shape; asking more simply");
+                                shape = simpler;
+                                attempt -= 1;
+                                continue;
+                            }
+                            None => {
+                                return Err(ModelError::Rejected {
+                                    status: code,
+                                    message,
+                                });
+                            }
+                        },
                         code => {
                             return Err(ModelError::Rejected {
                                 status: code,
@@ -153,11 +266,159 @@ impl ModelProvider for OpenAiCompatible {
         request: ModelRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
-        Box::pin(self.clone().complete_within(request, timeout))
+        Box::pin(self.clone().complete_within(request, timeout, None))
+    }
+
+    fn complete_streaming(
+        &self,
+        request: ModelRequest,
+        timeout: Duration,
+        progress: ProgressSink,
+    ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
+        Box::pin(
+            self.clone()
+                .complete_within(request, timeout, Some(progress)),
+        )
     }
 
     fn describe(&self) -> String {
         format!("{} at {}", self.config.model, self.config.base_url)
+    }
+}
+
+/// Reads a server-sent-events answer (`data: {chunk}` lines, then `data: [DONE]`), telling
+/// `progress` of each content chunk. The request's own timeout bounds the whole read, so a model
+/// that never stops is cut off at the deadline (and, before that, by `max_tokens`).
+async fn read_stream(
+    mut response: reqwest::Response,
+    attempts: u32,
+    started: Instant,
+    progress: Option<&ProgressSink>,
+) -> Result<ModelReply, ModelError> {
+    let mut stream = StreamedReply::default();
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => {
+                return Err(ModelError::Exhausted {
+                    attempts,
+                    last: format!(
+                        "timed out while the answer streamed in ({} chunks so far)",
+                        stream.chunks
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(ModelError::Malformed(format!(
+                    "the stream broke after {} chunks: {e}",
+                    stream.chunks
+                )));
+            }
+        };
+        if pending.len() + chunk.len() > MAX_STREAM_BYTES {
+            return Err(ModelError::Malformed(format!(
+                "the streamed answer is larger than {MAX_STREAM_BYTES} bytes"
+            )));
+        }
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let before = stream.chunks;
+            if stream.line(&String::from_utf8_lossy(&line))? {
+                return Ok(stream.reply(attempts));
+            }
+            if stream.chunks != before
+                && let Some(progress) = progress
+            {
+                progress(Streamed {
+                    chunks: stream.chunks,
+                    elapsed: started.elapsed(),
+                });
+            }
+        }
+    }
+    if !pending.is_empty() {
+        stream.line(&String::from_utf8_lossy(&pending))?;
+    }
+    Ok(stream.reply(attempts))
+}
+
+/// Largest streamed answer read (the text of a chat answer, with its JSON framing).
+const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the chunks of a streamed answer add up to.
+#[derive(Debug, Default)]
+struct StreamedReply {
+    text: String,
+    model: String,
+    usage: Usage,
+    finish_reason: Option<String>,
+    chunks: u64,
+}
+
+impl StreamedReply {
+    /// Takes one line of the event stream; true at `data: [DONE]`.
+    fn line(&mut self, line: &str) -> Result<bool, ModelError> {
+        let Some(data) = line.trim().strip_prefix("data:") else {
+            return Ok(false); // comments, `event:` lines and blank separators
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(true);
+        }
+        let value: Value = serde_json::from_str(data).map_err(|e| {
+            ModelError::Malformed(format!(
+                "a streamed chunk is not JSON ({e}): {}",
+                quote(data)
+            ))
+        })?;
+        if let Some(model) = value.get("model").and_then(Value::as_str) {
+            self.model = model.to_string();
+        }
+        if let Some(content) = value
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            if !content.is_empty() {
+                self.chunks += 1;
+            }
+            self.text.push_str(content);
+        }
+        if let Some(reason) = value
+            .pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+        {
+            self.finish_reason = Some(reason.to_string());
+        }
+        if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+            self.usage = usage_of(usage);
+        }
+        Ok(false)
+    }
+
+    fn reply(self, attempts: u32) -> ModelReply {
+        let mut usage = self.usage;
+        // A server that does not report usage: count the streamed chunks as tokens.
+        if usage.output_tokens == 0 {
+            usage.output_tokens = self.chunks;
+        }
+        ModelReply {
+            text: self.text,
+            model: self.model,
+            usage,
+            attempts,
+            finish_reason: self.finish_reason,
+        }
+    }
+}
+
+fn usage_of(usage: &Value) -> Usage {
+    let count = |field: &str| usage.get(field).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input_tokens: count("prompt_tokens"),
+        output_tokens: count("completion_tokens"),
     }
 }
 
@@ -189,12 +450,6 @@ fn parse_reply(text: &str, attempts: u32) -> Result<ModelReply, ModelError> {
         .ok_or_else(|| {
             ModelError::Malformed(format!("no choices[0].message.content in {}", quote(text)))
         })?;
-    let count = |field: &str| {
-        value
-            .pointer(&format!("/usage/{field}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
     Ok(ModelReply {
         text: content.to_string(),
         model: value
@@ -202,11 +457,12 @@ fn parse_reply(text: &str, attempts: u32) -> Result<ModelReply, ModelError> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
-        usage: Usage {
-            input_tokens: count("prompt_tokens"),
-            output_tokens: count("completion_tokens"),
-        },
+        usage: value.get("usage").map(usage_of).unwrap_or_default(),
         attempts,
+        finish_reason: value
+            .pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 

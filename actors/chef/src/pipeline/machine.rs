@@ -347,7 +347,13 @@ impl Cooking {
 
     fn tests_written(&mut self, response: AgentResponse) -> (bool, String) {
         match response {
-            AgentResponse::Tests { tests } => {
+            AgentResponse::Tests {
+                tests,
+                tokens_in,
+                tokens_out,
+            } => {
+                self.run.tokens_in += tokens_in;
+                self.run.tokens_out += tokens_out;
                 let count = |origin: &str| tests.iter().filter(|t| t.origin == origin).count();
                 let (examples, written) = (count("example"), count("written"));
                 let detail = format!(
@@ -458,6 +464,7 @@ impl Cooking {
                     name: "test run".into(),
                     passed: false,
                     detail: Some(describe(&other)),
+                    feedback: Some(describe(&other)),
                 }],
             },
         };
@@ -577,8 +584,8 @@ fn missing_parameters(requirement: &TechnicalRequirement, library: &Library) -> 
 }
 
 /// What went wrong with a round's code, as lines the generator gets back: the validator's
-/// problems, and the names of failed tests with their messages (which never carry the expected
-/// output: see the test runner).
+/// problems, and the names of failed tests with their feedback, which never carries the expected
+/// output (a case without feedback says only that it failed).
 pub fn failure_of(validation: &ValidationResult, tests: Option<&TestResult>) -> Vec<String> {
     let mut lines: Vec<String> = validation
         .problems
@@ -595,7 +602,7 @@ pub fn failure_of(validation: &ValidationResult, tests: Option<&TestResult>) -> 
             format!(
                 "test {:?} failed: {}",
                 c.name,
-                c.detail.clone().unwrap_or_default()
+                c.feedback.as_deref().unwrap_or("it failed")
             )
         }));
     }
@@ -708,7 +715,8 @@ mod tests {
                 .map(|name| CaseResult {
                     name: (*name).into(),
                     passed: false,
-                    detail: Some("the output differs".into()),
+                    detail: Some("expected {\"y\":2}, got {\"y\":3}".into()),
+                    feedback: Some("the output differs".into()),
                 })
                 .collect(),
         })
@@ -750,6 +758,8 @@ mod tests {
             AgentType::TestGenerator,
             AgentResponse::Tests {
                 tests: vec![test_case()],
+                tokens_in: 0,
+                tokens_out: 0,
             },
         );
     }

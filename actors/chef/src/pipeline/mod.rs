@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::agents::{AgentContext, AgentMsg, Agents};
+use super::agents::{AgentContext, AgentMsg, Agents, RunContext};
 use super::messages::{
-    AgentMessage, AgentResponse, AgentType, GeneratedCode, NoMatch, TechnicalRequirement,
+    AgentMessage, AgentResponse, AgentType, Bounds, GeneratedCode, NoMatch, TechnicalRequirement,
     TestResult, ValidationResult,
 };
 use super::providers::Provider;
@@ -29,8 +29,8 @@ use klf_node_core::AgentEndpoint;
 use klf_security::PeerIdentity;
 pub use machine::{Cooking, MAX_REPAIRS, Next, Plan, Stage};
 
-/// Longest an agent may take to answer one message.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Least time an agent is given to answer, even past the run's deadline (to say why it could not).
+const MIN_AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The `kind` of KLF `Agent` frames that carry Chef messages.
 pub const FRAME_KIND: &str = "chef";
 
@@ -41,6 +41,11 @@ pub enum ChefError {
     Agents(String),
     #[error("unknown provider {name:?} (available: {available})")]
     UnknownProvider { name: String, available: String },
+    #[error(
+        "--fresh has a model write the function, but provider {provider:?} has no model; use \
+         --provider openai (KLF_MODEL_BASE_URL on the node) or drop --fresh"
+    )]
+    FreshNeedsModel { provider: String },
 }
 
 /// How to run one request.
@@ -61,6 +66,13 @@ pub struct ChefOptions {
     /// Model tokens (in + out) the run may spend; unbounded when `None`.
     #[serde(default)]
     pub token_budget: Option<u64>,
+    /// `max_tokens` of one model exchange by stage (`interpret`, `write-tests`, `generate`);
+    /// stages not named keep [`Bounds::DEFAULT_MAX_TOKENS`].
+    #[serde(default)]
+    pub max_tokens: BTreeMap<String, u32>,
+    /// Have the model write the function even when a recipe fits (needs a model provider).
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// How long a run may take unless `--deadline` says otherwise.
@@ -75,6 +87,8 @@ impl Default for ChefOptions {
             placement: BTreeMap::new(),
             deadline_ms: None,
             token_budget: None,
+            max_tokens: BTreeMap::new(),
+            fresh: false,
         }
     }
 }
@@ -190,10 +204,23 @@ struct Endpoint {
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     provider: String,
+    /// The run's bounds, so an agent on another node keeps them.
+    #[serde(default)]
+    bounds: Bounds,
     message: AgentMessage,
 }
 
-async fn ask_actor(agents: &Agents, role: AgentType, message: AgentMessage) -> AgentResponse {
+/// How long an agent may take: until the run's deadline, and at least a moment to say no.
+fn agent_timeout(bounds: &Bounds) -> Duration {
+    bounds.remaining().max(MIN_AGENT_TIMEOUT)
+}
+
+async fn ask_actor(
+    agents: &Agents,
+    role: AgentType,
+    cx: RunContext,
+    message: AgentMessage,
+) -> AgentResponse {
     let failed = |reason: String| AgentResponse::Failed {
         agent: role,
         reason,
@@ -201,16 +228,17 @@ async fn ask_actor(agents: &Agents, role: AgentType, message: AgentMessage) -> A
     let Some(actor) = agents.get(role) else {
         return failed(format!("no {} agent", role.as_str()));
     };
+    let timeout = agent_timeout(&cx.bounds);
     match actor
         .call(
-            |reply| AgentMsg::Communicate(message, reply),
-            Some(AGENT_TIMEOUT),
+            |reply| AgentMsg::Communicate(cx, message, reply),
+            Some(timeout),
         )
         .await
     {
         Ok(ractor::rpc::CallResult::Success(response)) => response,
         Ok(_) => failed(format!(
-            "the {} did not answer within {AGENT_TIMEOUT:?}",
+            "the {} did not answer within {timeout:?}",
             role.as_str()
         )),
         Err(e) => failed(format!("the {} stopped: {e}", role.as_str())),
@@ -235,7 +263,12 @@ impl AgentEndpoint for Endpoint {
             let set = agents
                 .get(&envelope.provider)
                 .ok_or_else(|| format!("this node has no {:?} provider", envelope.provider))?;
-            let response = ask_actor(set, role, envelope.message).await;
+            let cx = RunContext {
+                run_id: message.run_id.clone(),
+                bounds: envelope.bounds,
+                progress: None,
+            };
+            let response = ask_actor(set, role, cx, envelope.message).await;
             Ok(klf_proto::AgentMessage {
                 run_id: message.run_id,
                 from_agent: message.to_agent,
@@ -310,7 +343,7 @@ impl Chef {
     /// Sends `message` to the `role` agent: here, or on the node the placement names.
     async fn ask(
         &self,
-        run_id: &str,
+        cx: RunContext,
         provider: &str,
         role: AgentType,
         message: AgentMessage,
@@ -326,7 +359,7 @@ impl Chef {
                 let Some(agents) = self.agents.get(provider) else {
                     return (failed(format!("no {provider:?} provider here")), here);
                 };
-                (ask_actor(agents, role, message).await, here)
+                (ask_actor(agents, role, cx, message).await, here)
             }
             Some(name) => {
                 let members = self.kitchen.node().members().await.unwrap_or_default();
@@ -341,13 +374,14 @@ impl Chef {
                 };
                 let body = match serde_json::to_vec(&Envelope {
                     provider: provider.to_string(),
+                    bounds: cx.bounds.clone(),
                     message,
                 }) {
                     Ok(body) => body,
                     Err(e) => return (failed(e.to_string()), name.clone()),
                 };
                 let frame = klf_proto::AgentMessage {
-                    run_id: run_id.to_string(),
+                    run_id: cx.run_id.clone(),
                     from_agent: "pipeline".into(),
                     to_agent: role.as_str().into(),
                     kind: FRAME_KIND.into(),
@@ -363,7 +397,7 @@ impl Chef {
                 let response = match self
                     .kitchen
                     .node()
-                    .agent_request(&id, frame, AGENT_TIMEOUT)
+                    .agent_request(&id, frame, agent_timeout(&cx.bounds))
                     .await
                 {
                     Ok(reply) => serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
@@ -390,6 +424,11 @@ impl Chef {
             return Err(ChefError::UnknownProvider {
                 name: options.provider.clone(),
                 available: self.providers().join(", "),
+            });
+        }
+        if options.fresh && options.provider == "offline" {
+            return Err(ChefError::FreshNeedsModel {
+                provider: options.provider.clone(),
             });
         }
         let run_id = format!(
@@ -528,6 +567,38 @@ impl Chef {
                 let _ = progress.send(event);
             }
         };
+        let bounds = Bounds {
+            max_tokens: options.max_tokens.clone(),
+            deadline_unix_ms: klf_proto::unix_ms()
+                .saturating_add(u64::try_from(options.deadline().as_millis()).unwrap_or(u64::MAX)),
+            fresh: options.fresh,
+        };
+        // Streamed model progress, reported under the stage being asked (agents on this node).
+        let asking = Arc::new(std::sync::Mutex::new(String::new()));
+        let streamed: Option<klf_model::ProgressSink> = progress.clone().map(|sender| {
+            let asking = asking.clone();
+            Arc::new(move |streamed: klf_model::Streamed| {
+                let stage = asking.lock().map(|s| s.clone()).unwrap_or_default();
+                let elapsed_ms = u64::try_from(streamed.elapsed.as_millis()).unwrap_or(u64::MAX);
+                let seconds = streamed.elapsed.as_secs_f64();
+                let _ = sender.send(StageEvent {
+                    stage,
+                    status: "progress".into(),
+                    ms: Some(elapsed_ms),
+                    detail: String::new(),
+                    node: String::new(),
+                    progress: Some(Progress {
+                        tokens: streamed.chunks,
+                        tokens_per_s: if seconds > 0.0 {
+                            streamed.chunks as f64 / seconds
+                        } else {
+                            0.0
+                        },
+                        elapsed_ms,
+                    }),
+                });
+            }) as klf_model::ProgressSink
+        });
         loop {
             match cooking.next() {
                 Next::Done => break,
@@ -549,13 +620,15 @@ impl Chef {
                         progress: None,
                     });
                     let t = Instant::now();
-                    let asked = self.ask(
-                        &run_id,
-                        &options.provider,
-                        role,
-                        message,
-                        &options.placement,
-                    );
+                    if let Ok(mut asking) = asking.lock() {
+                        asking.clone_from(&stage);
+                    }
+                    let cx = RunContext {
+                        run_id: run_id.clone(),
+                        bounds: bounds.clone(),
+                        progress: streamed.clone(),
+                    };
+                    let asked = self.ask(cx, &options.provider, role, message, &options.placement);
                     match tokio::time::timeout_at(deadline, asked).await {
                         Ok((response, node)) => {
                             let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -7,6 +7,7 @@
 //!   asked for as JSON and validated here before anything is believed.
 //! - `replay`: the `openai` provider over recorded exchanges, for tests.
 
+pub mod freeform;
 pub mod model;
 pub mod offline;
 pub mod replay;
@@ -17,8 +18,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::agents::RunContext;
 use super::messages::{
     Attempt, Candidate, GeneratedCode, NoMatch, RequirementLimits, Step, TechnicalRequirement,
+    TestCase,
 };
 use crate::ingredients::kinds::Recipe;
 use crate::ingredients::{Library, RenderRequest, render};
@@ -73,12 +76,26 @@ pub trait Provider: Send + Sync + 'static {
     /// `offline`, `openai` or `replay`.
     fn name(&self) -> &'static str;
 
-    /// Request → technical requirement (or an honest "no recipe fits").
+    /// Request → technical requirement (or an honest "no recipe fits"). `deployed` is what the
+    /// mesh serves, which a new function may depend on.
     fn interpret(
         &self,
         request: String,
         library: Arc<Library>,
+        deployed: Vec<Deployed>,
+        cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<Interpretation>, ProviderError>>;
+
+    /// Acceptance tests written from a model-written requirement alone, before any code exists
+    /// (the recipe path's tests come from the recipe). Providers without a model write none.
+    fn write_tests(
+        &self,
+        requirement: TechnicalRequirement,
+        cx: RunContext,
+    ) -> BoxFuture<'static, Result<Costed<Vec<TestCase>>, ProviderError>> {
+        let _ = (requirement, cx);
+        Box::pin(std::future::ready(Ok(Costed::free(Vec::new()))))
+    }
 
     /// Requirement → package; `attempt` says which round, and for a repair what was wrong with
     /// the previous round's code.
@@ -87,7 +104,18 @@ pub trait Provider: Send + Sync + 'static {
         requirement: TechnicalRequirement,
         attempt: Attempt,
         library: Arc<Library>,
+        cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>>;
+}
+
+/// A function the mesh serves, as the interpreter is told of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
 }
 
 /// What a base class does, as a step of a technical requirement.
@@ -140,6 +168,7 @@ pub fn requirement_for(
         function: function.unwrap_or_else(|| recipe.name.clone()),
         kind: String::new(),
         description: recipe.description.clone(),
+        version: String::new(),
         params: all,
         extracted,
         input_schema: recipe.input_schema.clone(),

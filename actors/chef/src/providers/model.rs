@@ -1,11 +1,16 @@
-//! The model-backed provider (`openai`, and `replay` over recorded exchanges): a chat model picks
-//! the recipe and its parameters, and writes a corrected `main.js` in repair rounds.
+//! The model-backed provider (`openai`, and `replay` over recorded exchanges). A chat model picks a
+//! recipe and its parameters when one fits (and repairs its `main.js` when tests fail); when none
+//! fits, or with `--fresh`, it writes the function itself (see [`super::freeform`]).
 //!
 //! Nothing the model says is believed until it is checked here: answers are asked for as JSON
-//! objects of a fixed shape (checked against a JSON Schema), the recipe must exist, parameters must
-//! be the recipe's and within their bounds, names must be valid, and a rewritten module must keep
-//! the tests embedded in it. An answer that fails is sent back with the exact problem, at most
-//! [`MAX_REPAIRS`] times, and then the call fails naming the last problem.
+//! objects of a fixed shape (a structured output where the server supports it, and checked
+//! against the JSON Schema either way), the recipe must exist, parameters must be the recipe's and
+//! within their bounds, names must be valid, and a rewritten module must keep the tests embedded in
+//! it. An answer that fails — malformed, or cut off by `max_tokens` — is sent back with the exact
+//! problem, at most [`MAX_REPAIRS`] times, and then the call fails naming the last problem.
+//!
+//! Every exchange is bounded: `max_tokens` per stage and the run's deadline (see
+//! [`crate::messages::Bounds`]); a streaming server reports progress as tokens arrive.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,12 +20,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
+use super::freeform::{self, RequirementAnswer};
 use super::{
-    Costed, Interpretation, Provider, ProviderError, offline, render_requirement, requirement_for,
+    Costed, Deployed, Interpretation, Provider, ProviderError, offline, render_requirement,
+    requirement_for,
 };
+use crate::agents::RunContext;
 use crate::ingredients::kinds::{Body, Recipe, coerce};
 use crate::ingredients::{Kind, Library, schema};
-use crate::messages::{Attempt, GeneratedCode, NoMatch, TechnicalRequirement};
+use crate::messages::{Attempt, GeneratedCode, NoMatch, TechnicalRequirement, TestCase};
 use futures_util::future::BoxFuture;
 use klf_model::{Message, ModelProvider, ModelRequest, Usage};
 
@@ -124,36 +132,65 @@ impl Conversation {
         }
     }
 
-    /// Asks until `check` accepts the answer, sending each problem back, at most [`MAX_REPAIRS`]
-    /// times.
+    /// Asks until `check` accepts the answer, sending each problem back (an answer cut off by
+    /// `max_tokens` is one), at most [`MAX_REPAIRS`] times. `stage` picks the run's `max_tokens`;
+    /// `schema` is the answer's shape, asked for as a structured output.
     async fn ask<T>(
         &mut self,
         model: &dyn ModelProvider,
+        cx: &RunContext,
+        stage: &str,
+        schema: Value,
         check: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, ProviderError> {
+        let max_tokens = cx.bounds.max_tokens(stage);
         let mut last = String::new();
         for attempt in 0..=MAX_REPAIRS {
-            let reply = model
-                .complete(
-                    ModelRequest {
-                        messages: self.messages.clone(),
-                        max_tokens: None,
-                        temperature: Some(0.0),
-                        json: true,
-                    },
-                    EXCHANGE_TIMEOUT,
-                )
-                .await
-                .map_err(|e| ProviderError::Model(e.to_string()))?;
+            let left = cx.bounds.remaining();
+            if left.is_zero() {
+                return Err(ProviderError::Model(format!(
+                    "the run's deadline passed before the {stage} exchange could finish{}",
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last problem: {last})")
+                    }
+                )));
+            }
+            let request = ModelRequest {
+                messages: self.messages.clone(),
+                max_tokens: Some(max_tokens),
+                temperature: Some(0.0),
+                json: true,
+                schema: Some(schema.clone()),
+            };
+            let timeout = EXCHANGE_TIMEOUT.min(left);
+            let reply = match &cx.progress {
+                Some(progress) => {
+                    model
+                        .complete_streaming(request, timeout, progress.clone())
+                        .await
+                }
+                None => model.complete(request, timeout).await,
+            }
+            .map_err(|e| ProviderError::Model(e.to_string()))?;
             self.usage.input_tokens += reply.usage.input_tokens;
             self.usage.output_tokens += reply.usage.output_tokens;
             if !reply.model.is_empty() {
                 self.model = reply.model.clone();
             }
-            match check(&reply.text) {
+            let checked = if reply.truncated() {
+                Err(format!(
+                    "the answer was cut off at the limit of {max_tokens} tokens; answer again, \
+                     shorter (no comments, no explanations)"
+                ))
+            } else {
+                check(&reply.text)
+            };
+            match checked {
                 Ok(value) => return Ok(value),
                 Err(problem) => {
-                    warn!(attempt, %problem, "the model's answer is unusable");
+                    warn!(attempt, stage, %problem, "the model's answer is unusable");
                     self.messages.push(Message {
                         role: "assistant".into(),
                         content: reply.text,
@@ -188,7 +225,7 @@ pub fn repair_prompt(problem: &str) -> String {
 
 /// The answer's JSON: an object, checked against `schema`. A Markdown code fence around it is
 /// tolerated (models add them even when asked for JSON); nothing else is.
-fn parse_object(text: &str, schema: &Value) -> Result<serde_json::Map<String, Value>, String> {
+pub fn parse_object(text: &str, schema: &Value) -> Result<serde_json::Map<String, Value>, String> {
     let trimmed = text.trim();
     let unfenced = trimmed
         .strip_prefix("```json")
@@ -475,61 +512,125 @@ impl ModelBacked {
         self,
         request: String,
         library: Arc<Library>,
+        deployed: Vec<Deployed>,
+        cx: RunContext,
     ) -> Result<Costed<Interpretation>, ProviderError> {
-        let mut conversation = Conversation::new(interpret_prompt(&library), request.clone());
-        let answer = conversation
-            .ask(self.model.as_ref(), |text| {
-                check_interpretation(text, &library)
-            })
-            .await?;
         let ranked = offline::rank(&request, &library);
+        let mut usage = Usage::default();
+        let mut model = String::new();
+        let mut recipe_reason = None;
+        if !cx.bounds.fresh {
+            let mut conversation = Conversation::new(interpret_prompt(&library), request.clone());
+            let answer = conversation
+                .ask(
+                    self.model.as_ref(),
+                    &cx,
+                    "interpret",
+                    interpret_schema(),
+                    |text| check_interpretation(text, &library),
+                )
+                .await?;
+            match answer {
+                Interpreted::NoMatch { reason } => {
+                    debug!(%reason, "no recipe fits: the model writes the function itself");
+                    usage = conversation.usage;
+                    model = conversation.model;
+                    recipe_reason = Some(reason);
+                }
+                Interpreted::Recipe {
+                    recipe,
+                    params,
+                    function,
+                    reason,
+                } => {
+                    let Ok((_, chosen)) = library.recipe(&recipe) else {
+                        // check_interpretation found it in this same library.
+                        return Err(ProviderError::Unusable(format!(
+                            "the recipe {recipe} is not in the library"
+                        )));
+                    };
+                    // The model's own confidence is not asked for, and would not be trusted: a
+                    // model states certainty it does not have. The answer is fully sure (1.0) only
+                    // when the offline ranking independently finds the recipe among its
+                    // candidates (the request shares words with it); otherwise 0.5 — valid, but
+                    // vouched for by the model alone.
+                    let corroborated = ranked.iter().any(|(c, _)| c.recipe == recipe);
+                    let confidence = if corroborated { 1.0 } else { 0.5 };
+                    debug!(%recipe, corroborated, %reason, "the model chose a recipe");
+                    let extracted = params.keys().cloned().collect();
+                    let requirement = requirement_for(
+                        &request,
+                        chosen,
+                        function,
+                        params,
+                        extracted,
+                        confidence,
+                        ranked
+                            .into_iter()
+                            .map(|(c, _)| c)
+                            .filter(|c| c.recipe != recipe)
+                            .take(CLOSEST)
+                            .collect(),
+                    );
+                    return Ok(
+                        conversation.costed(Interpretation::Requirement(Box::new(requirement)))
+                    );
+                }
+            }
+        }
+        // No recipe fits (or --fresh): the model writes the requirement itself.
+        let mut conversation = Conversation::new(
+            freeform::requirement_prompt(),
+            freeform::requirement_message(&request, &deployed),
+        );
+        conversation.usage = usage;
+        conversation.model = model;
+        let answer = conversation
+            .ask(
+                self.model.as_ref(),
+                &cx,
+                "interpret",
+                freeform::requirement_schema(),
+                |text| freeform::check_requirement(text, &request, &deployed),
+            )
+            .await?;
         let interpretation = match answer {
-            Interpreted::NoMatch { reason } => Interpretation::NoMatch(NoMatch {
+            RequirementAnswer::Requirement(mut requirement) => {
+                requirement.alternatives =
+                    ranked.into_iter().map(|(c, _)| c).take(CLOSEST).collect();
+                Interpretation::Requirement(requirement)
+            }
+            RequirementAnswer::Refused(reason) => Interpretation::NoMatch(NoMatch {
                 request: request.clone(),
-                reason: if reason.is_empty() {
-                    "the model found no recipe that fits".into()
-                } else {
-                    reason
+                reason: match recipe_reason {
+                    Some(recipe) if !recipe.is_empty() => format!("{reason} ({recipe})"),
+                    _ => reason,
                 },
                 closest: ranked.into_iter().take(CLOSEST).map(|(c, _)| c).collect(),
             }),
-            Interpreted::Recipe {
-                recipe,
-                params,
-                function,
-                reason,
-            } => {
-                let Ok((_, chosen)) = library.recipe(&recipe) else {
-                    // check_interpretation found it in this same library.
-                    return Err(ProviderError::Unusable(format!(
-                        "the recipe {recipe} is not in the library"
-                    )));
-                };
-                // The model's own confidence is not asked for, and would not be trusted: a model
-                // states certainty it does not have. The answer is fully sure (1.0) only when the
-                // offline ranking independently finds the recipe among its candidates (the request
-                // shares words with it); otherwise 0.5 — valid, but vouched for by the model alone.
-                let corroborated = ranked.iter().any(|(c, _)| c.recipe == recipe);
-                let confidence = if corroborated { 1.0 } else { 0.5 };
-                debug!(%recipe, corroborated, %reason, "the model chose a recipe");
-                let extracted = params.keys().cloned().collect();
-                Interpretation::Requirement(Box::new(requirement_for(
-                    &request,
-                    chosen,
-                    function,
-                    params,
-                    extracted,
-                    confidence,
-                    ranked
-                        .into_iter()
-                        .map(|(c, _)| c)
-                        .filter(|c| c.recipe != recipe)
-                        .take(CLOSEST)
-                        .collect(),
-                )))
-            }
         };
         Ok(conversation.costed(interpretation))
+    }
+
+    async fn write_tests_with(
+        self,
+        requirement: TechnicalRequirement,
+        cx: RunContext,
+    ) -> Result<Costed<Vec<TestCase>>, ProviderError> {
+        let mut conversation = Conversation::new(
+            freeform::tests_prompt(),
+            freeform::tests_message(&requirement),
+        );
+        let tests = conversation
+            .ask(
+                self.model.as_ref(),
+                &cx,
+                "write-tests",
+                freeform::tests_schema(),
+                |text| freeform::check_tests(text, &requirement),
+            )
+            .await?;
+        Ok(conversation.costed(tests))
     }
 
     async fn generate_with(
@@ -537,16 +638,37 @@ impl ModelBacked {
         requirement: TechnicalRequirement,
         attempt: Attempt,
         library: Arc<Library>,
+        cx: RunContext,
     ) -> Result<Costed<GeneratedCode>, ProviderError> {
-        let Attempt {
-            round, feedback, ..
-        } = attempt;
-        let mut code = render_requirement(&requirement, round, &library)?;
-        if feedback.is_empty() {
+        if requirement.is_freeform() {
+            let mut conversation = Conversation::new(
+                freeform::code_prompt(&library),
+                freeform::code_message(&requirement, &attempt),
+            );
+            let round = attempt.round;
+            let code = conversation
+                .ask(
+                    self.model.as_ref(),
+                    &cx,
+                    "generate",
+                    freeform::code_schema(),
+                    |text| freeform::check_code(text, &requirement, round),
+                )
+                .await?;
+            return Ok(conversation.costed(code));
+        }
+        let mut code = render_requirement(&requirement, attempt.round, &library)?;
+        if attempt.feedback.is_empty() {
             // The rendered recipe is reviewed code: the first round uses it as it is.
             return Ok(Costed::free(code));
         }
-        let Some(scaffold) = code.files.get(MODULE).map(|m| elide(m)) else {
+        // A repair starts from the previous round's module (the rendered one the first time).
+        let module = attempt
+            .previous
+            .as_ref()
+            .and_then(|p| p.files.get(MODULE))
+            .or_else(|| code.files.get(MODULE));
+        let Some(scaffold) = module.map(|m| elide(m)) else {
             return Err(ProviderError::Render {
                 recipe: requirement.recipe.clone(),
                 message: format!("the rendered package has no {MODULE} to repair"),
@@ -554,10 +676,16 @@ impl ModelBacked {
         };
         let mut conversation = Conversation::new(
             GENERATE_PROMPT.to_string(),
-            generate_message(&requirement, &scaffold.module, &feedback),
+            generate_message(&requirement, &scaffold.module, &attempt.feedback),
         );
         let module = conversation
-            .ask(self.model.as_ref(), |text| check_module(text, &scaffold))
+            .ask(
+                self.model.as_ref(),
+                &cx,
+                "generate",
+                generate_schema(),
+                |text| check_module(text, &scaffold),
+            )
             .await?;
         code.files.insert(MODULE.to_string(), module);
         Ok(conversation.costed(code))
@@ -573,8 +701,18 @@ impl Provider for ModelBacked {
         &self,
         request: String,
         library: Arc<Library>,
+        deployed: Vec<Deployed>,
+        cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<Interpretation>, ProviderError>> {
-        Box::pin(self.clone().interpret_with(request, library))
+        Box::pin(self.clone().interpret_with(request, library, deployed, cx))
+    }
+
+    fn write_tests(
+        &self,
+        requirement: TechnicalRequirement,
+        cx: RunContext,
+    ) -> BoxFuture<'static, Result<Costed<Vec<TestCase>>, ProviderError>> {
+        Box::pin(self.clone().write_tests_with(requirement, cx))
     }
 
     fn generate(
@@ -582,8 +720,12 @@ impl Provider for ModelBacked {
         requirement: TechnicalRequirement,
         attempt: Attempt,
         library: Arc<Library>,
+        cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>> {
-        Box::pin(self.clone().generate_with(requirement, attempt, library))
+        Box::pin(
+            self.clone()
+                .generate_with(requirement, attempt, library, cx),
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Costed, Interpretation, Provider, ProviderError, render_requirement, requirement_for};
+use crate::agents::RunContext;
 use crate::bm25::{self, Index};
 use crate::ingredients::kinds::{Body, ParamType, Parameter, Recipe, coerce};
 use crate::ingredients::{Kind, Library};
@@ -257,6 +258,8 @@ impl Provider for Offline {
         &self,
         request: String,
         library: Arc<Library>,
+        _deployed: Vec<super::Deployed>,
+        _cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<Interpretation>, ProviderError>> {
         Box::pin(async move { Ok(Costed::free(interpret(&request, &library))) })
     }
@@ -266,6 +269,7 @@ impl Provider for Offline {
         requirement: TechnicalRequirement,
         attempt: Attempt,
         library: Arc<Library>,
+        _cx: RunContext,
     ) -> BoxFuture<'static, Result<Costed<GeneratedCode>, ProviderError>> {
         // Rendering is deterministic: a repair round renders the same package, so a failure that
         // repeats stops the repairs early (the pipeline sees the same failure twice).

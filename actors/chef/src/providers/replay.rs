@@ -40,6 +40,9 @@ pub struct RecordedReply {
     pub model: String,
     #[serde(default)]
     pub usage: Usage,
+    /// Why the model stopped (`length`: cut off by `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// One request and its answer.
@@ -137,6 +140,7 @@ impl Replay {
             model: exchange.reply.model.clone(),
             usage: exchange.reply.usage,
             attempts: 1,
+            finish_reason: exchange.reply.finish_reason.clone(),
         })
     }
 }
@@ -265,17 +269,17 @@ impl<P: ModelProvider> Recording<P> {
     }
 }
 
-impl<P: ModelProvider> ModelProvider for Recording<P> {
-    fn complete(
+impl<P: ModelProvider> Recording<P> {
+    /// Records `reply`'s exchange once it has completed.
+    fn record(
         &self,
-        request: klf_model::ModelRequest,
-        timeout: Duration,
+        request: &klf_model::ModelRequest,
+        reply: BoxFuture<'static, Result<ModelReply, ModelError>>,
     ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
         let recorded = RecordedRequest {
             messages: request.messages.clone(),
             json: request.json,
         };
-        let reply = self.inner.complete(request, timeout);
         let exchanges = self.exchanges.clone();
         Box::pin(async move {
             let reply = reply.await?;
@@ -288,10 +292,34 @@ impl<P: ModelProvider> ModelProvider for Recording<P> {
                         text: reply.text.clone(),
                         model: reply.model.clone(),
                         usage: reply.usage,
+                        finish_reason: reply.finish_reason.clone(),
                     },
                 });
             Ok(reply)
         })
+    }
+}
+
+impl<P: ModelProvider> ModelProvider for Recording<P> {
+    fn complete(
+        &self,
+        request: klf_model::ModelRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
+        let reply = self.inner.complete(request.clone(), timeout);
+        self.record(&request, reply)
+    }
+
+    fn complete_streaming(
+        &self,
+        request: klf_model::ModelRequest,
+        timeout: Duration,
+        progress: klf_model::ProgressSink,
+    ) -> BoxFuture<'static, Result<ModelReply, ModelError>> {
+        let reply = self
+            .inner
+            .complete_streaming(request.clone(), timeout, progress);
+        self.record(&request, reply)
     }
 
     fn describe(&self) -> String {
@@ -324,6 +352,7 @@ mod tests {
                     input_tokens: 3,
                     output_tokens: 1,
                 },
+                finish_reason: None,
             },
         }
     }

@@ -63,6 +63,7 @@ impl Host for CapabilityHost {
             }
             let last = request.messages.last().map(|m| m.content.clone());
             Ok(ModelReply {
+                finish_reason: None,
                 text: format!("echo: {}", last.unwrap_or_default()),
                 model: "test-model".into(),
                 usage: Usage {

@@ -149,6 +149,7 @@ impl Host for LibHost {
                 ));
             };
             Ok(ModelReply {
+                finish_reason: None,
                 text: answer(&request)?,
                 model: "test-model".into(),
                 usage: Usage {

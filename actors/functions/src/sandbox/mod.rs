@@ -57,6 +57,10 @@ mod library_tests;
 #[cfg(test)]
 mod tests;
 
+/// A compact reference of `klf:base` (classes, methods, options, helpers), generated at build time
+/// from the library's doc comments (see `build.rs`): what the Chef's code generator is told.
+pub const BASE_REFERENCE: &str = include_str!(concat!(env!("OUT_DIR"), "/base_reference.md"));
+
 use futures_util::future::BoxFuture;
 use std::time::{Duration, Instant};
 

@@ -538,11 +538,18 @@ fn model_request(text: &str) -> Result<ModelRequest, String> {
                 .ok_or("temperature must be a number from 0 to 2")? as f32,
         ),
     };
+    let schema = match value.get("schema") {
+        None | Some(Value::Null) => None,
+        Some(schema @ Value::Object(_)) => Some(schema.clone()),
+        Some(_) => return Err("schema must be a JSON Schema object".into()),
+    };
+    let json = value.get("json").and_then(Value::as_bool).unwrap_or(false) || schema.is_some();
     Ok(ModelRequest {
         messages,
         max_tokens,
         temperature,
-        json: value.get("json").and_then(Value::as_bool).unwrap_or(false),
+        json,
+        schema,
     })
 }
 
