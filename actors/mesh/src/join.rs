@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::member::MemberId;
 use super::membership::{MembershipMsg, alive_members};
 use super::stream::exchange;
-use super::transport::TransportError;
+use super::transport::{TransportError, close_code};
 use klf_security::credentials::KeyRequest;
 use klf_security::{JoinToken, MeshCa, SecurityError, TokenBook, TokenRejected, tls};
 
@@ -257,13 +257,17 @@ pub async fn redeem(
             .await
             .map_err(|e| unreachable(SeedUnreachable::Handshake(e)))?;
         let answer = exchange(&conn, &frame, &Limits::default()).await;
+        let turned_away = answer.as_ref().err().and_then(|_| turned_away(&conn));
         conn.close(0u32.into(), b"done");
-        Ok::<_, JoinError>(answer)
+        Ok::<_, JoinError>((answer, turned_away))
     };
-    let answer = tokio::time::timeout(JOIN_TIMEOUT, attempt)
+    let (answer, turned_away) = tokio::time::timeout(JOIN_TIMEOUT, attempt)
         .await
         .map_err(|_| unreachable(SeedUnreachable::Timeout(JOIN_TIMEOUT)))??;
     endpoint.wait_idle().await;
+    if let Some(reason) = turned_away {
+        return Err(JoinError::Refused(reason));
+    }
     match answer {
         Ok(Frame::JoinAccept(accept)) => {
             if accept.mesh_id != token.mesh_id {
@@ -283,5 +287,20 @@ pub async fn redeem(
         ))),
         Err(TransportError::Remote { message, .. }) => Err(JoinError::Refused(message)),
         Err(e) => Err(unreachable(SeedUnreachable::Exchange(e))),
+    }
+}
+
+/// The reason the seed node gave when it closed the connection for the join gate's limits (too
+/// many attempts, or a request too slow): that is a refusal to act on, not an unreachable seed.
+fn turned_away(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if [close_code::JOIN_RATE_LIMITED, close_code::JOIN_DEADLINE]
+                .map(quinn::VarInt::from_u32)
+                .contains(&close.error_code) =>
+        {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => None,
     }
 }

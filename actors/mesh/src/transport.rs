@@ -11,9 +11,9 @@
 //!   `Ping` is answered here. Bad frames get a typed `Error` frame and the connection goes on.
 //!
 //! The modules split the async drivers from the decisions, the way `quinn` drives `quinn-proto` and
-//! the membership actor drives foca: the `Hello` check (`handshake`) and the dial backoff
-//! (`backoff`) decide without I/O or a clock of their own (the caller passes `now`), so every
-//! branch is unit tested; `actor`, `dial`, `accept`, `join_gate` and
+//! the membership actor drives foca: the `Hello` check (`handshake`), the dial backoff (`backoff`)
+//! and the join rate limit (`rate_limit`) decide without I/O or a clock of their own (the caller
+//! passes `now`), so every branch is unit tested; `actor`, `dial`, `accept`, `join_gate` and
 //! `serve` only carry those decisions out on the network.
 
 mod accept;
@@ -24,6 +24,7 @@ mod error;
 mod handle;
 mod handshake;
 mod join_gate;
+mod rate_limit;
 mod serve;
 mod shared;
 
@@ -40,15 +41,21 @@ pub use actor::{Connected, Transport, TransportArgs, TransportMsg, TransportStat
 pub use error::{DialError, StreamError, TransportError};
 pub use handle::TransportHandle;
 pub use handshake::HelloRefusal;
+pub use join_gate::{JOIN_RATE, JOIN_READ_DEADLINE, JoinRefusal};
+pub use rate_limit::{RatePolicy, RateRefusal, Source};
 
 /// Application close codes, so a peer (and a packet capture) can tell why a connection ended.
-mod close_code {
+pub(crate) mod close_code {
     /// The node is stopping or leaving.
     pub const SHUTDOWN: u32 = 0;
     /// A `klf/1` client came without a certificate from the mesh CA.
     pub const NO_CERT: u32 = 0x101;
     /// The `Hello` exchange failed.
     pub const HELLO_FAILED: u32 = 0x102;
+    /// A `klf-join/1` source made too many attempts.
+    pub const JOIN_RATE_LIMITED: u32 = 0x103;
+    /// A `klf-join/1` client did not deliver its request in time.
+    pub const JOIN_DEADLINE: u32 = 0x104;
 }
 
 /// Closes `conn` with an application code and a reason the peer can read.

@@ -10,6 +10,7 @@ use klf_proto::{ErrorCode, ProtoError};
 use klf_security::SecurityError;
 
 use super::handshake::HelloRefusal;
+use super::join_gate::JoinRefusal;
 
 /// Errors of the transport.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,6 +43,10 @@ pub enum TransportError {
     /// This node refused a dialer's `Hello` (the dialer got an `Error` frame saying why).
     #[error("refused the peer's Hello: {0}")]
     HelloRefused(#[from] HelloRefusal),
+    /// This node refused a connection on the join ALPN (the client's connection was closed with
+    /// the reason).
+    #[error("refused a join connection: {0}")]
+    JoinRefused(#[from] JoinRefusal),
     #[error("security: {0}")]
     Security(#[source] Arc<SecurityError>),
     #[error("no answer within {0:?}")]
