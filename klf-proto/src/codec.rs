@@ -88,29 +88,34 @@ pub fn encode_into(frame: &Frame, limits: &Limits, out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.extend_from_slice(&frame.kind().to_be_bytes());
     let encoded = frame.encode_body(out);
-    let len = out.len() - start - LEN_PREFIX;
+    let len = out.len().saturating_sub(start.saturating_add(LEN_PREFIX));
     let result = match encoded {
         Err(e) => Err(ProtoError::Encode {
             kind: frame.kind_name(),
             reason: e.to_string(),
         }),
-        Ok(()) if len > limits.effective_max() as usize => Err(ProtoError::FrameTooLarge {
-            len: len as u64,
-            max: limits.effective_max(),
-        }),
-        Ok(()) => Ok(()),
+        Ok(()) => match u32::try_from(len) {
+            Ok(len) if len <= limits.effective_max() => Ok(len),
+            _ => Err(ProtoError::FrameTooLarge {
+                len: u64::try_from(len).unwrap_or(u64::MAX),
+                max: limits.effective_max(),
+            }),
+        },
     };
-    match result {
-        Ok(()) => {
-            // `len` fits in u32: it is at most the effective maximum.
-            out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
+    let written = result.and_then(|len| {
+        let prefix = out
+            .get_mut(start..start.saturating_add(LEN_PREFIX))
+            .ok_or_else(|| ProtoError::Encode {
+                kind: frame.kind_name(),
+                reason: "the length prefix is missing".into(),
+            })?;
+        prefix.copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    });
+    if written.is_err() {
+        out.truncate(start);
     }
+    written
 }
 
 /// Encodes one frame into a new buffer.
@@ -148,7 +153,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<(Frame, usize), ProtoError>
         });
     };
     let header = parse_header(*header_bytes, limits)?;
-    let total = HEADER_LEN + header.body_len();
+    let total = HEADER_LEN.saturating_add(header.body_len());
     let Some(body) = buf.get(HEADER_LEN..total) else {
         return Err(ProtoError::Truncated {
             needed: total,

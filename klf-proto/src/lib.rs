@@ -3,7 +3,7 @@
 //! This crate owns every byte that crosses the network between two KLF nodes: the [`Frame`] enum and
 //! its typed bodies, the length-prefixed [`codec`], [`version`] negotiation and the protocol's
 //! [`limits`] and [`ProtoError`]s. It never touches a socket, so it is tested and fuzzed in memory;
-//! the QUIC driver lives in `klf-actors` (`mesh::transport`). Like `quinn-proto` to `quinn`.
+//! the QUIC driver lives in `klf-mesh` (`transport`). Like `quinn-proto` to `quinn`.
 //!
 //! The byte layout of a frame is documented in this crate's `README.md` and in [`codec`].
 

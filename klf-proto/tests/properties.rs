@@ -5,6 +5,9 @@
 //! Collections are kept small (at most 64 elements, 256 bytes) so the whole file runs in about a
 //! second in debug builds.
 
+// Every item here is test code, strategies included: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 
 use klf_proto::*;

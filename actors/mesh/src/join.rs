@@ -6,16 +6,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use klf_proto::{ErrorCode, Frame, JoinAccept, JoinRequest, Limits, SeedPeer};
-use quinn::crypto::rustls::QuicClientConfig;
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig};
 use ractor::ActorRef;
 use tracing::{info, warn};
 
 use super::member::MemberId;
 use super::membership::{MembershipMsg, alive_members};
 use super::stream::exchange;
-use super::transport::TransportError;
+use super::transport::{TransportError, close_code};
 use klf_security::credentials::KeyRequest;
-use klf_security::{JoinToken, MeshCa, SecurityError, TokenBook, tls};
+use klf_security::{JoinToken, MeshCa, SecurityError, TokenBook, TokenRejected, tls};
 
 /// How long a joining node waits for the seed.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,12 +25,63 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum JoinError {
     #[error(transparent)]
     Token(#[from] SecurityError),
-    #[error("cannot reach the seed {seed}: {reason}")]
-    Unreachable { seed: String, reason: String },
+    #[error("cannot reach the seed {seed}: {cause}")]
+    Unreachable {
+        seed: String,
+        #[source]
+        cause: SeedUnreachable,
+    },
     #[error("the seed refused the join: {0}")]
     Refused(String),
     #[error("the seed answered with something unexpected: {0}")]
     Protocol(String),
+    #[error("the join's TLS settings do not suit QUIC: {0}")]
+    Tls(#[source] NoInitialCipherSuite),
+}
+
+/// Why the seed a token names could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedUnreachable {
+    #[error("cannot resolve: {0}")]
+    Resolve(#[source] std::io::Error),
+    #[error("the name resolves to no address")]
+    NoAddress,
+    #[error("cannot open a local QUIC endpoint: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Connect(quinn::ConnectError),
+    #[error(transparent)]
+    Handshake(quinn::ConnectionError),
+    #[error(transparent)]
+    Exchange(TransportError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Why a seed refused a join request. The message goes back to the joining node verbatim.
+#[derive(Debug, thiserror::Error)]
+enum AdmitRefusal {
+    #[error("this node does not hold the mesh CA key and cannot admit nodes")]
+    NoCa,
+    #[error("{0}")]
+    BadName(String),
+    #[error("the join request must name the new node's QUIC address")]
+    NoAdvertise,
+    #[error(transparent)]
+    Token(#[from] TokenRejected),
+    #[error("bad certificate request: {0}")]
+    Csr(#[source] SecurityError),
+}
+
+impl AdmitRefusal {
+    /// The code of the `Error` frame that tells the joining node.
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NoCa => ErrorCode::Unsupported,
+            Self::BadName(_) | Self::NoAdvertise | Self::Csr(_) => ErrorCode::Malformed,
+            Self::Token(_) => ErrorCode::TokenRejected,
+        }
+    }
 }
 
 /// Serves join requests on a node that holds the mesh CA.
@@ -95,9 +146,9 @@ impl JoinService {
     pub async fn handle(&self, request: JoinRequest, remote: SocketAddr) -> Frame {
         match self.admit(request, remote).await {
             Ok(accept) => Frame::JoinAccept(accept),
-            Err((code, message)) => {
-                warn!(%remote, %message, "join refused");
-                Frame::error(code, message)
+            Err(refusal) => {
+                warn!(%remote, %refusal, "join refused");
+                Frame::error(refusal.code(), refusal.to_string())
             }
         }
     }
@@ -106,31 +157,21 @@ impl JoinService {
         &self,
         request: JoinRequest,
         remote: SocketAddr,
-    ) -> Result<JoinAccept, (ErrorCode, String)> {
+    ) -> Result<JoinAccept, AdmitRefusal> {
         let Some(ca) = &self.ca else {
-            return Err((
-                ErrorCode::Unsupported,
-                "this node does not hold the mesh CA key and cannot admit nodes".into(),
-            ));
+            return Err(AdmitRefusal::NoCa);
         };
-        check_node_name(&request.name).map_err(|m| (ErrorCode::Malformed, m))?;
+        check_node_name(&request.name).map_err(AdmitRefusal::BadName)?;
         if request.advertise.is_empty() {
-            return Err((
-                ErrorCode::Malformed,
-                "the join request must name the new node's QUIC address".into(),
-            ));
+            return Err(AdmitRefusal::NoAdvertise);
         }
-        {
-            let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-            book.redeem(&request.token_id, &request.secret)
-                .map_err(|e| (ErrorCode::TokenRejected, e.to_string()))?;
-        }
-        let (node_id, cert) = ca.sign_csr(&request.csr_der, &request.name).map_err(|e| {
-            (
-                ErrorCode::Malformed,
-                format!("bad certificate request: {e}"),
-            )
-        })?;
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .redeem(&request.token_id, &request.secret)?;
+        let (node_id, cert) = ca
+            .sign_csr(&request.csr_der, &request.name)
+            .map_err(AdmitRefusal::Csr)?;
         let seeds = alive_members(&self.membership).await.unwrap_or_default();
         info!(%remote, %node_id, name = %request.name, "admitted a new node");
         Ok(JoinAccept {
@@ -180,24 +221,25 @@ pub async fn redeem(
 ) -> Result<JoinOutcome, JoinError> {
     token.check_not_expired()?;
     check_node_name(name).map_err(JoinError::Refused)?;
-    let unreachable = |reason: String| JoinError::Unreachable {
+    let unreachable = |cause| JoinError::Unreachable {
         seed: token.seed.clone(),
-        reason,
+        cause,
     };
     let seed: SocketAddr = tokio::net::lookup_host(&token.seed)
         .await
-        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| unreachable(SeedUnreachable::Resolve(e)))?
         .next()
-        .ok_or_else(|| unreachable("resolves to no address".into()))?;
+        .ok_or_else(|| unreachable(SeedUnreachable::NoAddress))?;
     let request = KeyRequest::generate(name)?;
     let tls = tls::join_client_config(token.fingerprint_bytes()?)?;
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls).map_err(JoinError::Tls)?;
     let bind: SocketAddr = if seed.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| unreachable(SeedUnreachable::Bind(e)))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
     let frame = Frame::JoinRequest(JoinRequest {
         token_id: token.id_bytes()?,
@@ -211,17 +253,21 @@ pub async fn redeem(
     let attempt = async {
         let conn = endpoint
             .connect(seed, &server_name.to_str())
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(SeedUnreachable::Connect(e)))?
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(SeedUnreachable::Handshake(e)))?;
         let answer = exchange(&conn, &frame, &Limits::default()).await;
+        let turned_away = answer.as_ref().err().and_then(|_| turned_away(&conn));
         conn.close(0u32.into(), b"done");
-        Ok::<_, JoinError>(answer)
+        Ok::<_, JoinError>((answer, turned_away))
     };
-    let answer = tokio::time::timeout(JOIN_TIMEOUT, attempt)
+    let (answer, turned_away) = tokio::time::timeout(JOIN_TIMEOUT, attempt)
         .await
-        .map_err(|_| unreachable(format!("no answer within {JOIN_TIMEOUT:?}")))??;
+        .map_err(|_| unreachable(SeedUnreachable::Timeout(JOIN_TIMEOUT)))??;
     endpoint.wait_idle().await;
+    if let Some(reason) = turned_away {
+        return Err(JoinError::Refused(reason));
+    }
     match answer {
         Ok(Frame::JoinAccept(accept)) => {
             if accept.mesh_id != token.mesh_id {
@@ -240,6 +286,21 @@ pub async fn redeem(
             other.kind_name()
         ))),
         Err(TransportError::Remote { message, .. }) => Err(JoinError::Refused(message)),
-        Err(e) => Err(unreachable(e.to_string())),
+        Err(e) => Err(unreachable(SeedUnreachable::Exchange(e))),
+    }
+}
+
+/// The reason the seed node gave when it closed the connection for the join gate's limits (too
+/// many attempts, or a request too slow): that is a refusal to act on, not an unreachable seed.
+fn turned_away(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if [close_code::JOIN_RATE_LIMITED, close_code::JOIN_DEADLINE]
+                .map(quinn::VarInt::from_u32)
+                .contains(&close.error_code) =>
+        {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => None,
     }
 }

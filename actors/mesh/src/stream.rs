@@ -4,7 +4,7 @@
 use klf_proto::{Frame, HEADER_LEN, Limits, ProtoError};
 use quinn::{RecvStream, SendStream};
 
-use super::transport::TransportError;
+use super::transport::{StreamError, TransportError};
 
 /// How long to wait for the end of an answered stream.
 const FIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -14,12 +14,12 @@ pub async fn read_frame(recv: &mut RecvStream, limits: &Limits) -> Result<Frame,
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header)
         .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
+        .map_err(StreamError::from)?;
     let header = klf_proto::parse_header(header, limits)?;
     let mut body = vec![0u8; header.body_len()];
     recv.read_exact(&mut body)
         .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
+        .map_err(StreamError::from)?;
     Ok(klf_proto::decode_body(header, &body)?)
 }
 
@@ -30,11 +30,9 @@ pub async fn write_frame(
     limits: &Limits,
 ) -> Result<(), TransportError> {
     let bytes = klf_proto::encode(frame, limits)?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
-    send.finish()
-        .map_err(|e| TransportError::Stream(e.to_string()))
+    send.write_all(&bytes).await.map_err(StreamError::from)?;
+    send.finish().map_err(StreamError::from)?;
+    Ok(())
 }
 
 /// Sends `frame` on a new bidirectional stream of `conn` and reads the answer. An `Error` frame from
@@ -44,10 +42,7 @@ pub async fn exchange(
     frame: &Frame,
     limits: &Limits,
 ) -> Result<Frame, TransportError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransportError::Connection(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::Connection)?;
     write_frame(&mut send, frame, limits).await?;
     let answer = read_frame(&mut recv, limits).await?;
     // Read the stream's end (it arrives with the answer). Dropping a stream before its end makes

@@ -423,10 +423,17 @@ fn usage_of(usage: &Value) -> Usage {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from these APIs and is ignored).
+///
+/// A wait too long for a `Duration` (`1e20`, `inf`) saturates: it is past any deadline, so the
+/// call gives up instead of panicking on the conversion. A negative, NaN or unparsable value says
+/// nothing usable and is ignored.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let seconds: f64 = text.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
 fn quote(text: &str) -> String {
@@ -627,6 +634,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(error.to_string().contains("past the deadline"), "{error}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_saturates_absurd_waits_and_ignores_nonsense() {
+        let parse = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().expect("header"));
+            retry_after(&headers)
+        };
+        assert_eq!(parse("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse("1e20"), Some(Duration::MAX));
+        assert_eq!(parse("inf"), Some(Duration::MAX));
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("-inf"), None);
+        assert_eq!(parse("NaN"), None);
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn an_absurd_retry_after_gives_up_at_once_instead_of_panicking() {
+        let (url, hits) = server(vec![(429, "later", Some("1e20"))]).await;
+        let error = provider(url)
+            .complete(ask(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("past the deadline"), "{error}");
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }

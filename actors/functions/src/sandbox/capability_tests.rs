@@ -380,3 +380,44 @@ async fn schedules_reach_only_declared_targets_with_sane_intervals() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn an_absurd_schedule_delay_is_a_clear_error_and_the_instance_keeps_serving() {
+    let host = Arc::new(CapabilityHost::default());
+    let limits = SandboxLimits {
+        memory_bytes: 8 << 20,
+        timeout: Duration::from_secs(2),
+        max_output_bytes: 64 * 1024,
+    };
+    let instance = Instance::start(
+        code(
+            "return ctx.schedule.after(input.delay, 'report', {});",
+            &["schedule"],
+            &[],
+        ),
+        limits,
+        host.clone(),
+    )
+    .await
+    .expect("instance");
+    let meta = || CallMeta::with_timeout(Duration::from_secs(5));
+    // 1e300 ms overflows a Duration; it must be refused like any delay over a week.
+    for delay in [json!(1e300), json!(f64::MAX)] {
+        let error = instance
+            .execute(json!({ "delay": delay }), meta())
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("longer than a week"),
+            "{delay}: {error}"
+        );
+    }
+    let output = instance
+        .execute(json!({ "delay": 50 }), meta())
+        .await
+        .expect("the same instance still serves");
+    assert_eq!(output, "s-1");
+    let scheduled = host.scheduled.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0].delay, Duration::from_millis(50));
+}

@@ -246,11 +246,12 @@ fn millis(value: Option<&serde_json::Value>, what: &str) -> Result<Duration, Str
         .and_then(serde_json::Value::as_f64)
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
         .ok_or_else(|| format!("{what} must be a non-negative number of milliseconds"))?;
-    let duration = Duration::from_secs_f64(ms / 1000.0);
-    if duration > MAX_SCHEDULE {
-        return Err(format!("{what} of {ms} ms is longer than a week"));
-    }
-    Ok(duration)
+    // A number too large for a Duration (1e300) is as much "longer than a week" as 1e12 is; the
+    // checked conversion keeps it from panicking the instance's task.
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .ok()
+        .filter(|duration| *duration <= MAX_SCHEDULE)
+        .ok_or_else(|| format!("{what} of {ms} ms is longer than a week"))
 }
 
 impl EngineState {
