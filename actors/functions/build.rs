@@ -20,17 +20,17 @@ const SOURCES: [&str; 7] = [
     "src/sandbox/library/workflow.js",
 ];
 
-fn main() {
+fn main() -> Result<(), String> {
     let mut reference = String::new();
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
-        let text = std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+        let text = std::fs::read_to_string(source).map_err(|e| format!("{source}: {e}"))?;
         document(&text, &mut reference);
     }
     println!("cargo:rerun-if-changed=build.rs");
-    let out = std::env::var("OUT_DIR").unwrap_or_else(|e| panic!("OUT_DIR: {e}"));
+    let out = std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?;
     let path = Path::new(&out).join("base_reference.md");
-    std::fs::write(&path, reference).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::write(&path, reference).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The text of a `/** … */` comment, one line.

@@ -211,7 +211,7 @@ impl DataDir {
 
     /// Creates an admin API token, stores its hash, and keeps the bearer in `admin.token` for the CLI.
     pub fn create_admin_token(&self) -> Result<String, SecurityError> {
-        let (bearer, record) = ApiToken::generate("admin", &["admin"]);
+        let (bearer, record) = ApiToken::generate("admin", &["admin"])?;
         let json = serde_json::to_vec_pretty(&vec![record]).unwrap_or_default();
         files::write_private(&self.api_tokens(), &json)?;
         files::write_private(&self.admin_token(), bearer.as_bytes())?;

@@ -43,8 +43,9 @@ use klf_store::Store;
 pub enum NodeError {
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// Boxed: a join error carries the seed's answer, and every node result would pay its size.
     #[error(transparent)]
-    Join(#[from] JoinError),
+    Join(Box<JoinError>),
     #[error("{0}")]
     Config(String),
     #[error("actor failed: {0}")]
@@ -67,6 +68,12 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<JoinError> for NodeError {
+    fn from(error: JoinError) -> Self {
+        Self::Join(Box::new(error))
+    }
 }
 
 /// How to run a node (what `klf up` takes on its command line).
@@ -115,7 +122,7 @@ pub fn init_mesh(dir: &DataDir, name: &str, mesh_name: &str) -> Result<NodeSetti
         )));
     }
     dir.create()?;
-    let mesh_id = hex::encode(klf_security::random_bytes::<8>());
+    let mesh_id = hex::encode(klf_security::random_bytes::<8>()?);
     let (ca, ca_key_pem) = MeshCa::create(&mesh_id)?;
     let key = rcgen::KeyPair::generate().map_err(SecurityError::from)?;
     let (node_id, cert) = ca.issue_node_cert(&key, name)?;

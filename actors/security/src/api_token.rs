@@ -15,12 +15,15 @@ pub struct ApiToken {
 
 impl ApiToken {
     /// Makes a new random bearer string for `principal` and the record that verifies it.
-    pub fn generate(principal: &str, roles: &[&str]) -> (String, Self) {
+    pub fn generate(
+        principal: &str,
+        roles: &[&str],
+    ) -> Result<(String, Self), super::SecurityError> {
         let bearer = format!(
             "klfa_{}",
             base64::Engine::encode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                super::random_bytes::<32>()
+                super::random_bytes::<32>()?
             )
         );
         let record = Self {
@@ -28,7 +31,7 @@ impl ApiToken {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             sha256: hex::encode(super::sha256(bearer.as_bytes())),
         };
-        (bearer, record)
+        Ok((bearer, record))
     }
 
     /// Whether `bearer` is this token, compared in constant time.
@@ -49,7 +52,7 @@ mod tests {
 
     #[test]
     fn matches_only_its_own_bearer() {
-        let (bearer, token) = ApiToken::generate("admin", &["admin"]);
+        let (bearer, token) = ApiToken::generate("admin", &["admin"]).expect("randomness");
         assert!(token.matches(&bearer));
         assert!(!token.matches("klfa_wrong"));
         assert!(!token.matches(""));

@@ -161,8 +161,8 @@ impl TokenBook {
         seed: &str,
         ttl: Duration,
     ) -> Result<JoinToken, SecurityError> {
-        let id = hex::encode(super::random_bytes::<16>());
-        let secret = super::random_bytes::<32>();
+        let id = hex::encode(super::random_bytes::<16>()?);
+        let secret = super::random_bytes::<32>()?;
         let expires_at = now_secs() + ttl.as_secs().max(1);
         // Forget tokens that expired long ago so the book does not grow forever.
         let now = now_secs();

@@ -37,6 +37,8 @@ pub enum SecurityError {
     },
     #[error("peer certificate: {0}")]
     PeerCertificate(String),
+    #[error("the operating system's random number generator failed; no key or token can be made")]
+    NoRandomness,
     #[error("invalid join token: {0}")]
     InvalidToken(String),
 }
@@ -49,13 +51,13 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Fresh random bytes from the OS (ring's system RNG), for secrets and ids.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+/// Fresh random bytes from the OS (ring's system RNG), for secrets and ids. Fails only when the
+/// OS cannot provide randomness, in which case no key or token can be made either.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecurityError> {
     use ring::rand::SecureRandom;
     let mut out = [0u8; N];
-    // The system RNG only fails if the OS cannot provide randomness, in which case no key could be made either.
     ring::rand::SystemRandom::new()
         .fill(&mut out)
-        .unwrap_or_else(|_| panic!("the operating system's random number generator failed"));
-    out
+        .map_err(|_| SecurityError::NoRandomness)?;
+    Ok(out)
 }

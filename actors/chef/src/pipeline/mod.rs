@@ -434,7 +434,8 @@ impl Chef {
         let run_id = format!(
             "{}-{}",
             chrono_like_stamp(),
-            hex::encode(klf_security::random_bytes::<3>())
+            // Only tells runs of the same second apart: zeros if the OS has no randomness.
+            hex::encode(klf_security::random_bytes::<3>().unwrap_or_default())
         );
         let span = info_span!("chef_run", run_id = %run_id, provider = %options.provider);
         let run = self

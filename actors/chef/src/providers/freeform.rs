@@ -735,7 +735,8 @@ mod tests {
 
     #[test]
     fn bad_requirements_name_the_problem() {
-        let cases: Vec<(Box<dyn FnMut(&mut Value)>, &str)> = vec![
+        type Edit = Box<dyn FnMut(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["name"] = json!("Sum Numbers")),
                 "is not valid",
@@ -854,7 +855,7 @@ mod tests {
             3
         );
         let sneaky = json!({
-            "klf.toml": "[dependencies]\n\"series-cleaner\" = \"^1\"\n",
+            "klf.toml": "capabilities = [\"call\"]\n[dependencies]\n\"series-cleaner\" = \"^1\"\n",
             "main.js": "export default class {}"
         });
         assert!(
