@@ -2,201 +2,15 @@
 //! [`Instance`], for its normal behaviour (computed values asserted) and for bad input (a clear
 //! error naming the field, and the instance keeps serving).
 
-use futures_util::future::BoxFuture;
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::test_host::{FakeHost, model_reply};
 use super::*;
-use klf_model::{ModelReply, ModelRequest, Usage};
-
-/// How the host answers `ctx.call(target, input)`.
-type Handler = Arc<dyn Fn(&str, &Value) -> Result<Value, SandboxError> + Send + Sync>;
-
-/// How the host's model answers a request (`None`: there is no model provider).
-type ModelAnswer = Arc<dyn Fn(&ModelRequest) -> Result<String, SandboxError> + Send + Sync>;
-
-/// A host with a kv store, a log, scriptable function calls, secrets, a scriptable model and a
-/// schedule book.
-struct LibHost {
-    handler: Handler,
-    kv: MemoryKv,
-    logs: Mutex<Vec<(LogLevel, String)>>,
-    calls: Mutex<Vec<(String, Value)>>,
-    secrets: Mutex<BTreeMap<String, String>>,
-    model: Mutex<Option<ModelAnswer>>,
-    prompts: Mutex<Vec<ModelRequest>>,
-    scheduled: Mutex<Vec<(String, ScheduleRequest)>>,
-}
-
-impl LibHost {
-    fn with(handler: Handler) -> Arc<Self> {
-        Arc::new(Self {
-            handler,
-            kv: MemoryKv::default(),
-            logs: Mutex::default(),
-            calls: Mutex::default(),
-            secrets: Mutex::default(),
-            model: Mutex::default(),
-            prompts: Mutex::default(),
-            scheduled: Mutex::default(),
-        })
-    }
-
-    fn set_secret(&self, name: &str, value: &str) {
-        if let Ok(mut secrets) = self.secrets.lock() {
-            secrets.insert(name.to_string(), value.to_string());
-        }
-    }
-
-    fn set_model(&self, answer: ModelAnswer) {
-        if let Ok(mut model) = self.model.lock() {
-            *model = Some(answer);
-        }
-    }
-
-    fn prompts(&self) -> Vec<ModelRequest> {
-        self.prompts.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-
-    fn scheduled(&self) -> Vec<(String, ScheduleRequest)> {
-        self.scheduled.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Answers every call with `{target, input}`.
-    fn echo() -> Arc<Self> {
-        Self::with(Arc::new(|target, input| {
-            Ok(json!({ "target": target, "input": input }))
-        }))
-    }
-
-    fn calls(&self) -> Vec<(String, Value)> {
-        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    fn logs(&self) -> Vec<(LogLevel, String)> {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn kv_value(&self, key: &str) -> Option<Value> {
-        self.kv.get(key)
-    }
-}
-
-impl Host for LibHost {
-    fn call(
-        &self,
-        target: String,
-        input: Value,
-        _meta: CallMeta,
-    ) -> BoxFuture<'static, Result<serde_json::Value, SandboxError>> {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push((target.clone(), input.clone()));
-        }
-        let answer = (self.handler)(&target, &input);
-        Box::pin(async move {
-            // A real hop: the answer arrives on a later turn of the event loop.
-            tokio::task::yield_now().await;
-            answer
-        })
-    }
-
-    fn kv_get(&self, key: &str) -> Result<Option<Value>, SandboxError> {
-        Ok(self.kv.get(key))
-    }
-    fn kv_put(&self, key: &str, value: Value) -> Result<(), SandboxError> {
-        self.kv.put(key, value);
-        Ok(())
-    }
-    fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
-        self.kv.delete(key);
-        Ok(())
-    }
-    fn kv_list(&self, prefix: &str) -> Result<Vec<String>, SandboxError> {
-        Ok(self.kv.list(prefix))
-    }
-
-    fn log(&self, level: LogLevel, message: &str) {
-        if let Ok(mut logs) = self.logs.lock() {
-            logs.push((level, message.to_string()));
-        }
-    }
-
-    fn secret(&self, name: &str) -> Result<String, SandboxError> {
-        self.secrets
-            .lock()
-            .ok()
-            .and_then(|secrets| secrets.get(name).cloned())
-            .ok_or_else(|| SandboxError::Secret(format!("secret {name:?} is not set on node t")))
-    }
-
-    fn model(
-        &self,
-        request: ModelRequest,
-        _meta: CallMeta,
-    ) -> BoxFuture<'static, Result<klf_model::ModelReply, SandboxError>> {
-        let answer = self.model.lock().ok().and_then(|m| m.clone());
-        if let Ok(mut prompts) = self.prompts.lock() {
-            prompts.push(request.clone());
-        }
-        Box::pin(async move {
-            let Some(answer) = answer else {
-                return Err(SandboxError::ModelUnavailable(
-                    "node t has no model provider; set KLF_MODEL_BASE_URL".into(),
-                ));
-            };
-            Ok(ModelReply {
-                text: answer(&request)?,
-                model: "test-model".into(),
-                usage: Usage {
-                    input_tokens: 12,
-                    output_tokens: 3,
-                },
-                attempts: 1,
-            })
-        })
-    }
-
-    fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
-        let mut scheduled = self
-            .scheduled
-            .lock()
-            .map_err(|_| SandboxError::Internal("poisoned".into()))?;
-        let id = format!("s-{}", scheduled.len() + 1);
-        scheduled.push((id.clone(), request));
-        Ok(id)
-    }
-
-    fn unschedule(&self, id: &str) -> bool {
-        let Ok(mut scheduled) = self.scheduled.lock() else {
-            return false;
-        };
-        let before = scheduled.len();
-        scheduled.retain(|(known, _)| known != id);
-        scheduled.len() < before
-    }
-
-    fn schedules(&self) -> Vec<ScheduleInfo> {
-        self.scheduled()
-            .into_iter()
-            .map(|(id, request)| ScheduleInfo {
-                id,
-                target: request.target,
-                kind: if request.every.is_some() {
-                    "every"
-                } else {
-                    "after"
-                },
-                interval_ms: request.every.map(|every| every.as_millis() as u64),
-                next_at: 1_700_000_000_000,
-                runs: 0,
-            })
-            .collect()
-    }
-}
+use klf_model::ModelRequest;
 
 /// Lets a test call any method: `{"$call": "name", "args": [...]}`; anything else goes to the
 /// class's own `execute`.
@@ -245,7 +59,7 @@ fn limits() -> SandboxLimits {
     }
 }
 
-async fn start_code(code: FunctionCode, host: Arc<LibHost>) -> Instance {
+async fn start_code(code: FunctionCode, host: Arc<FakeHost>) -> Instance {
     match Instance::start(code, limits(), host).await {
         Ok(instance) => instance,
         Err(error) => panic!("the function does not start: {error}"),
@@ -253,7 +67,7 @@ async fn start_code(code: FunctionCode, host: Arc<LibHost>) -> Instance {
 }
 
 /// An instance of `class` (with `body`) configured with `config`, on `host`.
-async fn start_on(class: &str, body: &str, config: Value, host: Arc<LibHost>) -> Instance {
+async fn start_on(class: &str, body: &str, config: Value, host: Arc<FakeHost>) -> Instance {
     start_code(code(source(class, body), config), host).await
 }
 
@@ -262,7 +76,7 @@ async fn start_granted(
     class: &str,
     body: &str,
     config: Value,
-    host: Arc<LibHost>,
+    host: Arc<FakeHost>,
     capabilities: &[&str],
     secrets: &[&str],
 ) -> Instance {
@@ -273,8 +87,16 @@ async fn start_granted(
     start_code(code, host).await
 }
 
+/// The host's calls as `(target, input)`.
+fn sent(host: &FakeHost) -> Vec<(String, Value)> {
+    host.calls()
+        .into_iter()
+        .map(|call| (call.target, call.input))
+        .collect()
+}
+
 async fn start(class: &str, body: &str, config: Value) -> Instance {
-    start_on(class, body, config, LibHost::echo()).await
+    start_on(class, body, config, FakeHost::echo()).await
 }
 
 fn meta() -> CallMeta {
@@ -364,7 +186,7 @@ async fn settings_merge_class_defaults_and_config_deeply() {
             source.to_string(),
             json!({ "limits": { "low": 2 }, "tags": ["z"], "steps": [{ "limit": 1 }] }),
         ),
-        LibHost::echo(),
+        FakeHost::echo(),
     )
     .await;
     let output = ok(&instance, json!(null)).await;
@@ -761,12 +583,13 @@ fn now_ms() -> u64 {
 
 #[tokio::test]
 async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
-    let host = LibHost::echo();
-    host.set_secret(
-        "api-tokens",
-        "# subject:token\nalice:tok-alice-123\n\n bob : tok-bob-456 \n",
-    );
-    host.set_secret("broken-tokens", "alice:ok\nno-colon-here\n");
+    let host = FakeHost::builder()
+        .secret(
+            "api-tokens",
+            "# subject:token\nalice:tok-alice-123\n\n bob : tok-bob-456 \n",
+        )
+        .secret("broken-tokens", "alice:ok\nno-colon-here\n")
+        .build();
     let grants = ["crypto", "secret"];
     let secrets = ["api-tokens", "broken-tokens"];
     let bearer = start_granted(
@@ -892,8 +715,9 @@ async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
 
 #[tokio::test]
 async fn authenticator_verifies_hmac_signatures_and_timestamps() {
-    let host = LibHost::echo();
-    host.set_secret("webhook-key", "whsec_test_key");
+    let host = FakeHost::builder()
+        .secret("webhook-key", "whsec_test_key")
+        .build();
     let config = json!({ "scheme": "hmac", "hmacSecret": "webhook-key", "hmacSubject": "billing-webhook", "toleranceMs": 60000 });
     let i = start_granted(
         "BaseAuthenticator",
@@ -975,9 +799,10 @@ async fn authenticator_verifies_hmac_signatures_and_timestamps() {
 
 #[tokio::test]
 async fn encryptor_seals_fields_bound_to_their_place() {
-    let host = LibHost::echo();
-    host.set_secret("field-key", "correct horse battery staple");
-    host.set_secret("other-key", "another passphrase");
+    let host = FakeHost::builder()
+        .secret("field-key", "correct horse battery staple")
+        .secret("other-key", "another passphrase")
+        .build();
     let grants = ["crypto", "secret"];
     let config = json!({ "keySecret": "field-key", "fields": ["ssn", "card.number", "tags", "notes"], "aadField": "id" });
     let i = start_granted(
@@ -1142,7 +967,7 @@ async fn encryptor_seals_fields_bound_to_their_place() {
 
 #[tokio::test]
 async fn message_processor_dispatches_dedupes_and_routes() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let body = "
       async onOrderCreated(payload, message) {
         if (payload.fail) throw new Error('cannot take order ' + message.id);
@@ -1170,7 +995,7 @@ async fn message_processor_dispatches_dedupes_and_routes() {
         ok(&i, paid.clone()).await,
         json!({ "id": 7, "type": "invoice.paid", "status": "handled", "result": { "target": "audit", "input": paid } })
     );
-    assert_eq!(host.calls(), vec![("audit".to_string(), paid)]);
+    assert_eq!(sent(&host), vec![("audit".to_string(), paid)]);
     // The LRU holds two ids: m1 has been pushed out by 7 and m9.
     ok(
         &i,
@@ -1242,7 +1067,7 @@ async fn message_processor_dispatches_dedupes_and_routes() {
 
 #[tokio::test]
 async fn message_processor_dedupes_through_kv_when_asked() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let body = "async onPing(payload) { return 'pong'; }";
     let config = json!({ "dedupeStore": "kv", "dedupePrefix": "seen/" });
     let first = start_on("BaseMessageProcessor", body, config.clone(), host.clone()).await;
@@ -1250,7 +1075,7 @@ async fn message_processor_dedupes_through_kv_when_asked() {
         ok(&first, json!({ "id": "p1", "type": "ping" })).await["result"],
         json!("pong")
     );
-    assert!(host.kv_value("seen/p1").is_some());
+    assert!(host.kv().get("seen/p1").is_some());
     // Another instance on the same store sees the id.
     let second = start_on("BaseMessageProcessor", body, config, host).await;
     assert_eq!(
@@ -1261,7 +1086,7 @@ async fn message_processor_dedupes_through_kv_when_asked() {
 
 #[tokio::test]
 async fn protocol_handler_routes_like_http() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let body = "
       async getOrder(req) { return { id: req.params.id, query: req.query, trace: req.headers['x-trace'] ?? null }; }
       async putOrder(req) { return { status: 201, headers: { 'Location': '/orders/' + req.params.id }, body: req.body }; }
@@ -1542,15 +1367,17 @@ async fn serializer_round_trips_csv_json_base64_and_querystrings() {
 }
 
 /// Fails the first `failures` calls with a host error, then answers `{ok: input}`.
-fn flaky(failures: usize) -> (Arc<LibHost>, Arc<AtomicUsize>) {
+fn flaky(failures: usize) -> (Arc<FakeHost>, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
-    let host = LibHost::with(Arc::new(move |target, input| {
-        if seen.fetch_add(1, Ordering::SeqCst) < failures {
-            return Err(SandboxError::Host(format!("{target} is down")));
-        }
-        Ok(json!({ "ok": input }))
-    }));
+    let host = FakeHost::builder()
+        .on_call(move |target, input| {
+            if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                return Err(SandboxError::Host(format!("{target} is down")));
+            }
+            Ok(json!({ "ok": input }))
+        })
+        .build();
     (host, count)
 }
 
@@ -1648,7 +1475,7 @@ async fn connector_rate_limits_with_a_token_bucket() {
 
 #[tokio::test]
 async fn data_store_versions_records_and_detects_conflicts() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let config = json!({ "collection": "orders", "schema": {
         "type": "object", "required": ["id", "total"],
         "properties": { "id": { "type": "string" }, "total": { "type": "number", "minimum": 0 } },
@@ -1669,7 +1496,7 @@ async fn data_store_versions_records_and_detects_conflicts() {
             .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
         "{first}"
     );
-    assert_eq!(host.kv_value("orders/o1"), Some(first.clone()));
+    assert_eq!(host.kv().get("orders/o1"), Some(first.clone()));
     // A read-modify-write carries the version it read.
     let mut changed = first.clone();
     changed["total"] = json!(6);
@@ -1767,7 +1594,7 @@ async fn data_store_versions_records_and_detects_conflicts() {
         ok(&i, json!({ "op": "delete", "id": "o2" })).await,
         json!({ "deleted": false })
     );
-    assert_eq!(host.kv_value("orders/o2"), None);
+    assert_eq!(host.kv().get("orders/o2"), None);
 }
 
 #[tokio::test]
@@ -2150,24 +1977,26 @@ async fn model_processor_scores_local_models() {
 
 #[tokio::test]
 async fn model_processor_asks_the_provider_with_a_filled_prompt() {
-    let host = LibHost::echo();
-    host.set_model(Arc::new(|request: &ModelRequest| {
-        let last = request
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        Ok(if last.contains("broken") {
-            "I cannot rate that".to_string()
-        } else if request.json {
-            format!(
-                "```json\n{{\"sentiment\": \"positive\", \"about\": {}}}\n```",
-                serde_json::to_string(&last).unwrap_or_default()
-            )
-        } else {
-            format!("echo: {last}")
+    let host = FakeHost::builder()
+        .model(|request: &ModelRequest| {
+            let last = request
+                .messages
+                .last()
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
+            let text = if last.contains("broken") {
+                "I cannot rate that".to_string()
+            } else if request.json {
+                format!(
+                    "```json\n{{\"sentiment\": \"positive\", \"about\": {}}}\n```",
+                    serde_json::to_string(&last).unwrap_or_default()
+                )
+            } else {
+                format!("echo: {last}")
+            };
+            Ok(model_reply(text, 12, 3))
         })
-    }));
+        .build();
     let config = json!({ "model": { "kind": "provider", "system": "You rate reviews.", "prompt": "Rate: {{review}} ({{stars}} stars, {{meta}})",
                                       "json": true, "maxTokens": 50, "temperature": 0 } });
     let i = start_granted(
@@ -2201,7 +2030,7 @@ async fn model_processor_asks_the_provider_with_a_filled_prompt() {
             .as_str()
             .is_some_and(|t| t.starts_with("```json"))
     );
-    let sent = host.prompts();
+    let sent = host.model_requests();
     let request = &sent[0];
     let messages: Vec<(String, String)> = request
         .messages
@@ -2265,7 +2094,7 @@ async fn model_processor_asks_the_provider_with_a_filled_prompt() {
     );
     fails_with(&plain, json!(null), &["input: expected a prompt"]).await;
     // No provider: the host's typed error, with its advice, reaches the caller.
-    let bare = LibHost::echo();
+    let bare = FakeHost::echo();
     let none = start_granted(
         "BaseModelProcessor",
         "",
@@ -2369,7 +2198,7 @@ async fn decision_engine_applies_rules_by_priority() {
 
 #[tokio::test]
 async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let config = json!({ "stateKey": "model/price" });
     let i = start_on("BaseLearningEngine", "", config.clone(), host.clone()).await;
     fails_with(
@@ -2410,7 +2239,7 @@ async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
         51.0,
     );
     // The state is in kv: another instance on the same store predicts the same.
-    assert!(host.kv_value("model/price").is_some());
+    assert!(host.kv().get("model/price").is_some());
     let other = start_on("BaseLearningEngine", "", config.clone(), host.clone()).await;
     close(
         &ok(&other, json!({ "op": "predict", "x": [-1, 2] })).await["prediction"],
@@ -2596,10 +2425,12 @@ async fn predictor_computes_moving_averages_trends_and_anomalies() {
 
 #[tokio::test]
 async fn workflow_engine_runs_a_dag_in_concurrent_waves() {
-    let host = LibHost::with(Arc::new(|target, input| match target {
-        "pricing" => Ok(json!({ "price": input["qty"].as_f64().unwrap_or(0.0) * 2.5 })),
-        _ => Ok(json!({ "stock": 7 })),
-    }));
+    let host = FakeHost::builder()
+        .on_call(|target, input| match target {
+            "pricing" => Ok(json!({ "price": input["qty"].as_f64().unwrap_or(0.0) * 2.5 })),
+            _ => Ok(json!({ "stock": 7 })),
+        })
+        .build();
     let body = "
       events = [];
       async work(input) {
@@ -2638,7 +2469,10 @@ async fn workflow_engine_runs_a_dag_in_concurrent_waves() {
         .unwrap_or_default();
     assert_eq!(&events[..2], ["start a", "start b"], "{events:?}");
     assert_eq!(
-        host.calls().iter().filter(|(t, _)| t == "pricing").count(),
+        host.calls()
+            .iter()
+            .filter(|c| c.target == "pricing")
+            .count(),
         1
     );
     assert_eq!(
@@ -2649,10 +2483,12 @@ async fn workflow_engine_runs_a_dag_in_concurrent_waves() {
 
 #[tokio::test]
 async fn workflow_engine_stops_dependants_of_a_failed_step_and_checks_the_graph() {
-    let host = LibHost::with(Arc::new(|target, _| match target {
-        "pricing" => Err(SandboxError::Host("pricing failed: no price".to_string())),
-        _ => Ok(json!("fine")),
-    }));
+    let host = FakeHost::builder()
+        .on_call(|target, _| match target {
+            "pricing" => Err(SandboxError::Host("pricing failed: no price".to_string())),
+            _ => Ok(json!("fine")),
+        })
+        .build();
     let body = "async local(input) { return input; }";
     let steps = json!([
         { "id": "a", "call": "pricing" },
@@ -2667,7 +2503,7 @@ async fn workflow_engine_stops_dependants_of_a_failed_step_and_checks_the_graph(
     )
     .await;
     fails_with(&i, json!({}), &["WorkflowError: workflow failed at step \"a\": HostError: host error: pricing failed: no price (not run: b)"]).await;
-    assert!(host.calls().iter().all(|(t, _)| t != "dep"));
+    assert!(host.calls().iter().all(|c| c.target != "dep"));
     // The trace travels on the error for a subclass to use.
     let probe = "async probe(steps) { try { await this.run({}, steps); } catch (e) { return { name: e.name, steps: e.steps }; } }";
     let p = start_on(
@@ -2719,7 +2555,7 @@ async fn workflow_engine_stops_dependants_of_a_failed_step_and_checks_the_graph(
     ] {
         call_fails_with(&p, "run", json!([{}, steps]), &["InputError", says]).await;
     }
-    assert!(host.calls().iter().all(|(t, _)| t != "dep"));
+    assert!(host.calls().iter().all(|c| c.target != "dep"));
 }
 
 #[tokio::test]
@@ -2782,7 +2618,7 @@ async fn task_scheduler_computes_next_runs() {
 
 #[tokio::test]
 async fn task_scheduler_schedules_through_the_host() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let i = start_granted(
         "BaseTaskScheduler",
         "",
@@ -2895,7 +2731,7 @@ async fn task_scheduler_schedules_through_the_host() {
 
 #[tokio::test]
 async fn process_manager_moves_jobs_through_their_lifecycle() {
-    let host = LibHost::echo();
+    let host = FakeHost::echo();
     let i = start_on("BaseProcessManager", "", json!({}), host.clone()).await;
     let created = ok(
         &i,
@@ -2906,7 +2742,7 @@ async fn process_manager_moves_jobs_through_their_lifecycle() {
         (created["state"].clone(), created["history"].clone()),
         (json!("created"), json!([]))
     );
-    assert_eq!(host.kv_value("process/job1"), Some(created.clone()));
+    assert_eq!(host.kv().get("process/job1"), Some(created.clone()));
     let running = ok(&i, json!({ "op": "send", "id": "job1", "event": "start" })).await;
     assert_eq!(running["state"], json!("running"));
     fails_with(&i, json!({ "op": "send", "id": "job1", "event": "resume" }), &["InputError: event: process \"job1\" in state running cannot take \"resume\" (allowed: pause, complete, fail, cancel)"]).await;
@@ -3057,12 +2893,14 @@ async fn process_manager_takes_a_custom_machine_and_a_veto() {
 
 #[tokio::test]
 async fn orchestrator_fans_out_with_bounded_concurrency_and_fans_in() {
-    let host = LibHost::with(Arc::new(|target, input| {
-        if input.get("fail").is_some() {
-            return Err(SandboxError::Host(format!("{target} refused")));
-        }
-        Ok(json!({ "target": target, "v": input["v"].clone() }))
-    }));
+    let host = FakeHost::builder()
+        .on_call(|target, input| {
+            if input.get("fail").is_some() {
+                return Err(SandboxError::Host(format!("{target} refused")));
+            }
+            Ok(json!({ "target": target, "v": input["v"].clone() }))
+        })
+        .build();
     let body = "
       inFlight = 0; maxInFlight = 0;
       async slowSquare(x) {
@@ -3219,12 +3057,12 @@ async fn library_numbers() {
         let begun = std::time::Instant::now();
         let bytecode = compile::base_bytecode(parts).map(<[u8]>::len).unwrap_or(0);
         let compiled = begun.elapsed();
-        let instance = start_code(code(source.to_string(), json!({})), LibHost::echo()).await;
+        let instance = start_code(code(source.to_string(), json!({})), FakeHost::echo()).await;
         ok(&instance, json!([])).await;
         let idle = instance.heap_bytes();
         let begun = std::time::Instant::now();
         for _ in 0..50 {
-            start_code(code(source.to_string(), json!({})), LibHost::echo()).await;
+            start_code(code(source.to_string(), json!({})), FakeHost::echo()).await;
         }
         let start = begun.elapsed() / 50;
         eprintln!(
