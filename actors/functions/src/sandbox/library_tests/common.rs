@@ -47,7 +47,10 @@ const HELPERS: &str = "
 
 #[tokio::test]
 async fn paths_read_and_write_nested_values() {
-    let i = start("BaseValidator", HELPERS, json!({})).await;
+    let i = Subject::of("BaseValidator")
+        .body(HELPERS)
+        .start(json!({}))
+        .await;
     let doc = json!({ "a": { "b": [1, { "c": 5 }], "x y": 2 } });
     assert_eq!(call(&i, "get", json!([doc, "a.b[1].c"])).await, json!(5));
     assert_eq!(call(&i, "get", json!([doc, "a[\"x y\"]"])).await, json!(2));
@@ -83,7 +86,10 @@ async fn paths_read_and_write_nested_values() {
 
 #[tokio::test]
 async fn validate_schema_covers_the_subset() {
-    let i = start("BaseValidator", HELPERS, json!({})).await;
+    let i = Subject::of("BaseValidator")
+        .body(HELPERS)
+        .start(json!({}))
+        .await;
     let schema = json!({
         "type": "object",
         "required": ["id", "email", "when"],
@@ -199,7 +205,10 @@ async fn validate_schema_covers_the_subset() {
 
 #[tokio::test]
 async fn conditions_support_every_operator() {
-    let i = start("BaseValidator", HELPERS, json!({})).await;
+    let i = Subject::of("BaseValidator")
+        .body(HELPERS)
+        .start(json!({}))
+        .await;
     let facts = json!({ "n": 5, "s": "hello", "tags": ["a", "b"], "obj": { "k": [1] },
                         "limit": 4, "nothing": null });
     let cases = [

@@ -13,13 +13,11 @@ async fn message_processor_dispatches_dedupes_and_routes() {
         if (payload.fail) throw new Error('cannot take order ' + message.id);
         return { total: payload.qty * payload.price };
       }";
-    let i = start_on(
-        "BaseMessageProcessor",
-        body,
-        json!({ "routes": { "invoice.paid": "audit" }, "dedupeSize": 2 }),
-        host.clone(),
-    )
-    .await;
+    let i = Subject::of("BaseMessageProcessor")
+        .body(body)
+        .on(&host)
+        .start(json!({ "routes": { "invoice.paid": "audit" }, "dedupeSize": 2 }))
+        .await;
     let order =
         json!({ "id": "m1", "type": "order.created", "payload": { "qty": 2, "price": 3.5 } });
     assert_eq!(
@@ -110,14 +108,15 @@ async fn message_processor_dedupes_through_kv_when_asked() {
     let host = FakeHost::echo();
     let body = "async onPing(payload) { return 'pong'; }";
     let config = json!({ "dedupeStore": "kv", "dedupePrefix": "seen/" });
-    let first = start_on("BaseMessageProcessor", body, config.clone(), host.clone()).await;
+    let processor = Subject::of("BaseMessageProcessor").body(body).on(&host);
+    let first = processor.start(config.clone()).await;
     assert_eq!(
         ok(&first, json!({ "id": "p1", "type": "ping" })).await["result"],
         json!("pong")
     );
     assert!(host.kv().get("seen/p1").is_some());
     // Another instance on the same store sees the id.
-    let second = start_on("BaseMessageProcessor", body, config, host).await;
+    let second = processor.start(config).await;
     assert_eq!(
         ok(&second, json!({ "id": "p1", "type": "ping" })).await["status"],
         json!("duplicate")
@@ -142,7 +141,11 @@ async fn protocol_handler_routes_like_http() {
         { "method": "POST", "path": "/picky", "handler": "picky" },
         { "method": "*", "path": "/files/*", "handler": "files" }
     ]});
-    let i = start_on("BaseProtocolHandler", body, config, host.clone()).await;
+    let i = Subject::of("BaseProtocolHandler")
+        .body(body)
+        .on(&host)
+        .start(config)
+        .await;
     let json_type = json!({ "content-type": "application/json" });
     assert_eq!(
         ok(&i, json!({ "method": "get", "path": "/orders/a%20b?x=1&x=2&y=z", "headers": { "X-Trace": "t1" } })).await,
@@ -217,12 +220,9 @@ async fn protocol_handler_routes_like_http() {
         let error = response["body"]["error"].as_str().unwrap_or_default();
         assert!(error.contains(says), "{error:?} should contain {says:?}");
     }
-    let broken = start(
-        "BaseProtocolHandler",
-        "",
-        json!({ "routes": [{ "path": "/x", "handler": "missing" }] }),
-    )
-    .await;
+    let broken = Subject::of("BaseProtocolHandler")
+        .start(json!({ "routes": [{ "path": "/x", "handler": "missing" }] }))
+        .await;
     fails_with(
         &broken,
         json!({ "method": "GET", "path": "/x" }),
@@ -233,7 +233,7 @@ async fn protocol_handler_routes_like_http() {
 
 #[tokio::test]
 async fn serializer_round_trips_csv_json_base64_and_querystrings() {
-    let i = start("BaseSerializer", "", json!({})).await;
+    let i = Subject::of("BaseSerializer").start(json!({})).await;
     let records = json!([
         { "name": "Ann \"A\"", "note": "a,b", "n": 1 },
         { "name": "Bob", "note": "line1\nline2", "n": 2.5, "vip": true },
@@ -424,13 +424,10 @@ fn flaky(failures: usize) -> (Arc<FakeHost>, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn connector_retries_host_errors_and_gives_up_with_the_last_one() {
     let (host, count) = flaky(2);
-    let i = start_on(
-        "BaseConnector",
-        "",
-        json!({ "target": "pricing", "retries": 2 }),
-        host,
-    )
-    .await;
+    let i = Subject::of("BaseConnector")
+        .on(&host)
+        .start(json!({ "target": "pricing", "retries": 2 }))
+        .await;
     assert_eq!(
         ok(&i, json!({ "sku": "a" })).await,
         json!({ "result": { "ok": { "sku": "a" } }, "attempts": 3 })
@@ -438,13 +435,10 @@ async fn connector_retries_host_errors_and_gives_up_with_the_last_one() {
     assert_eq!(count.load(Ordering::SeqCst), 3);
 
     let (host, count) = flaky(usize::MAX);
-    let i = start_on(
-        "BaseConnector",
-        "",
-        json!({ "target": "pricing", "retries": 1 }),
-        host,
-    )
-    .await;
+    let i = Subject::of("BaseConnector")
+        .on(&host)
+        .start(json!({ "target": "pricing", "retries": 1 }))
+        .await;
     // The host's error reaches the caller typed, after 1 + retries attempts.
     match i.execute(json!({}), meta()).await {
         Err(SandboxError::Host(message)) => {
@@ -455,7 +449,10 @@ async fn connector_retries_host_errors_and_gives_up_with_the_last_one() {
     assert_eq!(count.load(Ordering::SeqCst), 2);
     // A denied call (an undeclared dependency) is not retried.
     let (host, count) = flaky(0);
-    let i = start_on("BaseConnector", "", json!({ "target": "stranger" }), host).await;
+    let i = Subject::of("BaseConnector")
+        .on(&host)
+        .start(json!({ "target": "stranger" }))
+        .await;
     match i.execute(json!({}), meta()).await {
         Err(SandboxError::CapabilityDenied { capability, .. }) => assert_eq!(capability, "call"),
         other => panic!("expected a denial, got {other:?}"),
@@ -472,7 +469,7 @@ async fn connector_retries_host_errors_and_gives_up_with_the_last_one() {
 async fn connector_rate_limits_with_a_token_bucket() {
     let (host, count) = flaky(0);
     let config = json!({ "target": "dep", "rateLimit": { "perSecond": 0.001, "burst": 2 } });
-    let i = start_on("BaseConnector", "", config, host).await;
+    let i = Subject::of("BaseConnector").on(&host).start(config).await;
     ok(&i, json!(1)).await;
     ok(&i, json!(2)).await;
     fails_with(
@@ -485,24 +482,21 @@ async fn connector_rate_limits_with_a_token_bucket() {
     // With a short wait allowed, the call waits for its token instead.
     let (host, count) = flaky(0);
     let config = json!({ "target": "dep", "rateLimit": { "perSecond": 100, "burst": 1 }, "waitForToken": true, "maxWaitMs": 50 });
-    let i = start_on("BaseConnector", "", config, host).await;
+    let i = Subject::of("BaseConnector").on(&host).start(config).await;
     for n in 0..3 {
         ok(&i, json!(n)).await;
     }
     assert_eq!(count.load(Ordering::SeqCst), 3);
-    let unconfigured = start("BaseConnector", "", json!({})).await;
+    let unconfigured = Subject::of("BaseConnector").start(json!({})).await;
     fails_with(
         &unconfigured,
         json!({}),
         &["ConfigError: settings.target: expected the name of the function to call"],
     )
     .await;
-    let bad = start(
-        "BaseConnector",
-        "",
-        json!({ "target": "dep", "rateLimit": { "perSecond": -1 } }),
-    )
-    .await;
+    let bad = Subject::of("BaseConnector")
+        .start(json!({ "target": "dep", "rateLimit": { "perSecond": -1 } }))
+        .await;
     fails_with(
         &bad,
         json!({}),

@@ -11,7 +11,7 @@ async fn data_store_versions_records_and_detects_conflicts() {
         "properties": { "id": { "type": "string" }, "total": { "type": "number", "minimum": 0 } },
         "additionalProperties": false
     }});
-    let i = start_on("BaseDataStore", "", config, host.clone()).await;
+    let i = Subject::of("BaseDataStore").on(&host).start(config).await;
     let first = ok(
         &i,
         json!({ "op": "put", "record": { "id": "o1", "total": 5 } }),
@@ -129,7 +129,7 @@ async fn data_store_versions_records_and_detects_conflicts() {
 
 #[tokio::test]
 async fn data_processor_runs_pipelines_with_exact_numbers() {
-    let i = start("BaseDataProcessor", "", json!({})).await;
+    let i = Subject::of("BaseDataProcessor").start(json!({})).await;
     let records = json!([
         { "t": 1, "sym": "A", "price": 10, "qty": 1 },
         { "t": 2, "sym": "B", "price": 20, "qty": 2 },
@@ -241,19 +241,16 @@ async fn data_processor_runs_pipelines_with_exact_numbers() {
 
 #[tokio::test]
 async fn data_processor_errors_name_the_step_and_the_record() {
-    let i = start(
-        "BaseDataProcessor",
-        "",
-        json!({ "steps": [{ "limit": 1 }, { "explode": "x" }] }),
-    )
-    .await;
+    let i = Subject::of("BaseDataProcessor")
+        .start(json!({ "steps": [{ "limit": 1 }, { "explode": "x" }] }))
+        .await;
     fails_with(
         &i,
         json!([{ "a": 1 }]),
         &["InputError: settings.steps[1]: unknown step \"explode\""],
     )
     .await;
-    let i = start("BaseDataProcessor", "", json!({})).await;
+    let i = Subject::of("BaseDataProcessor").start(json!({})).await;
     let records = json!([{ "price": 1 }, { "price": 2 }, { "price": "x" }]);
     fails_with(
         &i,
@@ -298,7 +295,10 @@ async fn data_validator_sorts_records_into_valid_and_invalid() {
         ]
     });
     let body = "adultsOnly(record) { return record.age !== undefined && record.age < 18 ? 'must be an adult' : null; }";
-    let i = start("BaseDataValidator", body, config).await;
+    let i = Subject::of("BaseDataValidator")
+        .body(body)
+        .start(config)
+        .await;
     let out = ok(
         &i,
         json!([
@@ -360,12 +360,9 @@ async fn data_validator_sorts_records_into_valid_and_invalid() {
         &["records: expected an array"],
     )
     .await;
-    let broken = start(
-        "BaseDataValidator",
-        "",
-        json!({ "rules": [{ "between": {} }] }),
-    )
-    .await;
+    let broken = Subject::of("BaseDataValidator")
+        .start(json!({ "rules": [{ "between": {} }] }))
+        .await;
     fails_with(&broken, json!([]), &["ConfigError: settings.rules[0]: a rule is one of {unique}, {range}, {required}, {pattern}, {custom}"]).await;
     assert_eq!(
         ok(&i, json!({ "records": [] })).await["summary"],
@@ -387,7 +384,7 @@ async fn data_transformer_maps_casts_and_flattens() {
             "id": "Id"
         }
     });
-    let i = start("BaseDataTransformer", "", config).await;
+    let i = Subject::of("BaseDataTransformer").start(config).await;
     assert_eq!(
         ok(&i, json!({ "Id": 7, "Name": "  Ann ", "contact": { "Email": " A@B.CO" }, "Total": "12.50", "When": 1704164645000_i64, "Code": "x1", "Ignored": 1 })).await,
         json!({ "customer": { "name": "Ann", "email": "a@b.co" }, "total": 12.5, "paid": false,
@@ -411,7 +408,7 @@ async fn data_transformer_maps_casts_and_flattens() {
         &["record.Paid: expected a boolean"],
     )
     .await;
-    let keep = start("BaseDataTransformer", "", json!({ "mapping": { "n": { "from": "n", "cast": "number" } }, "keepUnmapped": true, "drop": ["secret", "nested.pin"] })).await;
+    let keep = Subject::of("BaseDataTransformer").start(json!({ "mapping": { "n": { "from": "n", "cast": "number" } }, "keepUnmapped": true, "drop": ["secret", "nested.pin"] })).await;
     assert_eq!(
         ok(
             &keep,
@@ -431,11 +428,8 @@ async fn data_transformer_maps_casts_and_flattens() {
         call(&keep, "flatten", json!([{ "a": { "b": 1 } }, "/"])).await,
         json!({ "a/b": 1 })
     );
-    let broken = start(
-        "BaseDataTransformer",
-        "",
-        json!({ "mapping": { "x": { "from": "y", "cast": "decimal" } } }),
-    )
-    .await;
+    let broken = Subject::of("BaseDataTransformer")
+        .start(json!({ "mapping": { "x": { "from": "y", "cast": "decimal" } } }))
+        .await;
     fails_with(&broken, json!({}), &["ConfigError: settings.mapping.x.cast: expected one of \"number\", \"string\", \"boolean\", \"date\""]).await;
 }

@@ -14,7 +14,7 @@ fn sigmoid(z: f64) -> f64 {
 async fn model_processor_scores_local_models() {
     let config = json!({ "model": { "kind": "logistic", "weights": { "age": 0.05, "income": 0.00001 },
                                      "bias": -3, "threshold": 0.5, "labels": ["no", "yes"] } });
-    let i = start("BaseModelProcessor", "", config).await;
+    let i = Subject::of("BaseModelProcessor").start(config).await;
     let out = ok(&i, json!({ "age": 40, "income": 50000 })).await;
     close(&out["score"], sigmoid(-3.0 + 2.0 + 0.5));
     assert_eq!(out["label"], json!("no"));
@@ -50,22 +50,18 @@ async fn model_processor_scores_local_models() {
         &["records[1].age: expected a number"],
     )
     .await;
-    let linear = start(
-        "BaseModelProcessor",
-        "",
-        json!({ "model": { "kind": "linear", "weights": { "x": 2, "y": -1 }, "bias": 0.5 } }),
-    )
-    .await;
+    let linear = Subject::of("BaseModelProcessor")
+        .start(
+            json!({ "model": { "kind": "linear", "weights": { "x": 2, "y": -1 }, "bias": 0.5 } }),
+        )
+        .await;
     assert_eq!(
         ok(&linear, json!({ "features": { "x": 3, "y": 1 } })).await,
         json!({ "score": 5.5 })
     );
-    let broken = start(
-        "BaseModelProcessor",
-        "",
-        json!({ "model": { "kind": "tree" } }),
-    )
-    .await;
+    let broken = Subject::of("BaseModelProcessor")
+        .start(json!({ "model": { "kind": "tree" } }))
+        .await;
     fails_with(&broken, json!({}), &["ConfigError: settings.model.kind: expected one of \"linear\", \"logistic\", \"provider\", got \"tree\""]).await;
 }
 
@@ -93,15 +89,9 @@ async fn model_processor_asks_the_provider_with_a_filled_prompt() {
         .build();
     let config = json!({ "model": { "kind": "provider", "system": "You rate reviews.", "prompt": "Rate: {{review}} ({{stars}} stars, {{meta}})",
                                       "json": true, "maxTokens": 50, "temperature": 0 } });
-    let i = start_granted(
-        "BaseModelProcessor",
-        "",
-        config,
-        host.clone(),
-        &["model"],
-        &[],
-    )
-    .await;
+    let processor = Subject::of("BaseModelProcessor").on(&host);
+    let granted = processor.grant(&["model"]);
+    let i = granted.start(config).await;
     let out = ok(
         &i,
         json!({ "review": "great", "stars": 5, "meta": { "lang": "en" } }),
@@ -165,15 +155,9 @@ async fn model_processor_asks_the_provider_with_a_filled_prompt() {
         json!("positive")
     );
     // Without a template, the input is the prompt.
-    let plain = start_granted(
-        "BaseModelProcessor",
-        "",
-        json!({ "model": { "kind": "provider" } }),
-        host.clone(),
-        &["model"],
-        &[],
-    )
-    .await;
+    let plain = granted
+        .start(json!({ "model": { "kind": "provider" } }))
+        .await;
     assert_eq!(
         ok(&plain, json!("hello")).await["text"],
         json!("echo: hello")
@@ -189,28 +173,19 @@ async fn model_processor_asks_the_provider_with_a_filled_prompt() {
     fails_with(&plain, json!(null), &["input: expected a prompt"]).await;
     // No provider: the host's typed error, with its advice, reaches the caller.
     let bare = FakeHost::echo();
-    let none = start_granted(
-        "BaseModelProcessor",
-        "",
-        json!({ "model": { "kind": "provider" } }),
-        bare,
-        &["model"],
-        &[],
-    )
-    .await;
+    let none = granted
+        .on(&bare)
+        .start(json!({ "model": { "kind": "provider" } }))
+        .await;
     match none.execute(json!("hello"), meta()).await {
         Err(SandboxError::ModelUnavailable(message)) => {
             assert!(message.contains("KLF_MODEL_BASE_URL"), "{message}")
         }
         other => panic!("expected ModelUnavailable, got {other:?}"),
     }
-    let ungranted = start_on(
-        "BaseModelProcessor",
-        "",
-        json!({ "model": { "kind": "provider" } }),
-        host,
-    )
-    .await;
+    let ungranted = processor
+        .start(json!({ "model": { "kind": "provider" } }))
+        .await;
     match ungranted.execute(json!("hello"), meta()).await {
         Err(SandboxError::CapabilityDenied { capability, .. }) => assert_eq!(capability, "model"),
         other => panic!("expected a denial, got {other:?}"),
@@ -225,12 +200,9 @@ async fn decision_engine_applies_rules_by_priority() {
         { "id": "vip", "priority": 20, "when": { "all": [{ "field": "vip", "value": true }, { "field": "country", "op": "in", "value": ["NL", "BE"] }] }, "then": { "tier": "vip" } },
         { "id": "also-silver", "priority": 5, "when": { "field": "referrals", "op": "gt", "value": 3 }, "then": { "tier": "silver+" } }
     ]);
-    let first = start(
-        "BaseDecisionEngine",
-        "",
-        json!({ "rules": rules, "default": { "tier": "none" } }),
-    )
-    .await;
+    let first = Subject::of("BaseDecisionEngine")
+        .start(json!({ "rules": rules, "default": { "tier": "none" } }))
+        .await;
     assert_eq!(
         ok(
             &first,
@@ -248,12 +220,9 @@ async fn decision_engine_applies_rules_by_priority() {
         ok(&first, json!({ "spend": 1 })).await["decision"],
         json!({ "tier": "none" })
     );
-    let all = start(
-        "BaseDecisionEngine",
-        "",
-        json!({ "rules": rules, "mode": "all" }),
-    )
-    .await;
+    let all = Subject::of("BaseDecisionEngine")
+        .start(json!({ "rules": rules, "mode": "all" }))
+        .await;
     assert_eq!(
         ok(
             &all,
@@ -276,17 +245,14 @@ async fn decision_engine_applies_rules_by_priority() {
         { "id": "vip", "matched": false }, { "id": "gold", "matched": false }, { "id": "silver", "matched": false }, { "id": "also-silver", "matched": false }] })
     );
     fails_with(&all, json!("facts"), &["facts: expected an object"]).await;
-    let bad = start("BaseDecisionEngine", "", json!({ "rules": [
+    let bad = Subject::of("BaseDecisionEngine").start(json!({ "rules": [
         { "id": "ok", "when": true, "then": 1 },
         { "id": "broken", "when": { "any": [{ "field": "a", "op": "between", "value": [1, 2] }] } }
     ]})).await;
     fails_with(&bad, json!({ "a": 1 }), &["InputError: settings.rules[1] (\"broken\").when.any[0].op: unknown operator \"between\""]).await;
-    let dup = start(
-        "BaseDecisionEngine",
-        "",
-        json!({ "rules": [{ "id": "a", "when": true }, { "id": "a", "when": false }] }),
-    )
-    .await;
+    let dup = Subject::of("BaseDecisionEngine")
+        .start(json!({ "rules": [{ "id": "a", "when": true }, { "id": "a", "when": false }] }))
+        .await;
     fails_with(&dup, json!({}), &["two rules are called \"a\""]).await;
 }
 
@@ -294,7 +260,8 @@ async fn decision_engine_applies_rules_by_priority() {
 async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
     let host = FakeHost::echo();
     let config = json!({ "stateKey": "model/price" });
-    let i = start_on("BaseLearningEngine", "", config.clone(), host.clone()).await;
+    let engine = Subject::of("BaseLearningEngine").on(&host);
+    let i = engine.start(config.clone()).await;
     fails_with(
         &i,
         json!({ "op": "predict", "x": [1, 2] }),
@@ -334,7 +301,7 @@ async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
     );
     // The state is in kv: another instance on the same store predicts the same.
     assert!(host.kv().get("model/price").is_some());
-    let other = start_on("BaseLearningEngine", "", config.clone(), host.clone()).await;
+    let other = engine.start(config.clone()).await;
     close(
         &ok(&other, json!({ "op": "predict", "x": [-1, 2] })).await["prediction"],
         5.0,
@@ -378,13 +345,9 @@ async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
     let plain = ok(&i, json!({ "op": "learn", "samples": samples })).await;
     close_all(&plain["coefficients"], &[2.0]);
     close(&plain["intercept"], 0.0);
-    let ridge = start_on(
-        "BaseLearningEngine",
-        "",
-        json!({ "stateKey": "ridge", "lambda": 2 }),
-        host,
-    )
-    .await;
+    let ridge = engine
+        .start(json!({ "stateKey": "ridge", "lambda": 2 }))
+        .await;
     let shrunk = ok(&ridge, json!({ "op": "learn", "samples": samples })).await;
     // Centred: slope = Sxy / (Sxx + λ) = 4 / (2 + 2) = 1; intercept = ȳ - slope·x̄ = 4 - 2 = 2.
     close_all(&shrunk["coefficients"], &[1.0]);
@@ -393,7 +356,7 @@ async fn learning_engine_fits_an_incremental_regression_persisted_in_kv() {
 
 #[tokio::test]
 async fn predictor_computes_moving_averages_trends_and_anomalies() {
-    let i = start("BasePredictor", "", json!({})).await;
+    let i = Subject::of("BasePredictor").start(json!({})).await;
     close_all(
         &call(&i, "sma", json!([[1, 2, 3, 4, 5, 6], 3])).await,
         &[2.0, 3.0, 4.0, 5.0],

@@ -74,25 +74,68 @@ async fn start_code(code: FunctionCode, host: Arc<FakeHost>) -> Instance {
     }
 }
 
-/// An instance of `class` (with `body`) configured with `config`, on `host`.
-async fn start_on(class: &str, body: &str, config: Value, host: Arc<FakeHost>) -> Instance {
-    start_code(code(source(class, body), config), host).await
+/// What a test starts instances of: a library class with `body` added, on a host (a fresh echoing
+/// one unless given), granted `call`, `kv`, `log` and any more capabilities, with secrets declared.
+/// Set up once per test and started once per config the test needs; each setter gives a copy.
+#[derive(Clone)]
+struct Subject<'a> {
+    class: &'a str,
+    body: &'a str,
+    host: Arc<FakeHost>,
+    capabilities: &'a [&'a str],
+    secrets: &'a [&'a str],
 }
 
-/// Like [`start_on`], with more capabilities granted and secrets declared.
-async fn start_granted(
-    class: &str,
-    body: &str,
-    config: Value,
-    host: Arc<FakeHost>,
-    capabilities: &[&str],
-    secrets: &[&str],
-) -> Instance {
-    let mut code = code(source(class, body), config);
-    code.capabilities
-        .extend(capabilities.iter().map(|c| c.to_string()));
-    code.secrets = secrets.iter().map(|s| s.to_string()).collect();
-    start_code(code, host).await
+impl<'a> Subject<'a> {
+    fn of(class: &'a str) -> Self {
+        Self {
+            class,
+            body: "",
+            host: FakeHost::echo(),
+            capabilities: &[],
+            secrets: &[],
+        }
+    }
+
+    /// Methods and fields added to the subclass.
+    fn body(&self, body: &'a str) -> Self {
+        Self {
+            body,
+            ..self.clone()
+        }
+    }
+
+    fn on(&self, host: &Arc<FakeHost>) -> Self {
+        Self {
+            host: host.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// Capabilities granted beyond `call`, `kv` and `log`.
+    fn grant(&self, capabilities: &'a [&'a str]) -> Self {
+        Self {
+            capabilities,
+            ..self.clone()
+        }
+    }
+
+    /// The manifest's `secrets`.
+    fn secrets(&self, secrets: &'a [&'a str]) -> Self {
+        Self {
+            secrets,
+            ..self.clone()
+        }
+    }
+
+    /// An instance configured with `config`.
+    async fn start(&self, config: Value) -> Instance {
+        let mut code = code(source(self.class, self.body), config);
+        code.capabilities
+            .extend(self.capabilities.iter().map(|c| c.to_string()));
+        code.secrets = self.secrets.iter().map(|s| s.to_string()).collect();
+        start_code(code, self.host.clone()).await
+    }
 }
 
 /// The host's calls as `(target, input)`.
@@ -101,10 +144,6 @@ fn sent(host: &FakeHost) -> Vec<(String, Value)> {
         .into_iter()
         .map(|call| (call.target, call.input))
         .collect()
-}
-
-async fn start(class: &str, body: &str, config: Value) -> Instance {
-    start_on(class, body, config, FakeHost::echo()).await
 }
 
 fn meta() -> CallMeta {

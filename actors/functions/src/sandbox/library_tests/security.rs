@@ -8,7 +8,7 @@ async fn validator_checks_and_asserts_against_the_configured_schema() {
         "type": "object", "required": ["name", "age"],
         "properties": { "name": { "type": "string" }, "age": { "type": "integer", "minimum": 0 } }
     }});
-    let i = start("BaseValidator", "", config).await;
+    let i = Subject::of("BaseValidator").start(config).await;
     assert_eq!(
         ok(&i, json!({ "name": "Ann", "age": 3 })).await,
         json!({ "valid": true, "errors": [] })
@@ -36,7 +36,7 @@ async fn validator_checks_and_asserts_against_the_configured_schema() {
         call(&i, "check", json!(["x", { "type": "string" }])).await["valid"],
         json!(true)
     );
-    let unconfigured = start("BaseValidator", "", json!({})).await;
+    let unconfigured = Subject::of("BaseValidator").start(json!({})).await;
     fails_with(
         &unconfigured,
         json!({}),
@@ -54,7 +54,7 @@ async fn authorizer_denies_over_allows_and_matches_roles_globs_and_conditions() 
           "when": { "field": "context.owner", "op": "eq", "valueFrom": "subject" } },
         { "id": "admins", "effect": "allow", "subjects": ["role:admin"], "actions": ["*"], "resources": ["*"] }
     ]});
-    let i = start("BaseAuthorizer", "", config).await;
+    let i = Subject::of("BaseAuthorizer").start(config).await;
     assert_eq!(
         ok(&i, json!({ "subject": "user:ann", "roles": ["reader"], "action": "read", "resource": "doc:1" })).await,
         json!({ "allowed": true, "effect": "allow", "policy": "readers", "reason": "allowed by policy \"readers\"" })
@@ -100,7 +100,9 @@ async fn authorizer_denies_over_allows_and_matches_roles_globs_and_conditions() 
         .await["allowed"],
         json!(true)
     );
-    let open = start("BaseAuthorizer", "", json!({ "defaultEffect": "allow" })).await;
+    let open = Subject::of("BaseAuthorizer")
+        .start(json!({ "defaultEffect": "allow" }))
+        .await;
     assert_eq!(
         ok(
             &open,
@@ -109,12 +111,9 @@ async fn authorizer_denies_over_allows_and_matches_roles_globs_and_conditions() 
         .await["allowed"],
         json!(true)
     );
-    let broken = start(
-        "BaseAuthorizer",
-        "",
-        json!({ "policies": [{ "id": "p", "effect": "permit" }] }),
-    )
-    .await;
+    let broken = Subject::of("BaseAuthorizer")
+        .start(json!({ "policies": [{ "id": "p", "effect": "permit" }] }))
+        .await;
     fails_with(&broken, json!({ "subject": "a", "action": "b", "resource": "c" }), &["ConfigError: settings.policies[0].effect: expected one of \"allow\", \"deny\", got \"permit\""]).await;
 }
 
@@ -129,15 +128,9 @@ async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
         .build();
     let grants = ["crypto", "secret"];
     let secrets = ["api-tokens", "broken-tokens"];
-    let bearer = start_granted(
-        "BaseAuthenticator",
-        "",
-        json!({ "tokensSecret": "api-tokens" }),
-        host.clone(),
-        &grants,
-        &secrets,
-    )
-    .await;
+    let authenticator = Subject::of("BaseAuthenticator").on(&host);
+    let granted = authenticator.grant(&grants).secrets(&secrets);
+    let bearer = granted.start(json!({ "tokensSecret": "api-tokens" })).await;
     assert_eq!(
         ok(
             &bearer,
@@ -185,28 +178,16 @@ async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
         json!("alice")
     );
 
-    let soft = start_granted(
-        "BaseAuthenticator",
-        "",
-        json!({ "tokensSecret": "api-tokens", "rejectWithResult": true }),
-        host.clone(),
-        &grants,
-        &secrets,
-    )
-    .await;
+    let soft = granted
+        .start(json!({ "tokensSecret": "api-tokens", "rejectWithResult": true }))
+        .await;
     assert_eq!(
         ok(&soft, json!({ "token": "nope" })).await,
         json!({ "authenticated": false, "reason": "unknown bearer token", "code": "unknown_token" })
     );
-    let keys = start_granted(
-        "BaseAuthenticator",
-        "",
-        json!({ "scheme": "api-key", "header": "X-Api-Key", "tokensSecret": "api-tokens" }),
-        host.clone(),
-        &grants,
-        &secrets,
-    )
-    .await;
+    let keys = granted
+        .start(json!({ "scheme": "api-key", "header": "X-Api-Key", "tokensSecret": "api-tokens" }))
+        .await;
     assert_eq!(
         ok(&keys, json!({ "headers": { "x-api-key": "tok-bob-456" } })).await,
         json!({ "authenticated": true, "subject": "bob", "scheme": "api-key" })
@@ -218,15 +199,9 @@ async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
     )
     .await;
     // A malformed secret is named by line, never shown.
-    let broken = start_granted(
-        "BaseAuthenticator",
-        "",
-        json!({ "tokensSecret": "broken-tokens" }),
-        host.clone(),
-        &grants,
-        &secrets,
-    )
-    .await;
+    let broken = granted
+        .start(json!({ "tokensSecret": "broken-tokens" }))
+        .await;
     let message = fails(&broken, json!({ "token": "ok" })).await;
     assert!(
         message.contains("ConfigError: secret \"broken-tokens\" line 2 is not \"subject:token\""),
@@ -234,13 +209,9 @@ async fn authenticator_checks_bearer_tokens_and_api_keys_from_a_secret() {
     );
     assert!(!message.contains("no-colon-here"), "{message}");
     // Without the grants, the host's refusal reaches the caller as it is.
-    let ungranted = start_on(
-        "BaseAuthenticator",
-        "",
-        json!({ "tokensSecret": "api-tokens" }),
-        host,
-    )
-    .await;
+    let ungranted = authenticator
+        .start(json!({ "tokensSecret": "api-tokens" }))
+        .await;
     match ungranted
         .execute(json!({ "token": "tok-bob-456" }), meta())
         .await
@@ -256,15 +227,12 @@ async fn authenticator_verifies_hmac_signatures_and_timestamps() {
         .secret("webhook-key", "whsec_test_key")
         .build();
     let config = json!({ "scheme": "hmac", "hmacSecret": "webhook-key", "hmacSubject": "billing-webhook", "toleranceMs": 60000 });
-    let i = start_granted(
-        "BaseAuthenticator",
-        "",
-        config,
-        host,
-        &["crypto", "secret"],
-        &["webhook-key"],
-    )
-    .await;
+    let i = Subject::of("BaseAuthenticator")
+        .on(&host)
+        .grant(&["crypto", "secret"])
+        .secrets(&["webhook-key"])
+        .start(config)
+        .await;
     let body = "{\"event\":\"paid\",\"amount\":12}";
     let at = now_ms();
     let signature = match crypto::hmac_hex("sha256", "whsec_test_key", &format!("{at}.{body}")) {
@@ -342,15 +310,8 @@ async fn encryptor_seals_fields_bound_to_their_place() {
         .build();
     let grants = ["crypto", "secret"];
     let config = json!({ "keySecret": "field-key", "fields": ["ssn", "card.number", "tags", "notes"], "aadField": "id" });
-    let i = start_granted(
-        "BaseEncryptor",
-        "",
-        config,
-        host.clone(),
-        &grants,
-        &["field-key"],
-    )
-    .await;
+    let encryptor = Subject::of("BaseEncryptor").on(&host).grant(&grants);
+    let i = encryptor.secrets(&["field-key"]).start(config).await;
     let record = json!({ "id": "c1", "name": "Ann", "ssn": "123-45-6789", "card": { "number": "4111 1111", "exp": "12/30" }, "tags": ["vip", 3] });
     let sealed = ok(&i, json!({ "op": "encrypt", "record": record })).await;
     assert_eq!(
@@ -413,15 +374,10 @@ async fn encryptor_seals_fields_bound_to_their_place() {
     )
     .await;
     // Another key does not open it either.
-    let wrong = start_granted(
-        "BaseEncryptor",
-        "",
-        json!({ "keySecret": "other-key", "fields": ["ssn"], "aadField": "id" }),
-        host.clone(),
-        &grants,
-        &["other-key"],
-    )
-    .await;
+    let wrong = encryptor
+        .secrets(&["other-key"])
+        .start(json!({ "keySecret": "other-key", "fields": ["ssn"], "aadField": "id" }))
+        .await;
     fails_with(
         &wrong,
         json!({ "op": "decrypt", "record": out }),
@@ -472,15 +428,7 @@ async fn encryptor_seals_fields_bound_to_their_place() {
         record
     );
     // An undeclared secret is the host's refusal, typed, not a CryptoError.
-    let undeclared = start_granted(
-        "BaseEncryptor",
-        "",
-        json!({ "keySecret": "field-key" }),
-        host.clone(),
-        &grants,
-        &[],
-    )
-    .await;
+    let undeclared = encryptor.start(json!({ "keySecret": "field-key" })).await;
     match undeclared
         .execute(json!({ "$call": "encrypt", "args": ["x"] }), meta())
         .await
@@ -490,7 +438,7 @@ async fn encryptor_seals_fields_bound_to_their_place() {
         }
         other => panic!("expected a denial, got {other:?}"),
     }
-    let unconfigured = start_granted("BaseEncryptor", "", json!({}), host, &grants, &[]).await;
+    let unconfigured = encryptor.start(json!({})).await;
     call_fails_with(
         &unconfigured,
         "encrypt",

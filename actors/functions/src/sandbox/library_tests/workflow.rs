@@ -32,7 +32,11 @@ async fn workflow_engine_runs_a_dag_in_concurrent_waves() {
         ],
         "output": { "total": "$steps.sum.output.total", "stocks": ["$steps.stockA.output.stock", "$steps.stockB.output.stock"] }
     });
-    let i = start_on("BaseWorkflowEngine", body, config, host.clone()).await;
+    let i = Subject::of("BaseWorkflowEngine")
+        .body(body)
+        .on(&host)
+        .start(config)
+        .await;
     let out = ok(&i, json!({ "qty": 4 })).await;
     assert_eq!(out["output"], json!({ "total": 20, "stocks": [7, 7] }));
     assert_eq!(out["steps"]["sum"]["status"], json!("ok"));
@@ -75,24 +79,16 @@ async fn workflow_engine_stops_dependants_of_a_failed_step_and_checks_the_graph(
         { "id": "b", "call": "dep", "after": ["a"] },
         { "id": "c", "method": "local", "input": { "n": 1 } }
     ]);
-    let i = start_on(
-        "BaseWorkflowEngine",
-        body,
-        json!({ "steps": steps }),
-        host.clone(),
-    )
-    .await;
+    let engine = Subject::of("BaseWorkflowEngine").on(&host);
+    let i = engine.body(body).start(json!({ "steps": steps })).await;
     fails_with(&i, json!({}), &["WorkflowError: workflow failed at step \"a\": HostError: host error: pricing failed: no price (not run: b)"]).await;
     assert!(host.calls().iter().all(|c| c.target != "dep"));
     // The trace travels on the error for a subclass to use.
     let probe = "async probe(steps) { try { await this.run({}, steps); } catch (e) { return { name: e.name, steps: e.steps }; } }";
-    let p = start_on(
-        "BaseWorkflowEngine",
-        &format!("{body}\n{probe}"),
-        json!({}),
-        host.clone(),
-    )
-    .await;
+    let p = engine
+        .body(&format!("{body}\n{probe}"))
+        .start(json!({}))
+        .await;
     let caught = call(&p, "probe", json!([steps])).await;
     assert_eq!(caught["name"], json!("WorkflowError"));
     assert_eq!(caught["steps"]["a"]["status"], json!("failed"));
@@ -140,7 +136,7 @@ async fn workflow_engine_stops_dependants_of_a_failed_step_and_checks_the_graph(
 
 #[tokio::test]
 async fn task_scheduler_computes_next_runs() {
-    let i = start("BaseTaskScheduler", "", json!({})).await;
+    let i = Subject::of("BaseTaskScheduler").start(json!({})).await;
     // 2024-01-01T10:30:00Z.
     let from = 1_704_105_000_000_i64;
     let hour = 3_600_000_i64;
@@ -199,15 +195,10 @@ async fn task_scheduler_computes_next_runs() {
 #[tokio::test]
 async fn task_scheduler_schedules_through_the_host() {
     let host = FakeHost::echo();
-    let i = start_granted(
-        "BaseTaskScheduler",
-        "",
-        json!({ "target": "audit" }),
-        host.clone(),
-        &["schedule"],
-        &[],
-    )
-    .await;
+    let scheduler = Subject::of("BaseTaskScheduler")
+        .on(&host)
+        .grant(&["schedule"]);
+    let i = scheduler.start(json!({ "target": "audit" })).await;
     assert_eq!(
         ok(
             &i,
@@ -299,8 +290,7 @@ async fn task_scheduler_schedules_through_the_host() {
         ),
         Ok(output) => panic!("scheduled an undeclared target: {output}"),
     }
-    let untargeted =
-        start_granted("BaseTaskScheduler", "", json!({}), host, &["schedule"], &[]).await;
+    let untargeted = scheduler.start(json!({})).await;
     fails_with(
         &untargeted,
         json!({ "op": "after", "ms": 10 }),
@@ -312,7 +302,10 @@ async fn task_scheduler_schedules_through_the_host() {
 #[tokio::test]
 async fn process_manager_moves_jobs_through_their_lifecycle() {
     let host = FakeHost::echo();
-    let i = start_on("BaseProcessManager", "", json!({}), host.clone()).await;
+    let i = Subject::of("BaseProcessManager")
+        .on(&host)
+        .start(json!({}))
+        .await;
     let created = ok(
         &i,
         json!({ "op": "start", "id": "job1", "data": { "n": 1 } }),
@@ -418,7 +411,10 @@ async fn process_manager_takes_a_custom_machine_and_a_veto() {
         "transitions": { "draft": { "submit": "review" }, "review": { "approve": "approved", "reject": "rejected", "revise": "draft" } },
         "historyLimit": 2
     });
-    let i = start("BaseProcessManager", body, config).await;
+    let i = Subject::of("BaseProcessManager")
+        .body(body)
+        .start(config)
+        .await;
     assert_eq!(
         ok(&i, json!({ "op": "start", "id": 1 })).await["state"],
         json!("draft")
@@ -444,25 +440,21 @@ async fn process_manager_takes_a_custom_machine_and_a_veto() {
     .await;
     assert_eq!(approved["state"], json!("approved"));
     assert_eq!(approved["history"].as_array().map(Vec::len), Some(2));
-    let broken = start(
-        "BaseProcessManager",
-        "",
-        json!({ "transitions": { "created": { "go": "runing" } } }),
-    )
-    .await;
+    let broken = Subject::of("BaseProcessManager")
+        .start(json!({ "transitions": { "created": { "go": "runing" } } }))
+        .await;
     fails_with(
         &broken,
         json!({ "op": "start", "id": "x" }),
         &["ConfigError: settings.transitions: state \"runing\" has no transitions and is not in settings.terminal"],
     )
     .await;
-    let declared = start(
-        "BaseProcessManager",
-        "",
-        json!({ "states": ["created", "running", "completed"], "terminal": ["completed"],
+    let declared = Subject::of("BaseProcessManager")
+        .start(
+            json!({ "states": ["created", "running", "completed"], "terminal": ["completed"],
                 "transitions": { "created": { "go": "runing" } } }),
-    )
-    .await;
+        )
+        .await;
     fails_with(
         &declared,
         json!({ "op": "start", "id": "x" }),
@@ -491,13 +483,11 @@ async fn orchestrator_fans_out_with_bounded_concurrency_and_fans_in() {
       }
       peak() { return this.maxInFlight; }
       product(values) { return values.reduce((a, b) => a * b, 1); }";
-    let i = start_on(
-        "BaseOrchestrator",
-        body,
-        json!({ "target": "dep" }),
-        host.clone(),
-    )
-    .await;
+    let i = Subject::of("BaseOrchestrator")
+        .body(body)
+        .on(&host)
+        .start(json!({ "target": "dep" }))
+        .await;
     let out = ok(&i, json!({ "inputs": [{ "v": 1 }, { "v": 2, "fail": true }, { "v": 3 }], "reduce": { "op": "sum", "field": "v" } })).await;
     assert_eq!(
         out["results"],
@@ -602,7 +592,7 @@ async fn orchestrator_fans_out_with_bounded_concurrency_and_fans_in() {
         &["targets: expected at least one target"],
     )
     .await;
-    let untargeted = start("BaseOrchestrator", "", json!({})).await;
+    let untargeted = Subject::of("BaseOrchestrator").start(json!({})).await;
     fails_with(
         &untargeted,
         json!({ "inputs": [1] }),
