@@ -1,7 +1,9 @@
 //! A real HTTP server speaking the OpenAI chat-completions API, for tests of `ctx.model` and the
 //! Chef's `openai` provider: each request gets the next scripted answer (the last repeats), and
 //! every request body is kept so tests can check what was sent. A request with `stream: true` is
-//! answered as server-sent events, one word per chunk, as real servers stream tokens.
+//! answered as server-sent events, one word per chunk, as real servers stream tokens. A test can
+//! hold the answers ([`ModelServer::hold`]) to keep the calls waiting on the model in flight for as
+//! long as it needs.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,8 @@ struct State {
 pub struct ModelServer {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// True while answers are held.
+    held: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,10 +127,13 @@ impl ModelServer {
             requests: Vec::new(),
         }));
         let shared = state.clone();
+        let held = Arc::new(tokio::sync::watch::channel(false).0);
+        let gate = held.clone();
         let app = Router::new().route(
             "/v1/chat/completions",
             post(move |body: String| {
                 let shared = shared.clone();
+                let gate = gate.clone();
                 async move {
                     let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                     let answer = {
@@ -140,6 +147,9 @@ impl ModelServer {
                             .cloned()
                             .unwrap_or(Scripted::Echo)
                     };
+                    // Recorded first, so a test sees the request while it is held. The sender
+                    // lives in the server, so the wait cannot fail while the server runs.
+                    let _ = gate.subscribe().wait_for(|held| !held).await;
                     let streams = request["stream"].as_bool() == Some(true);
                     match answer {
                         Scripted::Content(text) if streams => {
@@ -211,12 +221,28 @@ impl ModelServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            state,
+            held,
+            task,
+        })
     }
 
     /// The base URL a provider is configured with.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Holds the answer to every request from now on (each is recorded when it arrives, so
+    /// [`ModelServer::requests`] shows it) until [`ModelServer::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Answers the held requests, and later ones at once again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Every request body received so far.

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use klf_actors::node::Node;
+use klf_actors::model::ModelConfig;
+use klf_actors::node::{Node, RunOptions};
 use klf_actors::router::{InvokeErrorKind, InvokeRequest};
+use klf_tests::model_server::{ModelServer, Scripted};
 use klf_tests::{InProcessMesh, example_package, wait_until, write_package};
 use serde_json::json;
 
@@ -246,11 +248,6 @@ async fn bad_inputs_give_typed_errors_and_the_node_keeps_serving() {
             "",
             "async execute() { return await this.ctx.kv.get(\"x\"); }",
         ),
-        deploy(
-            "busy",
-            "[limits]\nconcurrency = 1\ntimeout_ms = 2000",
-            "async execute() { const end = Date.now() + 400; while (Date.now() < end) {} return 1; }",
-        ),
     ] {
         node.publish(package, 1, "admin").await.expect("deploy");
     }
@@ -316,13 +313,6 @@ async fn bad_inputs_give_typed_errors_and_the_node_keeps_serving() {
         kind(node.invoke(deep).await),
         InvokeErrorKind::CallDepthExceeded
     );
-    let (first, second) = tokio::join!(call(node, "busy", json!({})), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        call(node, "busy", json!({})).await
-    });
-    assert!(first.is_ok(), "{first:?}");
-    assert_eq!(kind(second), InvokeErrorKind::Overloaded);
-
     // A peer's Invoke whose input is not JSON, or whose range does not parse, is refused by kind.
     for (input, range, want) in [
         (b"{not json".to_vec(), "", "bad_input"),
@@ -359,4 +349,68 @@ async fn bad_inputs_give_typed_errors_and_the_node_keeps_serving() {
         kind(call(node, "spin", json!({})).await),
         InvokeErrorKind::Timeout
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_beyond_the_concurrency_limit_is_overloaded_at_once() {
+    // The one permitted call waits on a model whose answers the test holds: it is in flight for
+    // exactly as long as the test needs, however slow the machine.
+    let model = ModelServer::start(vec![Scripted::Echo])
+        .await
+        .expect("model server");
+    let options = RunOptions {
+        model: Some(ModelConfig {
+            base_url: model.base_url(),
+            model: "fake-gpt".into(),
+            api_key: None,
+            max_attempts: 1,
+            backoff: Duration::from_millis(10),
+        }),
+        ..RunOptions::loopback()
+    };
+    let mesh = InProcessMesh::start_with_options(1, options)
+        .await
+        .expect("mesh");
+    let node = &mesh.nodes[0];
+    let work = tempfile::tempdir().expect("tmp");
+    let busy = write_package(
+        work.path(),
+        "busy",
+        "1.0.0",
+        "capabilities = [\"model\"]\n[limits]\nconcurrency = 1\ntimeout_ms = 60000",
+        "import { BaseFunction } from \"klf:base\";\nexport default class F extends BaseFunction {\n\
+         async execute(input, ctx) { return (await ctx.model.complete({ prompt: input.n })).text; }\n}\n",
+    );
+    node.publish(busy, 1, "admin").await.expect("deploy");
+    let invoke = |n: &str| {
+        node.invoke(InvokeRequest::new(
+            "busy",
+            json!({ "n": n }),
+            Duration::from_secs(60),
+        ))
+    };
+
+    model.hold();
+    let (first, second) = tokio::join!(invoke("first"), async {
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                model.requests().len() == 1
+            })
+            .await,
+            "the first call should reach the model"
+        );
+        // The first call holds the only permit: the second is refused at once, not queued.
+        let second = invoke("second").await;
+        model.release();
+        second
+    });
+    assert_eq!(first.expect("the held call").output, json!("echo: first"));
+    match second {
+        Err(error) => assert_eq!(error.kind, InvokeErrorKind::Overloaded, "{}", error.message),
+        Ok(outcome) => panic!("a call beyond the limit ran: {:?}", outcome.output),
+    }
+    assert_eq!(model.requests().len(), 1, "the refused call never ran");
+    // The permit came back with the first call's answer.
+    let third = invoke("third").await.expect("the permit is free again");
+    assert_eq!(third.output, json!("echo: third"));
 }

@@ -1,103 +1,27 @@
 //! `ctx.crypto`, `ctx.secret`, `ctx.model` and `ctx.schedule` as a function sees them: granted,
 //! refused, and failing with errors a person can act on.
 
-use futures_util::future::BoxFuture;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::test_host::{FakeHost, model_reply};
 use super::*;
-use klf_model::{ModelReply, ModelRequest, Usage};
 
-/// A host with secrets, an optional model that echoes the last message, and a schedule log.
-#[derive(Default)]
-struct CapabilityHost {
-    secrets: BTreeMap<String, String>,
-    model: bool,
-    scheduled: Mutex<Vec<ScheduleRequest>>,
-}
-
-impl Host for CapabilityHost {
-    fn call(
-        &self,
-        _target: String,
-        _input: Value,
-        _meta: CallMeta,
-    ) -> BoxFuture<'static, Result<serde_json::Value, SandboxError>> {
-        Box::pin(async { Err(SandboxError::Host("no calls here".into())) })
-    }
-    fn kv_get(&self, _key: &str) -> Result<Option<Value>, SandboxError> {
-        Ok(None)
-    }
-    fn kv_put(&self, _key: &str, _value: Value) -> Result<(), SandboxError> {
-        Ok(())
-    }
-    fn kv_delete(&self, _key: &str) -> Result<(), SandboxError> {
-        Ok(())
-    }
-    fn kv_list(&self, _prefix: &str) -> Result<Vec<String>, SandboxError> {
-        Ok(Vec::new())
-    }
-    fn log(&self, _level: LogLevel, _message: &str) {}
-
-    fn secret(&self, name: &str) -> Result<String, SandboxError> {
-        self.secrets
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SandboxError::Secret(format!("secret {name:?} is not set on node t")))
-    }
-
-    fn model(
-        &self,
-        request: ModelRequest,
-        _meta: CallMeta,
-    ) -> BoxFuture<'static, Result<klf_model::ModelReply, SandboxError>> {
-        let enabled = self.model;
-        Box::pin(async move {
-            if !enabled {
-                return Err(SandboxError::ModelUnavailable(
-                    klf_model::unavailable_message("t"),
-                ));
-            }
+/// A host with the `db-key` secret and a model that echoes the last message.
+fn host() -> Arc<FakeHost> {
+    FakeHost::builder()
+        .secret("db-key", "hunter2")
+        .model(|request| {
             let last = request.messages.last().map(|m| m.content.clone());
-            Ok(ModelReply {
-                finish_reason: None,
-                text: format!("echo: {}", last.unwrap_or_default()),
-                model: "test-model".into(),
-                usage: Usage {
-                    input_tokens: request.messages.len() as u64,
-                    output_tokens: 2,
-                },
-                attempts: 1,
-            })
+            Ok(model_reply(
+                format!("echo: {}", last.unwrap_or_default()),
+                request.messages.len() as u64,
+                2,
+            ))
         })
-    }
-
-    fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
-        let mut scheduled = self
-            .scheduled
-            .lock()
-            .map_err(|_| SandboxError::Internal("poisoned".into()))?;
-        scheduled.push(request);
-        Ok(format!("s-{}", scheduled.len()))
-    }
-
-    fn unschedule(&self, id: &str) -> bool {
-        id == "s-1"
-    }
-
-    fn schedules(&self) -> Vec<ScheduleInfo> {
-        vec![ScheduleInfo {
-            id: "s-1".into(),
-            target: "report".into(),
-            kind: "every",
-            interval_ms: Some(1000),
-            next_at: 1,
-            runs: 0,
-        }]
-    }
+        .build()
 }
 
 fn code(body: &str, capabilities: &[&str], secrets: &[&str]) -> FunctionCode {
@@ -120,7 +44,7 @@ fn code(body: &str, capabilities: &[&str], secrets: &[&str]) -> FunctionCode {
 }
 
 async fn run_with(
-    host: Arc<CapabilityHost>,
+    host: Arc<FakeHost>,
     code: FunctionCode,
     input: Value,
 ) -> Result<Value, SandboxError> {
@@ -136,12 +60,7 @@ async fn run_with(
 }
 
 async fn run(body: &str, capabilities: &[&str], secrets: &[&str]) -> Result<Value, SandboxError> {
-    let host = Arc::new(CapabilityHost {
-        secrets: BTreeMap::from([("db-key".to_string(), "hunter2".to_string())]),
-        model: true,
-        ..Default::default()
-    });
-    run_with(host, code(body, capabilities, secrets), json!({})).await
+    run_with(host(), code(body, capabilities, secrets), json!({})).await
 }
 
 #[tokio::test]
@@ -302,7 +221,7 @@ async fn the_model_answers_through_the_host_or_says_why_not() {
         "{error}"
     );
 
-    let without = Arc::new(CapabilityHost::default());
+    let without = FakeHost::echo();
     let error = run_with(
         without,
         code(
@@ -322,7 +241,7 @@ async fn the_model_answers_through_the_host_or_says_why_not() {
 
 #[tokio::test]
 async fn schedules_reach_only_declared_targets_with_sane_intervals() {
-    let host = Arc::new(CapabilityHost::default());
+    let host = FakeHost::echo();
     let output = run_with(
         host.clone(),
         code(
@@ -339,12 +258,30 @@ async fn schedules_reach_only_declared_targets_with_sane_intervals() {
     .expect("schedules");
     assert_eq!(output["a"], "s-1");
     assert_eq!(output["b"], "s-2");
-    assert_eq!(output["list"][0]["intervalMs"], 1000);
+    // The list is the host's book before the cancel: both schedules, as JavaScript names them.
+    let list = &output["list"];
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(
+        (
+            list[0]["id"].clone(),
+            list[0]["kind"].clone(),
+            list[0]["intervalMs"].clone()
+        ),
+        (json!("s-1"), json!("after"), Value::Null)
+    );
+    assert_eq!(
+        (
+            list[1]["id"].clone(),
+            list[1]["kind"].clone(),
+            list[1]["intervalMs"].clone()
+        ),
+        (json!("s-2"), json!("every"), json!(1000))
+    );
     assert_eq!(
         (output["cancelled"].clone(), output["unknown"].clone()),
         (json!(true), json!(false))
     );
-    let scheduled = host.scheduled.lock().map(|s| s.clone()).unwrap_or_default();
+    let scheduled: Vec<ScheduleRequest> = host.scheduled().into_iter().map(|(_, s)| s).collect();
     assert_eq!(scheduled.len(), 2);
     assert_eq!(scheduled[0].delay, Duration::from_millis(50));
     assert_eq!(scheduled[0].every, None);
@@ -383,7 +320,7 @@ async fn schedules_reach_only_declared_targets_with_sane_intervals() {
 
 #[tokio::test]
 async fn an_absurd_schedule_delay_is_a_clear_error_and_the_instance_keeps_serving() {
-    let host = Arc::new(CapabilityHost::default());
+    let host = FakeHost::echo();
     let limits = SandboxLimits {
         memory_bytes: 8 << 20,
         timeout: Duration::from_secs(2),
@@ -417,7 +354,7 @@ async fn an_absurd_schedule_delay_is_a_clear_error_and_the_instance_keeps_servin
         .await
         .expect("the same instance still serves");
     assert_eq!(output, "s-1");
-    let scheduled = host.scheduled.lock().map(|s| s.clone()).unwrap_or_default();
+    let scheduled = host.scheduled();
     assert_eq!(scheduled.len(), 1);
-    assert_eq!(scheduled[0].delay, Duration::from_millis(50));
+    assert_eq!(scheduled[0].1.delay, Duration::from_millis(50));
 }

@@ -54,6 +54,8 @@ mod natives;
 mod capability_tests;
 #[cfg(test)]
 mod library_tests;
+#[cfg(any(test, feature = "test-host"))]
+pub mod test_host;
 #[cfg(test)]
 mod tests;
 
