@@ -109,10 +109,13 @@ async fn a_good_answer_becomes_the_requirement() {
         .expect("interpret");
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
+    // A structured output: the answer's JSON Schema goes with the request.
+    assert_eq!(requests[0]["response_format"]["type"], json!("json_schema"));
     assert_eq!(
-        requests[0]["response_format"],
-        json!({"type": "json_object"})
+        requests[0]["response_format"]["json_schema"]["schema"]["required"],
+        json!(["recipe"])
     );
+    assert!(requests[0]["max_tokens"].as_u64().is_some_and(|m| m > 0));
     assert_eq!(requests[0]["messages"][0]["role"], "system");
     let system = requests[0]["messages"][0]["content"]
         .as_str()
@@ -265,11 +268,16 @@ async fn bad_credentials_fail_without_a_retry() {
 }
 
 #[tokio::test]
-async fn no_recipe_is_answered_honestly_with_the_closest() {
+async fn no_recipe_and_a_refusal_to_write_one_is_answered_honestly_with_the_closest() {
+    // No recipe fits, so the model is asked to write the function itself; it declines.
     let reason = "a poem is not something a function of these recipes writes";
-    let server = server(vec![content(
-        json!({"recipe": null, "params": {}, "function": null, "reason": reason}).to_string(),
-    )])
+    let refusal = "a poem is not a function of JSON input";
+    let server = server(vec![
+        content(
+            json!({"recipe": null, "params": {}, "function": null, "reason": reason}).to_string(),
+        ),
+        content(json!({ "refuse": refusal }).to_string()),
+    ])
     .await;
     let answer = openai(&server)
         .interpret(
@@ -283,8 +291,9 @@ async fn no_recipe_is_answered_honestly_with_the_closest() {
     let Interpretation::NoMatch(no) = answer.value else {
         panic!("expected no match: {:?}", answer.value);
     };
-    assert_eq!(no.reason, reason);
+    assert_eq!(no.reason, format!("{refusal} ({reason})"));
     assert_eq!(no.request, "write a poem about stock prices");
+    assert_eq!(server.requests().len(), 2);
     assert!(!no.closest.is_empty() && no.closest.len() <= 3, "{no:?}");
     assert_eq!(no.closest[0].recipe, "market-analysis", "{no:?}");
 }

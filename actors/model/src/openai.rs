@@ -690,4 +690,151 @@ mod tests {
         assert!(matches!(error, ModelError::Exhausted { .. }), "{error}");
         assert!(error.to_string().contains("cannot reach"), "{error}");
     }
+
+    /// A server whose every answer is `respond(request body)`; it counts the requests it got.
+    async fn server_with(
+        respond: impl Fn(Value) -> axum::response::Response + Send + Sync + 'static,
+    ) -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let respond = Arc::new(respond);
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move |body: String| {
+                let (log, respond) = (log.clone(), respond.clone());
+                async move {
+                    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    log.lock().expect("log").push(request.clone());
+                    respond(request)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/v1"), seen)
+    }
+
+    fn sse(chunks: &[&str], finish: &str) -> axum::response::Response {
+        let mut body = String::new();
+        for chunk in chunks {
+            let event = json!({"model": "test-model", "choices": [{"delta": {"content": chunk}, "finish_reason": null}]});
+            body.push_str(&format!("data: {event}\n\n"));
+        }
+        let last = json!({"model": "test-model", "choices": [{"delta": {}, "finish_reason": finish}], "usage": {"prompt_tokens": 7, "completion_tokens": chunks.len()}});
+        body.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+            body,
+        )
+            .into_response()
+    }
+
+    fn json_ask() -> ModelRequest {
+        ModelRequest {
+            json: true,
+            schema: Some(json!({"type": "object"})),
+            max_tokens: Some(32),
+            ..ask()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_assembled_and_reports_progress() {
+        let (url, seen) = server_with(|_| sse(&["{\"a\"", ": ", "1}"], "stop")).await;
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = chunks.clone();
+        let progress: ProgressSink =
+            Arc::new(move |s: Streamed| log.lock().expect("log").push(s.chunks));
+        let reply = provider(url)
+            .complete_streaming(json_ask(), Duration::from_secs(5), progress)
+            .await
+            .expect("reply");
+        assert_eq!(reply.text, "{\"a\": 1}");
+        assert_eq!(
+            reply.usage,
+            Usage {
+                input_tokens: 7,
+                output_tokens: 3
+            }
+        );
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        assert!(!reply.truncated());
+        assert_eq!(*chunks.lock().expect("chunks"), vec![1, 2, 3]);
+        let sent = seen.lock().expect("seen")[0].clone();
+        assert_eq!(sent["stream"], json!(true));
+        assert_eq!(sent["max_tokens"], json!(32));
+        assert_eq!(sent["response_format"]["type"], json!("json_schema"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_by_max_tokens_says_so() {
+        let (url, _) = server_with(|_| sse(&["{\"a\": [1, 2"], "length")).await;
+        let progress: ProgressSink = Arc::new(|_| {});
+        let reply = provider(url)
+            .complete_streaming(json_ask(), Duration::from_secs(5), progress)
+            .await
+            .expect("reply");
+        assert!(reply.truncated());
+    }
+
+    #[tokio::test]
+    async fn a_server_without_structured_outputs_or_streaming_is_asked_more_simply_and_remembered()
+    {
+        // Refuses json_schema and streaming (400), answers plain json_object requests.
+        let (url, seen) = server_with(|request| {
+            let refused = request["stream"] == json!(true)
+                || request["response_format"]["type"] == json!("json_schema");
+            if refused {
+                (StatusCode::BAD_REQUEST, "unsupported parameter").into_response()
+            } else {
+                (StatusCode::OK, GOOD).into_response()
+            }
+        })
+        .await;
+        let client = provider(url);
+        let progress: ProgressSink = Arc::new(|_| {});
+        let reply = client
+            .complete_streaming(json_ask(), Duration::from_secs(5), progress.clone())
+            .await
+            .expect("reply");
+        assert_eq!((reply.text.as_str(), reply.attempts), ("hello", 1));
+        let shapes = |from: usize| -> Vec<(Value, Value)> {
+            seen.lock().expect("seen")[from..]
+                .iter()
+                .map(|r| (r["stream"].clone(), r["response_format"]["type"].clone()))
+                .collect()
+        };
+        assert_eq!(
+            shapes(0),
+            vec![
+                (json!(true), json!("json_schema")),
+                (Value::Null, json!("json_schema")),
+                (Value::Null, json!("json_object")),
+            ]
+        );
+        // The next call goes straight to what works.
+        client
+            .complete_streaming(json_ask(), Duration::from_secs(5), progress)
+            .await
+            .expect("second reply");
+        assert_eq!(shapes(3), vec![(Value::Null, json!("json_object"))]);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_every_shape_is_a_rejected_request() {
+        let (url, seen) = server_with(|_| (StatusCode::BAD_REQUEST, "no").into_response()).await;
+        let error = provider(url)
+            .complete(json_ask(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ModelError::Rejected { status: 400, .. }),
+            "{error}"
+        );
+        // json_schema, json_object, then plain text: three shapes, then it gives up.
+        assert_eq!(seen.lock().expect("seen").len(), 3);
+    }
 }

@@ -173,7 +173,16 @@ impl Conversation {
                 }
                 None => model.complete(request, timeout).await,
             }
-            .map_err(|e| ProviderError::Model(e.to_string()))?;
+            .map_err(|e| {
+                if cx.bounds.remaining().is_zero() {
+                    ProviderError::Model(format!(
+                        "the run's deadline passed during the {stage} exchange ({e}); give it \
+                         longer with --deadline"
+                    ))
+                } else {
+                    ProviderError::Model(e.to_string())
+                }
+            })?;
             self.usage.input_tokens += reply.usage.input_tokens;
             self.usage.output_tokens += reply.usage.output_tokens;
             if !reply.model.is_empty() {
