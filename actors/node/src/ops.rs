@@ -32,29 +32,25 @@ pub(super) struct NodeOps {
 
 /// The answer to a peer's `Frame::Agent` of kind `stats`: this node's snapshots as JSON.
 pub(super) fn answer_stats(router: &Router, request: &AgentMessage) -> Frame {
-    match serde_json::to_vec(&router.stats().snapshots()) {
-        Ok(body) => Frame::Agent(AgentMessage {
-            run_id: request.run_id.clone(),
-            from_agent: STATS_KIND.into(),
-            to_agent: request.from_agent.clone(),
-            kind: STATS_KIND.into(),
-            body,
-        }),
-        Err(e) => Frame::error(ErrorCode::Internal, format!("stats do not encode: {e}")),
-    }
+    agent_answer(request, &router.stats().snapshots())
 }
 
-/// Asks one peer for its stats; `None` (logged) when it does not answer in time or garbles.
-async fn peer_stats(
-    transport: ActorRef<TransportMsg>,
-    peer: MemberId,
-) -> Option<Vec<StatsSnapshot>> {
+/// Asks one peer a node-level question in a `Frame::Agent` of `kind` with a JSON `body`, and
+/// decodes its JSON answer. `Err` says why not (no answer in time, another frame, garbled), in
+/// words for logs and for the person who asked.
+pub(crate) async fn ask_peer<T: serde::de::DeserializeOwned>(
+    transport: &ActorRef<TransportMsg>,
+    peer: &MemberId,
+    kind: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<T, String> {
     let frame = Frame::Agent(AgentMessage {
         run_id: String::new(),
-        from_agent: STATS_KIND.into(),
-        to_agent: STATS_KIND.into(),
-        kind: STATS_KIND.into(),
-        body: Vec::new(),
+        from_agent: kind.into(),
+        to_agent: kind.into(),
+        kind: kind.into(),
+        body,
     });
     let to = PeerAddr {
         addr: peer.addr.clone(),
@@ -63,34 +59,58 @@ async fn peer_stats(
     let answer = transport
         .call(
             |reply| TransportMsg::Request { to, frame, reply },
-            Some(STATS_TIMEOUT),
+            Some(timeout),
         )
         .await;
     match answer {
-        Ok(ractor::rpc::CallResult::Success(Ok(Frame::Agent(reply))))
-            if reply.kind == STATS_KIND =>
-        {
-            match serde_json::from_slice(&reply.body) {
-                Ok(snapshots) => Some(snapshots),
-                Err(error) => {
-                    debug!(node = %peer.name, %error, "stats from a peer do not decode");
-                    None
-                }
-            }
+        Ok(ractor::rpc::CallResult::Success(Ok(Frame::Agent(reply)))) if reply.kind == kind => {
+            serde_json::from_slice(&reply.body)
+                .map_err(|e| format!("node {} answered {kind} garbled: {e}", peer.name))
         }
-        Ok(ractor::rpc::CallResult::Success(Ok(other))) => {
-            debug!(node = %peer.name, kind = other.kind_name(), "a peer answered stats with another frame");
-            None
+        Ok(ractor::rpc::CallResult::Success(Ok(Frame::Error(error)))) => {
+            Err(format!("node {}: {}", peer.name, error.message))
         }
+        Ok(ractor::rpc::CallResult::Success(Ok(other))) => Err(format!(
+            "node {} answered {kind} with a {} frame",
+            peer.name,
+            other.kind_name()
+        )),
         Ok(ractor::rpc::CallResult::Success(Err(error))) => {
-            debug!(node = %peer.name, %error, "no stats from a peer");
-            None
+            Err(format!("node {}: {error}", peer.name))
         }
-        _ => {
-            debug!(node = %peer.name, "no stats from a peer in time");
-            None
-        }
+        _ => Err(format!(
+            "node {} did not answer within {timeout:?}",
+            peer.name
+        )),
     }
+}
+
+/// The answer to a peer's `Frame::Agent` of `kind`: `body` as JSON, or an error frame.
+pub(crate) fn agent_answer(request: &AgentMessage, body: &impl serde::Serialize) -> Frame {
+    match serde_json::to_vec(body) {
+        Ok(body) => Frame::Agent(AgentMessage {
+            run_id: request.run_id.clone(),
+            from_agent: request.kind.clone(),
+            to_agent: request.from_agent.clone(),
+            kind: request.kind.clone(),
+            body,
+        }),
+        Err(e) => Frame::error(
+            ErrorCode::Internal,
+            format!("the {} answer does not encode: {e}", request.kind),
+        ),
+    }
+}
+
+/// Asks one peer for its stats; `None` (logged) when it does not answer in time or garbles.
+async fn peer_stats(
+    transport: ActorRef<TransportMsg>,
+    peer: MemberId,
+) -> Option<Vec<StatsSnapshot>> {
+    ask_peer(&transport, &peer, STATS_KIND, Vec::new(), STATS_TIMEOUT)
+        .await
+        .map_err(|error| debug!(node = %peer.name, %error, "no stats from a peer"))
+        .ok()
 }
 
 impl NodeOps {
