@@ -14,6 +14,9 @@ pub mod schemas;
 pub mod stats;
 pub mod types;
 
+#[cfg(test)]
+mod contract_tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
