@@ -508,6 +508,7 @@ async fn every_route_answers_as_the_openapi_document_says() {
         None,
         200
     );
+    check!(GET, "/v1/stats", "/v1/stats?local=maybe", None, 400);
 
     // A second version of hello, and a rollback to the first.
     let mut v2 = example("hello", 1);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use klf_actors::functions::package::{Manifest, Package};
@@ -20,7 +20,7 @@ use super::types::{
     DeployRequest, Deployed, ErrorBody, FunctionInfo, FunctionListQuery, FunctionSummary,
     InvokeQuery, PackageBody, ReleaseView, Removed, Validation,
 };
-use super::{ApiError, ApiJson, BodyLimits, Caller, InputBody};
+use super::{ApiError, ApiJson, ApiQuery, BodyLimits, Caller, InputBody};
 
 impl PackageBody {
     fn into_package(self) -> Result<Package, ApiError> {
@@ -119,7 +119,7 @@ pub fn node_error(e: NodeError) -> ApiError {
 pub async fn list(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    Query(query): Query<FunctionListQuery>,
+    ApiQuery(query): ApiQuery<FunctionListQuery>,
 ) -> Result<Json<Vec<FunctionSummary>>, ApiError> {
     caller.require("reader")?;
     Ok(Json(summaries(&node.catalog(), query.kind.as_deref())))
@@ -420,7 +420,7 @@ fn invoke_status(kind: InvokeErrorKind) -> StatusCode {
                 ("x-klf-served-by" = String, description = "`name@version` that served the call"),
                 ("x-klf-node" = String, description = "Id of the node that ran it"),
             )),
-        (status = 400, description = "`bad_input` (not JSON), `bad_request` (bad range), `call_depth_exceeded`", body = ErrorBody),
+        (status = 400, description = "`bad_input` (not JSON), `bad_request` (bad range or query string), `call_depth_exceeded`", body = ErrorBody),
         (status = 404, description = "`unknown_function`, `no_matching_version`, `not_deployed`", body = ErrorBody),
         (status = 413, description = "`input_too_large`: over this node's `--max-input` (the message states the limit and the flag)", body = ErrorBody),
         (status = 422, description = "The function failed: `user_error`, `out_of_memory`, `syntax_error`, `bad_module`, `bad_output`, `capability_denied`", body = ErrorBody),
@@ -436,7 +436,7 @@ pub async fn invoke(
     axum::Extension(limits): axum::Extension<BodyLimits>,
     caller: Caller,
     Path(target): Path<String>,
-    Query(query): Query<InvokeQuery>,
+    ApiQuery(query): ApiQuery<InvokeQuery>,
     headers: axum::http::HeaderMap,
     InputBody(body): InputBody,
 ) -> Result<Response, ApiError> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::ingredients::render::render;
@@ -18,7 +18,7 @@ use super::types::{
     ErrorBody, IngredientDetail, IngredientListQuery, IngredientListing, IngredientLoadError,
     IngredientSummary, RenderRecipeRequest,
 };
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, ApiQuery, Caller};
 
 fn summary(i: &Ingredient) -> IngredientSummary {
     IngredientSummary {
@@ -98,7 +98,7 @@ pub fn parse_kind(text: &str) -> Result<Kind, String> {
 pub async fn list(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
-    Query(query): Query<IngredientListQuery>,
+    ApiQuery(query): ApiQuery<IngredientListQuery>,
 ) -> Result<Json<IngredientListing>, ApiError> {
     caller.require("reader")?;
     let kind = query

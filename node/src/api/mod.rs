@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, OptionalFromRequest, Request, State,
+    DefaultBodyLimit, FromRequest, FromRequestParts, OptionalFromRequest, Query, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -150,6 +150,26 @@ impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> 
             .await
             .map(|body| body.map(|Json(value)| Self(value)))
             .map_err(ApiError::json_rejection)
+    }
+}
+
+/// A query string whose refusals (`?local=maybe`) answer 400 in the API's error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::new(
+                    rejection.status(),
+                    "bad_request",
+                    format!("the query string is not valid: {}", rejection.body_text()),
+                )
+            })
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::node::{Node, NodeError};
@@ -14,7 +14,7 @@ use klf_actors::router::FunctionStats;
 use super::functions::node_error;
 use super::schemas;
 use super::types::{Deployment, ErrorBody, RollbackRequest, StatsQuery};
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, ApiQuery, Caller};
 
 /// Invocation statistics per `function@version`, merged over every alive member (each call
 /// counted once, on the node that served it).
@@ -25,12 +25,15 @@ use super::{ApiError, ApiJson, Caller};
     tag = "functions",
     params(StatsQuery),
     security(("bearer" = ["reader"])),
-    responses((status = 200, description = "One entry per function version that served calls", body = Vec<schemas::FunctionStats>)),
+    responses(
+        (status = 200, description = "One entry per function version that served calls", body = Vec<schemas::FunctionStats>),
+        (status = 400, description = "`bad_request`: the query string is not valid (`local` must be true or false)", body = ErrorBody),
+    ),
 )]
 pub async fn stats(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    Query(query): Query<StatsQuery>,
+    ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<Json<Vec<FunctionStats>>, ApiError> {
     caller.require("reader")?;
     let mut stats = if query.local {
