@@ -7,8 +7,8 @@ use std::io::IsTerminal;
 use anyhow::{Context, bail};
 use clap::Args;
 use klf_actors::chef::{ChefRun, RunOutcome, StageEvent};
-use serde_json::Value;
 
+use crate::api::types::{ChefRequest, ChefStreamLine};
 use crate::client::{ApiClient, ClientOptions};
 
 #[derive(Debug, Args)]
@@ -43,31 +43,22 @@ pub async fn run(args: ChefArgs) -> anyhow::Result<()> {
         };
         placement.insert(role.to_string(), node.to_string());
     }
-    let body = serde_json::json!({
-        "request": args.request,
-        "provider": args.provider,
-        "deploy": args.deploy,
-        "replicas": args.replicas,
-        "placement": placement,
-    });
+    let body = ChefRequest {
+        request: args.request.clone(),
+        provider: Some(args.provider.clone()),
+        deploy: args.deploy,
+        replicas: Some(args.replicas),
+        placement,
+    };
     let live = !args.client.json;
     let terminal = std::io::stdout().is_terminal();
     let mut run: Option<ChefRun> = None;
-    api.post_ndjson("/v1/chef", &body, |line: Value| {
-        match line["type"].as_str() {
-            Some("stage") if live => {
-                if let Ok(event) = serde_json::from_value::<StageEvent>(line["event"].clone()) {
-                    print_event(&event, terminal);
-                }
-            }
-            Some("run") => {
-                run = Some(
-                    serde_json::from_value(line["run"].clone())
-                        .context("the node sent a run this klf cannot read")?,
-                );
-            }
-            Some("error") => bail!("{}", line["message"].as_str().unwrap_or("the chef failed")),
-            _ => {}
+    api.post_chef_stream("/v1/chef", &body, |line| {
+        match line {
+            ChefStreamLine::Stage { event } if live => print_event(&event, terminal),
+            ChefStreamLine::Stage { .. } => {}
+            ChefStreamLine::Run { run: finished } => run = Some(*finished),
+            ChefStreamLine::Error { message } => bail!("{message}"),
         }
         Ok(())
     })

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use klf_actors::mesh::MemberView;
 use klf_actors::node::{DataDir, init_mesh};
 
+use crate::api::types::{JoinToken, JoinTokenRequest};
 use crate::client::{ApiClient, ClientOptions};
 use crate::telemetry::LogFormat;
 
@@ -100,20 +101,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-pub struct JoinTokenResponse {
-    pub token: String,
-    pub mesh_id: String,
-    pub seed: String,
-    pub expires_at: u64,
-}
-
 async fn token_create(ttl: Duration, options: ClientOptions) -> anyhow::Result<()> {
     let client = ApiClient::from_options(&options)?;
-    let created: JoinTokenResponse = client
+    let created: JoinToken = client
         .post_json(
             "/v1/join-tokens",
-            &serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+            &JoinTokenRequest {
+                ttl_secs: ttl.as_secs(),
+            },
         )
         .await
         .context("creating a join token")?;

@@ -9,6 +9,8 @@ use klf_actors::node::DataDir;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::types::{ChefStreamLine, ErrorBody};
+
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOptions {
@@ -93,11 +95,7 @@ impl ApiClient {
         let status = response.status();
         let body = response.bytes().await?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("{status}: {message}");
+            bail!("{status}: {}", error_message(&body));
         }
         serde_json::from_slice(&body).context("the node's API answered with unexpected JSON")
     }
@@ -121,12 +119,12 @@ impl ApiClient {
             .await
     }
 
-    /// POSTs `body` and hands each line of an NDJSON answer to `each` as it arrives.
-    pub async fn post_ndjson(
+    /// POSTs `body` and hands each line of the Chef's NDJSON answer to `each` as it arrives.
+    pub async fn post_chef_stream(
         &self,
         path: &str,
         body: &impl Serialize,
-        mut each: impl FnMut(serde_json::Value) -> anyhow::Result<()>,
+        mut each: impl FnMut(ChefStreamLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut response = self
             .http
@@ -140,11 +138,7 @@ impl ApiClient {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await?;
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("{status}: {message}");
+            bail!("{status}: {}", error_message(&body));
         }
         let mut pending: Vec<u8> = Vec::new();
         while let Some(chunk) = response.chunk().await? {
@@ -156,10 +150,18 @@ impl ApiClient {
                 }
                 each(
                     serde_json::from_slice(&line)
-                        .context("the node's API sent a line that is not JSON")?,
+                        .context("the node's API sent a line this klf cannot read")?,
                 )?;
             }
         }
         Ok(())
     }
+}
+
+/// The message of an error answer: the API's `{"error":{"message"}}`, else the body as text (a
+/// proxy's page, say).
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }

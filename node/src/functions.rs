@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use klf_actors::functions::package::Package;
+use klf_actors::router::test_run::TestRun;
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::functions::{FunctionSummary, PackageBody};
+use crate::api::types::{
+    DeployRequest, Deployed, FunctionInfo, FunctionSummary, PackageBody, ReleaseView, Removed,
+    TestCaseResult,
+};
 use crate::client::{ApiClient, ClientOptions};
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +105,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         } => {
             // Validate locally first: errors then name the real files.
             let package = Package::load(&dir)?;
-            let body = PackageBody {
+            let package_body = PackageBody {
                 manifest: package.manifest_text.clone(),
                 source: package.source.clone(),
                 examples: std::fs::read_dir(dir.join("examples"))
@@ -116,10 +121,12 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                 input_schema: package.input_schema.clone(),
                 output_schema: package.output_schema.clone(),
             };
-            let mut request = serde_json::to_value(&body)?;
-            request["replicas"] = replicas.into();
+            let request = DeployRequest {
+                package: package_body,
+                replicas,
+            };
             let api = ApiClient::from_options(&client)?;
-            let deployed: Value = api
+            let deployed: Deployed = api
                 .post_json("/v1/functions", &request)
                 .await
                 .with_context(|| format!("deploying {}", package.manifest.id()))?;
@@ -128,9 +135,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             } else {
                 println!(
                     "deployed {} with {replicas} replica(s); artifact {} ({} bytes)",
-                    deployed["id"].as_str().unwrap_or_default(),
-                    deployed["artifact"].as_str().unwrap_or_default(),
-                    deployed["artifact_len"]
+                    deployed.release.id, deployed.release.artifact, deployed.release.artifact_len
                 );
             }
         }
@@ -164,39 +169,18 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         }
         FnCommand::Info { target, client } => {
             let api = ApiClient::from_options(&client)?;
-            let info: Value = api
+            let info: FunctionInfo = api
                 .get_json(&format!("/v1/functions/{}", urlencode(&target)))
                 .await?;
             if client.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
                 return Ok(());
             }
-            println!(
-                "{}  ({})",
-                info["id"].as_str().unwrap_or_default(),
-                info["type"].as_str().unwrap_or_default()
-            );
-            for (label, key) in [
-                ("description", "description"),
-                ("versions", "versions"),
-                ("replicas", "replicas"),
-                ("idempotent", "idempotent"),
-                ("capabilities", "capabilities"),
-                ("dependencies", "dependencies"),
-                ("limits", "limits"),
-                ("config", "config"),
-                ("value per call", "value_per_call"),
-                ("artifact", "artifact"),
-                ("signer", "signer"),
-                ("owner", "owner"),
-                ("examples", "examples"),
-            ] {
-                println!("  {label:14} {}", compact(&info[key]));
-            }
+            print_info(&info);
         }
         FnCommand::Deps { target, client } => {
             let api = ApiClient::from_options(&client)?;
-            let deps: Vec<Value> = api
+            let deps: Vec<ReleaseView> = api
                 .get_json(&format!(
                     "/v1/functions/{}/dependencies",
                     urlencode(&target)
@@ -208,7 +192,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                 println!("{target} has no dependencies");
             } else {
                 for d in deps {
-                    println!("{}", d["id"].as_str().unwrap_or_default());
+                    println!("{}", d.id);
                 }
             }
         }
@@ -244,38 +228,17 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Test { target, client } => {
             let api = ApiClient::from_options(&client)?
                 .with_timeout(std::time::Duration::from_secs(6 * 60));
-            let run: Value = api
+            let run: TestRun = api
                 .post_json(
                     &format!("/v1/functions/{}/test", urlencode(&target)),
                     &serde_json::json!({}),
                 )
                 .await?;
-            let failed = run["failed"].as_u64().unwrap_or(0);
+            let failed = run.failed;
             if client.json {
                 println!("{}", serde_json::to_string_pretty(&run)?);
             } else {
-                println!(
-                    "{}: {} passed, {failed} failed (on node {}{})",
-                    run["function"].as_str().unwrap_or_default(),
-                    run["passed"].as_u64().unwrap_or(0),
-                    run["node"].as_str().unwrap_or_default(),
-                    if run["hosted"].as_bool() == Some(true) {
-                        ", hosted instance"
-                    } else {
-                        ", throwaway instance"
-                    }
-                );
-                for result in run["results"].as_array().into_iter().flatten() {
-                    if result["passed"].as_bool() == Some(true) {
-                        continue;
-                    }
-                    println!("  FAILED {}", result["name"].as_str().unwrap_or("?"));
-                    for key in ["expected", "actual", "error"] {
-                        if !result[key].is_null() {
-                            println!("    {key}: {}", compact(&result[key]));
-                        }
-                    }
-                }
+                print_test_run(&run);
             }
             if failed > 0 {
                 anyhow::bail!("{failed} test(s) of {target} failed");
@@ -283,7 +246,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         }
         FnCommand::Rm { target, client } => {
             let api = ApiClient::from_options(&client)?;
-            let removed: Value = api
+            let removed: Removed = api
                 .delete_json(&format!("/v1/functions/{}", urlencode(&target)))
                 .await?;
             if client.json {
@@ -294,6 +257,74 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The human view of `klf fn info`.
+fn print_info(info: &FunctionInfo) {
+    let r = &info.release;
+    println!("{}  ({})", r.id, r.kind);
+    let lines = [
+        ("description", shown(&r.description)),
+        ("versions", shown(&info.versions)),
+        ("replicas", shown(&info.replicas)),
+        ("idempotent", shown(&r.idempotent)),
+        ("capabilities", shown(&r.capabilities)),
+        ("dependencies", shown(&r.dependencies)),
+        ("limits", shown(&r.limits)),
+        ("config", shown(&r.config)),
+        ("value per call", shown(&r.value_per_call)),
+        ("artifact", shown(&r.artifact)),
+        ("signer", shown(&r.signer)),
+        ("owner", shown(&r.owner)),
+        ("examples", shown(&info.examples)),
+    ];
+    for (label, value) in lines {
+        println!("  {label:14} {value}");
+    }
+}
+
+/// A field as `compact` shows JSON: strings bare, the rest as JSON text.
+fn shown(value: &impl Serialize) -> String {
+    serde_json::to_value(value).map_or_else(|e| format!("? ({e})"), |v| compact(&v))
+}
+
+/// The human view of `klf fn test`: the counts, then each failed case with what differed.
+fn print_test_run(run: &TestRun) {
+    println!(
+        "{}: {} passed, {} failed (on node {}{})",
+        run.function,
+        run.passed,
+        run.failed,
+        run.node,
+        if run.hosted {
+            ", hosted instance"
+        } else {
+            ", throwaway instance"
+        }
+    );
+    for result in &run.results {
+        // A case in another shape than `BaseFunction.test()` reports is shown whole.
+        let case = match serde_json::from_value::<TestCaseResult>(result.clone()) {
+            Ok(case) => case,
+            Err(_) => {
+                println!("  FAILED ? {}", compact(result));
+                continue;
+            }
+        };
+        if case.passed {
+            continue;
+        }
+        println!("  FAILED {}", case.name);
+        for (key, value) in [
+            ("expected", &case.expected),
+            ("actual", &case.actual),
+            ("error", &case.error),
+        ] {
+            if let Some(value) = value.as_ref().filter(|v| !v.is_null()) {
+                println!("    {key}: {}", compact(value));
+            }
+        }
+    }
 }
 
 fn compact(value: &Value) -> String {

@@ -11,7 +11,8 @@ use klf_actors::ingredients::render::render;
 use klf_actors::ingredients::{Library, RenderRequest, RenderedPackage};
 use serde_json::Value;
 
-use crate::api::ingredients::{IngredientListing, detail, listing, parse_kind};
+use crate::api::ingredients::{detail, listing, parse_kind};
+use crate::api::types::{IngredientDetail, IngredientListing, RenderRecipeRequest};
 use crate::client::{ApiClient, ClientOptions};
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +98,7 @@ pub async fn run(command: IngredientsCommand) -> anyhow::Result<()> {
             print_listing(&listed);
         }
         IngredientsCommand::Show { name, source } => {
-            let shown: Value = match source.node()? {
+            let shown: IngredientDetail = match source.node()? {
                 Some(api) => api.get_json(&format!("/v1/ingredients/{name}")).await?,
                 None => detail(Library::load(&source.folders).find(&name)?),
             };
@@ -125,7 +126,7 @@ pub async fn run(command: IngredientsCommand) -> anyhow::Result<()> {
                 Some(api) => {
                     api.post_json(
                         &format!("/v1/ingredients/{recipe}/render"),
-                        &serde_json::json!({"name": name, "set": values}),
+                        &RenderRecipeRequest { name, set: values },
                     )
                     .await?
                 }
@@ -195,30 +196,21 @@ fn print_listing(listed: &IngredientListing) {
         println!();
         println!("{} file(s) did not load:", listed.errors.len());
         for e in &listed.errors {
-            println!("  {}", e["text"].as_str().unwrap_or_default());
+            println!("  {}", e.text);
         }
     }
 }
 
-fn print_detail(shown: &Value) -> anyhow::Result<()> {
-    println!(
-        "{}  ({}, {})",
-        shown["name"].as_str().unwrap_or_default(),
-        shown["kind"].as_str().unwrap_or_default(),
-        shown["source"].as_str().unwrap_or_default()
-    );
-    println!(
-        "  file         {}",
-        shown["file"].as_str().unwrap_or_default()
-    );
-    if let Some(over) = shown["overrides"].as_str() {
+fn print_detail(shown: &IngredientDetail) -> anyhow::Result<()> {
+    let s = &shown.summary;
+    println!("{}  ({}, {})", s.name, s.kind, s.source);
+    println!("  file         {}", s.file);
+    if let Some(over) = &s.overrides {
         println!("  overrides    {over}");
     }
-    println!(
-        "  description  {}",
-        shown["description"].as_str().unwrap_or_default()
-    );
-    let mut content = shown["content"].clone();
+    println!("  description  {}", s.description);
+    // The content is kind-specific (see docs/ingredients.md): shown as JSON, templates by name.
+    let mut content = shown.content.clone();
     if let Some(map) = content.as_object_mut() {
         map.remove("name");
         map.remove("description");

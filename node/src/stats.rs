@@ -2,8 +2,8 @@
 //! version when a new one misbehaves.
 
 use klf_actors::router::FunctionStats;
-use serde_json::Value;
 
+use crate::api::types::{Deployment, RollbackRequest};
 use crate::client::{ApiClient, ClientOptions};
 
 /// `klf fn stats [NAME] [--json]`: the mesh-wide statistics per function@version.
@@ -74,20 +74,24 @@ fn micros(us: u64) -> String {
 /// `klf fn rollback NAME VERSION`: serve VERSION (published) until the next deploy.
 pub async fn rollback(name: String, version: String, client: ClientOptions) -> anyhow::Result<()> {
     let api = ApiClient::from_options(&client)?;
-    let answer: Value = api
+    let answer: Deployment = api
         .post_json(
             &format!(
                 "/v1/functions/{}/rollback",
                 crate::functions::urlencode(&name)
             ),
-            &serde_json::json!({ "version": version }),
+            &RollbackRequest {
+                version: version.clone(),
+            },
         )
         .await?;
     if client.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
+        let served = answer.version.as_deref().unwrap_or(&version);
         println!(
-            "{name} now serves {version} on every node (pinned until the next deploy, which serves the highest version again)"
+            "{} now serves {served} on every node (pinned until the next deploy, which serves the highest version again)",
+            answer.name
         );
     }
     Ok(())

@@ -10,7 +10,10 @@ use clap::Args;
 use klf_actors::chef::kitchen::{Kitchen, KitchenOptions};
 use klf_actors::model::ModelConfig;
 use klf_actors::node::{DataDir, Node, RunOptions, join_mesh};
+use klf_actors::router::MAX_INPUT_BYTES;
 use tracing::info;
+
+use crate::api::BodyLimits;
 
 use crate::telemetry::LogFormat;
 
@@ -38,6 +41,27 @@ pub struct UpArgs {
     /// DATA/ingredients; an ingredient named like an earlier one overrides it.
     #[arg(long = "ingredients", value_name = "DIR")]
     pub ingredients: Vec<PathBuf>,
+    /// Largest function input the API accepts, in bytes: the body of
+    /// `POST /v1/functions/{NAME}/invoke` (and so of `klf fn invoke`); larger ones get 413
+    /// `input_too_large`. At most 1048576 (1 MiB, the default): the router refuses larger inputs
+    /// from any node, so the flag can lower the limit but not raise it. Other bodies (packages,
+    /// Chef requests) have their own fixed limit of 16 MiB, the largest KLF frame.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_INPUT_BYTES, value_parser = parse_max_input)]
+    pub max_input: usize,
+}
+
+/// `--max-input`: a byte count from 1 to the router's [`MAX_INPUT_BYTES`].
+fn parse_max_input(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number of bytes: {e}"))?;
+    if bytes == 0 || bytes > MAX_INPUT_BYTES {
+        return Err(format!(
+            "must be between 1 and {MAX_INPUT_BYTES} bytes: the router refuses inputs over {MAX_INPUT_BYTES} wherever they come from, so a higher API limit could not be honoured"
+        ));
+    }
+    Ok(bytes)
 }
 
 fn saved_addr(saved: Option<&String>, default: &str) -> anyhow::Result<SocketAddr> {
@@ -182,6 +206,9 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         node.clone(),
         kitchen.clone(),
         Some(chef.clone()),
+        BodyLimits {
+            max_input: args.max_input,
+        },
         async {
             let _ = api_stopped.await;
         },
@@ -238,5 +265,20 @@ mod tests {
         assert_eq!(shown_api(wildcard, Some("n1:7400")), "n1:7401");
         assert_eq!(shown_api(wildcard, None), "0.0.0.0:7401");
         assert_eq!(shown_api(specific, Some("n1:7400")), "10.0.0.5:7401");
+    }
+
+    #[test]
+    fn max_input_is_a_byte_count_up_to_the_routers_limit() {
+        assert_eq!(parse_max_input("1000"), Ok(1000));
+        assert_eq!(parse_max_input("1048576"), Ok(MAX_INPUT_BYTES));
+        for bad in ["0", "1048577", "3000000", "1MiB", "-1"] {
+            let refused = parse_max_input(bad);
+            assert!(refused.is_err(), "{bad}: {refused:?}");
+        }
+        let over = parse_max_input("2000000").err().unwrap_or_default();
+        assert!(
+            over.contains("1048576") && over.contains("router"),
+            "{over}"
+        );
     }
 }

@@ -14,47 +14,54 @@ use axum::response::{IntoResponse, Response};
 use klf_actors::chef::messages::AgentType;
 use klf_actors::chef::{Chef, ChefOptions, StageEvent};
 use klf_actors::node::Node;
-use serde::Deserialize;
-use serde_json::json;
 
+use super::types::{ChefRequest, ChefStreamLine, ErrorBody};
 use super::{ApiError, Caller};
 
 /// Longest request text accepted.
 const MAX_REQUEST_CHARS: usize = 4000;
 
-/// The body of `POST /v1/chef`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChefBody {
-    pub request: String,
-    #[serde(default)]
-    pub provider: Option<String>,
-    #[serde(default)]
-    pub deploy: bool,
-    #[serde(default)]
-    pub replicas: Option<u32>,
-    /// Agents to run on other nodes: role (e.g. `code-validator`) → node name.
-    #[serde(default)]
-    pub placement: BTreeMap<String, String>,
-}
-
 /// The Chef of this node, if it runs one.
 pub type ChefSlot = Option<Arc<Chef>>;
 
-/// `POST /v1/chef`.
+/// Run a plain-language request through this node's Chef, streaming each stage as it happens.
+///
+/// The answer is NDJSON: one `{"type":"stage","event":…}` line per stage start and end, then one
+/// `{"type":"run","run":…}` line with the whole run (its outcome: `deployed`, `built`,
+/// `no-match`, `failed` with reasons), or `{"type":"error","message":…}` if the run could not
+/// finish.
+#[utoipa::path(
+    post,
+    path = "/v1/chef",
+    operation_id = "chef",
+    tag = "chef",
+    request_body = ChefRequest,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "NDJSON: each line is one `ChefStreamLine`", body = ChefStreamLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "`bad_request` (empty or over-long request, unknown agent role, malformed body), `unknown_provider`", body = ErrorBody),
+        (status = 503, description = "`no_chef`: this node runs no Chef", body = ErrorBody),
+    ),
+)]
 pub async fn run(
     State(_node): State<Arc<Node>>,
     Extension(chef): Extension<ChefSlot>,
     caller: Caller,
-    body: Result<Json<ChefBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<ChefRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require("admin")?;
     let Json(body) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the body is not a chef request: {e}"),
-        )
+        // A body over the limit is refused like everywhere else; any other refusal keeps the
+        // Chef's 400, which names the field at fault.
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::json_rejection(e)
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body is not a chef request: {e}"),
+            )
+        }
     })?;
     let chef = chef.ok_or_else(|| {
         ApiError::new(
@@ -111,19 +118,25 @@ pub async fn run(
         let _ = finished.send(chef.run(&request, &options, Some(events)).await);
     });
     tokio::spawn(async move {
-        let line = |value: serde_json::Value| format!("{value}\n");
+        // Serialising these plain structs cannot fail; an empty line would be skipped by readers.
+        let line = |value: ChefStreamLine| {
+            let mut text = serde_json::to_string(&value).unwrap_or_default();
+            text.push('\n');
+            text
+        };
         while let Some(event) = receive.recv().await {
-            if lines
-                .send(line(json!({ "type": "stage", "event": event })))
-                .is_err()
-            {
+            if lines.send(line(ChefStreamLine::Stage { event })).is_err() {
                 return;
             }
         }
         let last = match result.await {
-            Ok(Ok(run)) => json!({ "type": "run", "run": run }),
-            Ok(Err(error)) => json!({ "type": "error", "message": error.to_string() }),
-            Err(_) => json!({ "type": "error", "message": "the chef stopped during the run" }),
+            Ok(Ok(run)) => ChefStreamLine::Run { run: Box::new(run) },
+            Ok(Err(error)) => ChefStreamLine::Error {
+                message: error.to_string(),
+            },
+            Err(_) => ChefStreamLine::Error {
+                message: "the chef stopped during the run".into(),
+            },
         };
         let _ = lines.send(line(last));
     });

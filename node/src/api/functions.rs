@@ -5,33 +5,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use klf_actors::functions::package::{Manifest, Package};
 use klf_actors::node::{Node, NodeError};
 use klf_actors::registry::{Catalog, RegistryError, RegistryMsg, Release};
-use klf_actors::router::{InvokeErrorKind, InvokeRequest, MAX_INPUT_BYTES};
-use serde::{Deserialize, Serialize};
+use klf_actors::router::test_run::TestRun;
+use klf_actors::router::{InvokeErrorKind, InvokeRequest};
+use serde_json::Value;
 
-use super::{ApiError, Caller};
-
-/// A package as the API receives it: the text of its files.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PackageBody {
-    /// The `klf.toml` text.
-    pub manifest: String,
-    /// The entry module's source.
-    pub source: String,
-    /// `examples/NAME.json` contents by NAME.
-    #[serde(default)]
-    pub examples: BTreeMap<String, String>,
-    /// `schema/input.json` and `schema/output.json`, if the package has them.
-    #[serde(default)]
-    pub input_schema: Option<String>,
-    #[serde(default)]
-    pub output_schema: Option<String>,
-}
+use super::schemas;
+use super::types::{
+    DeployRequest, Deployed, ErrorBody, FunctionInfo, FunctionListQuery, FunctionSummary,
+    InvokeQuery, PackageBody, ReleaseView, Removed, Validation,
+};
+use super::{ApiError, ApiJson, ApiQuery, BodyLimits, Caller, InputBody};
 
 impl PackageBody {
     fn into_package(self) -> Result<Package, ApiError> {
@@ -43,82 +32,6 @@ impl PackageBody {
         .and_then(|p| p.with_schemas(self.input_schema, self.output_schema))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_package", e.to_string()))
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DeployBody {
-    #[serde(flatten)]
-    pub package: PackageBody,
-    #[serde(default = "one")]
-    pub replicas: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// One published version, as shown to users.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReleaseView {
-    pub id: String,
-    pub name: String,
-    pub version: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub description: String,
-    pub idempotent: bool,
-    pub capabilities: Vec<String>,
-    pub dependencies: BTreeMap<String, String>,
-    pub limits: klf_actors::functions::package::Limits,
-    pub config: serde_json::Value,
-    pub value_per_call: f64,
-    pub artifact: String,
-    pub artifact_len: u64,
-    pub signer: String,
-    pub owner: String,
-    pub created_unix_ms: u64,
-}
-
-impl From<&Release> for ReleaseView {
-    fn from(r: &Release) -> Self {
-        let m = &r.manifest;
-        Self {
-            id: m.id(),
-            name: m.name.clone(),
-            version: m.version.to_string(),
-            kind: m.kind.clone(),
-            description: m.description.clone(),
-            idempotent: m.idempotent,
-            capabilities: m.capabilities.clone(),
-            dependencies: m
-                .dependencies
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
-            limits: m.limits,
-            config: m.config.clone(),
-            value_per_call: m.value_per_call,
-            artifact: hex::encode(r.artifact),
-            artifact_len: r.artifact_len,
-            signer: r.signer.clone(),
-            owner: r.owner.clone(),
-            created_unix_ms: r.created_unix_ms,
-        }
-    }
-}
-
-/// One function in a listing.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FunctionSummary {
-    pub name: String,
-    pub latest: String,
-    pub versions: Vec<String>,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub description: String,
-    /// Desired instances (0 when not deployed).
-    pub replicas: u32,
-    pub enabled: bool,
 }
 
 fn summaries(catalog: &Catalog, kind: Option<&str>) -> Vec<FunctionSummary> {
@@ -193,28 +106,48 @@ pub fn node_error(e: NodeError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-/// `GET /v1/functions[?type=T]`: discover, or find by type.
+/// Discover every function, or find those of one type.
+#[utoipa::path(
+    get,
+    path = "/v1/functions",
+    operation_id = "list_functions",
+    tag = "functions",
+    params(FunctionListQuery),
+    security(("bearer" = ["reader"])),
+    responses((status = 200, description = "One summary per function, by name", body = Vec<FunctionSummary>)),
+)]
 pub async fn list(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+    ApiQuery(query): ApiQuery<FunctionListQuery>,
+) -> Result<Json<Vec<FunctionSummary>>, ApiError> {
     caller.require("reader")?;
-    Ok(Json(summaries(&node.catalog(), query.kind.as_deref())).into_response())
+    Ok(Json(summaries(&node.catalog(), query.kind.as_deref())))
 }
 
-/// `POST /v1/functions`: register and deploy.
+/// Register a package as `name@version` (immutable) and deploy it.
+#[utoipa::path(
+    post,
+    path = "/v1/functions",
+    operation_id = "deploy_function",
+    tag = "functions",
+    request_body = DeployRequest,
+    security(("bearer" = ["deployer"])),
+    responses(
+        (status = 201, description = "Published and deployed", body = Deployed),
+        (status = 400, description = "`invalid_package` (names the file and field), `invalid_code`, `bad_request` (replicas out of 1..64, malformed body)", body = ErrorBody),
+        (status = 409, description = "`conflict`: that version is already published with other content", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`unresolved_dependencies` (names the missing ranges and cycles), or `bad_request`: the body lacks a field", body = ErrorBody),
+        (status = 502, description = "`artifact_unavailable`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
 pub async fn deploy(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    Json(body): Json<DeployBody>,
-) -> Result<Response, ApiError> {
+    ApiJson(body): ApiJson<DeployRequest>,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     caller.require("deployer")?;
     if body.replicas == 0 || body.replicas > 64 {
         return Err(ApiError::new(
@@ -229,26 +162,44 @@ pub async fn deploy(
         .publish(package, replicas, caller.principal())
         .await
         .map_err(node_error)?;
-    let mut view = serde_json::to_value(ReleaseView::from(&release)).unwrap_or_default();
-    view["replicas"] = replicas.into();
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(Deployed {
+            release: ReleaseView::from(&release),
+            replicas,
+        }),
+    ))
 }
 
-/// `POST /v1/functions/validate`: check a package and its dependencies without publishing.
+/// Validate a package and resolve its dependencies without publishing it.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/validate",
+    operation_id = "validate_function",
+    tag = "functions",
+    request_body = PackageBody,
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The package is valid and its dependencies resolve", body = Validation),
+        (status = 400, description = "`invalid_package` (names the file and field), `bad_request` (malformed body)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`unresolved_dependencies`, or `bad_request`: the body lacks a field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
 pub async fn validate(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    Json(body): Json<PackageBody>,
-) -> Result<Response, ApiError> {
+    ApiJson(body): ApiJson<PackageBody>,
+) -> Result<Json<Validation>, ApiError> {
     caller.require("reader")?;
     let package = body.into_package()?;
     let resolved = resolve(&node, package.manifest.clone()).await?;
-    Ok(Json(serde_json::json!({
-        "valid": true,
-        "id": package.manifest.id(),
-        "dependencies": resolved.iter().map(|r| r.manifest.id()).collect::<Vec<_>>(),
+    Ok(Json(Validation {
+        valid: true,
+        id: package.manifest.id(),
+        dependencies: resolved.iter().map(|r| r.manifest.id()).collect(),
     }))
-    .into_response())
 }
 
 async fn resolve(node: &Node, manifest: Manifest) -> Result<Vec<Release>, ApiError> {
@@ -261,12 +212,27 @@ async fn resolve(node: &Node, manifest: Manifest) -> Result<Vec<Release>, ApiErr
     .map_err(|e| node_error(NodeError::Registry(e)))
 }
 
-/// `GET /v1/functions/{NAME[@RANGE]}`: the resolved release, its versions, deployment and examples.
+/// Get a function: the highest release matching the range, its versions, deployment, examples
+/// and schemas.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/{target}",
+    operation_id = "get_function",
+    tag = "functions",
+    params(("target" = String, Path, description = "NAME or NAME@RANGE (a semver range, percent-encoded)")),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The resolved release", body = FunctionInfo),
+        (status = 400, description = "`bad_request`: the range is not semver", body = ErrorBody),
+        (status = 404, description = "`not_found` (no such function) or `no_matching_version` (names the published versions)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
 pub async fn info(
     State(node): State<Arc<Node>>,
     caller: Caller,
     Path(target): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<FunctionInfo>, ApiError> {
     caller.require("reader")?;
     let (catalog, release) = resolved_release(&node, &target)?;
     let package = node
@@ -276,47 +242,41 @@ pub async fn info(
         })
         .await
         .map_err(node_error)?;
-    let examples: BTreeMap<String, serde_json::Value> = match &package {
-        Ok(p) => p
-            .examples
-            .iter()
-            .map(|e| (e.name.clone(), e.input.clone()))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
     let name = release.manifest.name.clone();
     let deployment = catalog.deployment(&name);
-    let mut view = serde_json::to_value(ReleaseView::from(&release)).unwrap_or_default();
-    view["versions"] = catalog
-        .versions(&name)
-        .iter()
-        .map(|r| r.manifest.version.to_string())
-        .collect::<Vec<_>>()
-        .into();
-    view["replicas"] = deployment.map_or(0, |d| d.replicas).into();
-    view["enabled"] = deployment.is_some_and(|d| d.enabled).into();
-    // What the mesh runs: the version a rollback pinned, else the highest.
-    view["served"] = catalog
-        .served(&name)
-        .map(|r| r.manifest.version.to_string())
-        .into();
-    view["pinned"] = deployment
-        .and_then(|d| d.version.as_ref())
-        .map(ToString::to_string)
-        .into();
-    view["examples"] = serde_json::to_value(examples).unwrap_or_default();
-    let schema = |text: Option<&String>| {
-        text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-            .unwrap_or(serde_json::Value::Null)
+    let schema = |text: Option<&String>| text.and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let (examples, input_schema, output_schema, artifact_error) = match &package {
+        Ok(p) => (
+            p.examples
+                .iter()
+                .map(|e| (e.name.clone(), e.input.clone()))
+                .collect(),
+            schema(p.input_schema.as_ref()),
+            schema(p.output_schema.as_ref()),
+            None,
+        ),
+        Err(e) => (BTreeMap::new(), None, None, Some(e.to_string())),
     };
-    if let Ok(p) = &package {
-        view["input_schema"] = schema(p.input_schema.as_ref());
-        view["output_schema"] = schema(p.output_schema.as_ref());
-    }
-    if let Err(e) = package {
-        view["artifact_error"] = e.to_string().into();
-    }
-    Ok(Json(view).into_response())
+    Ok(Json(FunctionInfo {
+        release: ReleaseView::from(&release),
+        versions: catalog
+            .versions(&name)
+            .iter()
+            .map(|r| r.manifest.version.to_string())
+            .collect(),
+        replicas: deployment.map_or(0, |d| d.replicas),
+        enabled: deployment.is_some_and(|d| d.enabled),
+        served: catalog
+            .served(&name)
+            .map(|r| r.manifest.version.to_string()),
+        pinned: deployment
+            .and_then(|d| d.version.as_ref())
+            .map(ToString::to_string),
+        examples,
+        input_schema,
+        output_schema,
+        artifact_error,
+    }))
 }
 
 /// The release `NAME[@RANGE]` resolves to, with the catalog it was read from.
@@ -354,24 +314,53 @@ fn not_found(catalog: &Catalog, name: &str, range: &semver::VersionReq) -> ApiEr
     }
 }
 
-/// `GET /v1/functions/{NAME[@RANGE]}/dependencies`: the resolved dependency graph, dependencies first.
+/// Resolve a function's dependency graph, dependencies first.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/{target}/dependencies",
+    operation_id = "function_dependencies",
+    tag = "functions",
+    params(("target" = String, Path, description = "NAME or NAME@RANGE")),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "Every release it resolves to, dependencies first, itself last", body = Vec<ReleaseView>),
+        (status = 400, description = "`bad_request`: the range is not semver", body = ErrorBody),
+        (status = 404, description = "`not_found` or `no_matching_version`", body = ErrorBody),
+        (status = 422, description = "`unresolved_dependencies`: names missing ranges and cycles", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
 pub async fn dependencies(
     State(node): State<Arc<Node>>,
     caller: Caller,
     Path(target): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Vec<ReleaseView>>, ApiError> {
     caller.require("reader")?;
     let (_, release) = resolved_release(&node, &target)?;
     let resolved = resolve(&node, release.manifest).await?;
-    Ok(Json(resolved.iter().map(ReleaseView::from).collect::<Vec<_>>()).into_response())
+    Ok(Json(resolved.iter().map(ReleaseView::from).collect()))
 }
 
-/// `DELETE /v1/functions/{NAME[@VERSION]}`: unregister a version, or the whole function.
+/// Unregister one version (NAME@VERSION), or the function and its deployment (NAME).
+#[utoipa::path(
+    delete,
+    path = "/v1/functions/{target}",
+    operation_id = "remove_function",
+    tag = "functions",
+    params(("target" = String, Path, description = "NAME or NAME@VERSION (an exact version)")),
+    security(("bearer" = ["deployer"])),
+    responses(
+        (status = 200, description = "What was unregistered", body = Removed),
+        (status = 400, description = "`bad_request`: the version is not semver", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
 pub async fn remove(
     State(node): State<Arc<Node>>,
     caller: Caller,
     Path(target): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     caller.require("deployer")?;
     let (name, version) = match target.split_once('@') {
         Some((name, v)) => {
@@ -387,13 +376,7 @@ pub async fn remove(
         None => (target.clone(), None),
     };
     let removed = node.unregister(&name, version).await.map_err(node_error)?;
-    Ok(Json(serde_json::json!({ "removed": removed })).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-pub struct InvokeQuery {
-    /// How long the caller waits, in milliseconds (default 10 s, at most 5 min).
-    timeout_ms: Option<u64>,
+    Ok(Json(Removed { removed }))
 }
 
 /// The HTTP status of an invocation failure.
@@ -417,29 +400,53 @@ fn invoke_status(kind: InvokeErrorKind) -> StatusCode {
     }
 }
 
-/// `POST /v1/functions/{NAME[@RANGE]}/invoke`: the body is the input JSON, the answer the output
-/// JSON (header `x-klf-served-by: NAME@VERSION`).
+/// Call a function from this node, wherever it runs: the body is the input JSON, the answer its
+/// output JSON.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{target}/invoke",
+    operation_id = "invoke_function",
+    tag = "functions",
+    params(
+        ("target" = String, Path, description = "NAME or NAME@RANGE"),
+        InvokeQuery,
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: the call's spans join the caller's trace"),
+    ),
+    request_body(content = Value, description = "The function's input: any JSON value, at most `klf up --max-input` bytes (default and maximum 1 MiB)", content_type = "application/json"),
+    security(("bearer" = ["invoker"])),
+    responses(
+        (status = 200, description = "The function's output", body = Value, content_type = "application/json",
+            headers(
+                ("x-klf-served-by" = String, description = "`name@version` that served the call"),
+                ("x-klf-node" = String, description = "Id of the node that ran it"),
+            )),
+        (status = 400, description = "`bad_input` (not JSON), `bad_request` (bad range or query string), `call_depth_exceeded`", body = ErrorBody),
+        (status = 404, description = "`unknown_function`, `no_matching_version`, `not_deployed`", body = ErrorBody),
+        (status = 413, description = "`input_too_large`: over this node's `--max-input` (the message states the limit and the flag)", body = ErrorBody),
+        (status = 422, description = "The function failed: `user_error`, `out_of_memory`, `syntax_error`, `bad_module`, `bad_output`, `capability_denied`", body = ErrorBody),
+        (status = 429, description = "`overloaded`: every instance is at its concurrency limit", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 502, description = "`host_error`", body = ErrorBody),
+        (status = 503, description = "`no_host`, `not_hosted`, `unreachable`", body = ErrorBody),
+        (status = 504, description = "`timeout`", body = ErrorBody),
+    ),
+)]
 pub async fn invoke(
     State(node): State<Arc<Node>>,
+    axum::Extension(limits): axum::Extension<BodyLimits>,
     caller: Caller,
     Path(target): Path<String>,
-    Query(query): Query<InvokeQuery>,
+    ApiQuery(query): ApiQuery<InvokeQuery>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    InputBody(body): InputBody,
 ) -> Result<Response, ApiError> {
     caller.require("invoker")?;
     let (name, range) = parse_target(&target)?;
-    if body.len() > MAX_INPUT_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
-            format!(
-                "input of {} bytes exceeds the limit of {MAX_INPUT_BYTES}",
-                body.len()
-            ),
-        ));
+    // The body limit layer already holds to this; kept so the limit holds whatever the layers.
+    if body.len() > limits.max_input {
+        return Err(super::input_too_large(limits));
     }
-    let input: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+    let input: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_input",
@@ -474,17 +481,32 @@ pub async fn invoke(
     }
 }
 
-/// `POST /v1/functions/{NAME[@RANGE]}/test`: runs the function's own tests (`BaseFunction.test()`)
-/// in a real instance on this node; `{function, node, hosted, passed, failed, results}`.
+/// Run a deployed function's own tests (`BaseFunction.test()`, from its `static tests`) in a
+/// real instance on this node: the hosted one, else a throwaway one.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{target}/test",
+    operation_id = "test_function",
+    tag = "functions",
+    params(("target" = String, Path, description = "NAME or NAME@RANGE")),
+    security(("bearer" = ["invoker"])),
+    responses(
+        (status = 200, description = "The run, passed or not", body = schemas::TestRun),
+        (status = 400, description = "`bad_request`: the range is not semver", body = ErrorBody),
+        (status = 404, description = "`unknown_function`, `no_matching_version`, `not_deployed`", body = ErrorBody),
+        (status = 422, description = "The instance could not run them: `syntax_error`, `bad_module`, …", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 pub async fn test(
     State(node): State<Arc<Node>>,
     caller: Caller,
     Path(target): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<TestRun>, ApiError> {
     caller.require("invoker")?;
     let (name, range) = parse_target(&target)?;
     match node.router().test_function(&name, &range).await {
-        Ok(run) => Ok(Json(run).into_response()),
+        Ok(run) => Ok(Json(run)),
         Err(e) => Err(ApiError::new(
             invoke_status(e.kind),
             e.kind.as_str(),

@@ -4,39 +4,21 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::ingredients::render::render;
-use klf_actors::ingredients::{Ingredient, Kind, Library, LoadError, RenderError, RenderRequest};
-use serde::{Deserialize, Serialize};
+use klf_actors::ingredients::{
+    Ingredient, IngredientError, Kind, Library, LoadError, RenderError, RenderRequest,
+    RenderedPackage,
+};
 
-use super::{ApiError, Caller};
-
-/// One ingredient in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IngredientSummary {
-    pub name: String,
-    pub kind: String,
-    pub description: String,
-    pub file: String,
-    /// `shipped` or `user`.
-    pub source: String,
-    /// The file of the ingredient this one overrides.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<String>,
-}
-
-/// The answer of `GET /v1/ingredients`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IngredientListing {
-    pub ingredients: Vec<IngredientSummary>,
-    /// Files that did not load: `{file, field?, message}`.
-    pub errors: Vec<serde_json::Value>,
-    /// The user folders, in load order.
-    pub folders: Vec<String>,
-}
+use super::schemas;
+use super::types::{
+    ErrorBody, IngredientDetail, IngredientListQuery, IngredientListing, IngredientLoadError,
+    IngredientSummary, RenderRecipeRequest,
+};
+use super::{ApiError, ApiJson, ApiQuery, Caller};
 
 fn summary(i: &Ingredient) -> IngredientSummary {
     IngredientSummary {
@@ -60,14 +42,22 @@ pub fn listing(library: &Library, kind: Option<Kind>) -> IngredientListing {
             .errors()
             .iter()
             .map(|e| match e {
-                klf_actors::ingredients::IngredientError::Field {
+                IngredientError::Field {
                     file,
                     field,
                     message,
-                } => serde_json::json!({"file": file, "field": field, "message": message, "text": e.to_string()}),
-                klf_actors::ingredients::IngredientError::File { file, message } => {
-                    serde_json::json!({"file": file, "message": message, "text": e.to_string()})
-                }
+                } => IngredientLoadError {
+                    file: file.clone(),
+                    field: Some(field.clone()),
+                    message: message.clone(),
+                    text: e.to_string(),
+                },
+                IngredientError::File { file, message } => IngredientLoadError {
+                    file: file.clone(),
+                    field: None,
+                    message: message.clone(),
+                    text: e.to_string(),
+                },
             })
             .collect(),
         folders: library.folders().to_vec(),
@@ -75,15 +65,11 @@ pub fn listing(library: &Library, kind: Option<Kind>) -> IngredientListing {
 }
 
 /// An ingredient in full: its summary and its content.
-pub fn detail(i: &Ingredient) -> serde_json::Value {
-    let mut view = serde_json::to_value(summary(i)).unwrap_or_default();
-    view["content"] = i.body.to_json();
-    view
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    kind: Option<String>,
+pub fn detail(i: &Ingredient) -> IngredientDetail {
+    IngredientDetail {
+        summary: summary(i),
+        content: i.body.to_json(),
+    }
 }
 
 /// Parses a `--kind` / `?kind=` value.
@@ -96,12 +82,24 @@ pub fn parse_kind(text: &str) -> Result<Kind, String> {
     })
 }
 
-/// `GET /v1/ingredients[?kind=K]`.
+/// The ingredients this node loaded, and the files that failed to load (with file and field).
+#[utoipa::path(
+    get,
+    path = "/v1/ingredients",
+    operation_id = "list_ingredients",
+    tag = "ingredients",
+    params(IngredientListQuery),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The listing", body = IngredientListing),
+        (status = 400, description = "`bad_request`: not an ingredient kind", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+    ApiQuery(query): ApiQuery<IngredientListQuery>,
+) -> Result<Json<IngredientListing>, ApiError> {
     caller.require("reader")?;
     let kind = query
         .kind
@@ -109,7 +107,7 @@ pub async fn list(
         .map(parse_kind)
         .transpose()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
-    Ok(Json(listing(kitchen.ingredients(), kind)).into_response())
+    Ok(Json(listing(kitchen.ingredients(), kind)))
 }
 
 fn load_error(e: LoadError) -> ApiError {
@@ -123,34 +121,54 @@ fn load_error(e: LoadError) -> ApiError {
     }
 }
 
-/// `GET /v1/ingredients/{name}`.
+/// One ingredient in full.
+#[utoipa::path(
+    get,
+    path = "/v1/ingredients/{name}",
+    operation_id = "get_ingredient",
+    tag = "ingredients",
+    params(("name" = String, Path, description = "The ingredient's name")),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "Its summary and content", body = IngredientDetail),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn show(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<IngredientDetail>, ApiError> {
     caller.require("reader")?;
     let ingredient = kitchen.ingredients().find(&name).map_err(load_error)?;
-    Ok(Json(detail(ingredient)).into_response())
+    Ok(Json(detail(ingredient)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct RenderBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    set: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-/// `POST /v1/ingredients/{name}/render` `{"name"?, "set"?: {param: value}}`: the package's files.
+/// Render a recipe into a package's files (what `klf fn deploy` takes once written out).
+#[utoipa::path(
+    post,
+    path = "/v1/ingredients/{name}/render",
+    operation_id = "render_recipe",
+    tag = "ingredients",
+    params(("name" = String, Path, description = "The recipe's name")),
+    request_body(content = Option<RenderRecipeRequest>, description = "Optional: without a body the recipe's defaults"),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The rendered package", body = schemas::RenderedPackage),
+        (status = 400, description = "`not_a_recipe`, `render_failed` (names the parameter), `bad_request` (malformed body)", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`bad_request`: the body's fields have the wrong types", body = ErrorBody),
+    ),
+)]
 pub async fn render_recipe(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
     Path(recipe): Path<String>,
-    body: Option<Json<RenderBody>>,
-) -> Result<Response, ApiError> {
+    body: Option<ApiJson<RenderRecipeRequest>>,
+) -> Result<Json<RenderedPackage>, ApiError> {
     caller.require("reader")?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let request = RenderRequest {
         recipe,
         name: body.name,
@@ -160,5 +178,5 @@ pub async fn render_recipe(
         RenderError::Load(e) => load_error(e),
         other => ApiError::new(StatusCode::BAD_REQUEST, "render_failed", other.to_string()),
     })?;
-    Ok(Json(rendered).into_response())
+    Ok(Json(rendered))
 }

@@ -23,7 +23,16 @@ const LATENCY_BOUNDS_US: &[u64] = &[
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// `GET /metrics` (reader role: function names are not for anonymous eyes).
+/// This node in the Prometheus text format: membership, catalog, instances and per-function call
+/// counters and latency histogram (reader role: function names are not for anonymous eyes).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    security(("bearer" = ["reader"])),
+    responses((status = 200, description = "Prometheus text format 0.0.4, this node only", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
+)]
 pub async fn metrics(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
     caller.require("reader")?;
     let mut members: BTreeMap<String, u64> = ["alive", "suspect", "down", "left"]

@@ -11,6 +11,8 @@ use klf_actors::chef::kitchen::Kitchen;
 use klf_actors::chef::roi::RoiError;
 use klf_actors::ledger::Roi;
 
+use super::schemas;
+use super::types::ErrorBody;
 use super::{ApiError, Caller};
 
 fn roi_error(e: RoiError) -> ApiError {
@@ -24,7 +26,18 @@ fn roi_error(e: RoiError) -> ApiError {
     }
 }
 
-/// `GET /v1/roi`: the whole mesh.
+/// Cost, value and ROI of the whole mesh, each figure with its basis.
+#[utoipa::path(
+    get,
+    path = "/v1/roi",
+    operation_id = "mesh_roi",
+    tag = "roi",
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The mesh's ROI", body = schemas::Roi),
+        (status = 500, description = "`ledger`: the ledger cannot be read", body = ErrorBody),
+    ),
+)]
 pub async fn mesh(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,
@@ -33,7 +46,20 @@ pub async fn mesh(
     kitchen.roi(None).await.map(Json).map_err(roi_error)
 }
 
-/// `GET /v1/roi/{name}`: one function, every version.
+/// Cost, value and ROI of one function, every version.
+#[utoipa::path(
+    get,
+    path = "/v1/roi/{name}",
+    operation_id = "function_roi",
+    tag = "roi",
+    params(("name" = String, Path, description = "The function's NAME")),
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "The function's ROI", body = schemas::Roi),
+        (status = 404, description = "`not_found`: no such function", body = ErrorBody),
+        (status = 500, description = "`ledger`: the ledger cannot be read", body = ErrorBody),
+    ),
+)]
 pub async fn function(
     Extension(kitchen): Extension<Arc<Kitchen>>,
     caller: Caller,

@@ -1,0 +1,434 @@
+//! The HTTP API's wire types: every request body, query and answer of every route, shared by the
+//! axum handlers that write them and the `klf` client commands that read them.
+//!
+//! They live in the binary crate because only the `klf` binary speaks this API from Rust; the
+//! integration tests deliberately read the wire as JSON (through `klf … --json` or raw HTTP), so
+//! they check the contract instead of agreeing with the server by construction.
+//!
+//! Answers that a lower crate already defines (`MemberView`, `FunctionStats`, `TestRun`, `Roi`,
+//! `ChefRun`, `StageEvent`, `RenderedPackage`) are sent as those types; their OpenAPI schemas are the
+//! mirrors in [`super::schemas`], which the contract test checks against real answers.
+
+use std::collections::BTreeMap;
+
+use klf_actors::chef::{ChefRun, StageEvent};
+use klf_actors::functions::package::Limits;
+use klf_actors::registry::Release;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::schemas;
+
+/// Every refusal of the API: `{"error":{"code","message"}}`, with a fitting HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable kind (`unauthenticated`, `forbidden`, `bad_request`,
+    /// `body_too_large`, `not_found`, `conflict`, an invocation error kind such as `timeout`, …).
+    pub code: String,
+    /// What happened and, where possible, what to do about it.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// `GET /readyz` once membership answers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Members this node knows, itself included, in any state.
+    pub members: usize,
+}
+
+/// `GET /v1/node`: who answered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    pub mesh_id: String,
+    pub mesh_name: String,
+    /// QUIC address peers dial.
+    pub addr: String,
+    /// HTTP API address peers and `klf members` show.
+    pub api: String,
+    /// Incremented on every restart, so peers tell a restarted node from a stale record of it.
+    pub generation: u64,
+    /// Whether this node holds the mesh CA key (only then can it issue join tokens).
+    pub holds_ca: bool,
+    /// The `klf` version.
+    pub version: String,
+}
+
+/// The body of `POST /v1/join-tokens` (optional: no body means the defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenRequest {
+    /// How long the token stays valid, in seconds (1 to 604800; default 600).
+    #[serde(default = "default_ttl_secs")]
+    #[schema(default = 600, minimum = 1, maximum = 604800)]
+    pub ttl_secs: u64,
+}
+
+fn default_ttl_secs() -> u64 {
+    600
+}
+
+impl Default for JoinTokenRequest {
+    fn default() -> Self {
+        Self {
+            ttl_secs: default_ttl_secs(),
+        }
+    }
+}
+
+/// A one-time join token, as `klf up --join` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    /// The encoded token (`klf1.…`).
+    pub token: String,
+    pub mesh_id: String,
+    /// QUIC address of the node that issued the token and will redeem it.
+    pub seed: String,
+    /// Seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// A package as the API receives it: the text of its files.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PackageBody {
+    /// The `klf.toml` text.
+    pub manifest: String,
+    /// The entry module's source (empty for a native built-in).
+    pub source: String,
+    /// `examples/NAME.json` contents by NAME.
+    #[serde(default)]
+    pub examples: BTreeMap<String, String>,
+    /// `schema/input.json`, if the package has it.
+    #[serde(default)]
+    pub input_schema: Option<String>,
+    /// `schema/output.json`, if the package has it.
+    #[serde(default)]
+    pub output_schema: Option<String>,
+}
+
+/// The body of `POST /v1/functions`: a package and how many instances to keep.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployRequest {
+    #[serde(flatten)]
+    pub package: PackageBody,
+    /// Instances the mesh keeps running (1 to 64).
+    #[serde(default = "one")]
+    #[schema(default = 1, minimum = 1, maximum = 64)]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One published version, as shown to users.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseView {
+    /// `name@version`.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    /// Free-form kind used by find-by-type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub idempotent: bool,
+    pub capabilities: Vec<String>,
+    /// Dependency name → semver range.
+    pub dependencies: BTreeMap<String, String>,
+    #[schema(value_type = schemas::Limits)]
+    pub limits: Limits,
+    /// The manifest's `[config]`, as JSON.
+    pub config: Value,
+    /// Declared value of one successful call, in USD.
+    pub value_per_call: f64,
+    /// Hex blake3 hash of the artifact.
+    pub artifact: String,
+    pub artifact_len: u64,
+    /// The node that signed the artifact.
+    pub signer: String,
+    /// The principal that published it.
+    pub owner: String,
+    pub created_unix_ms: u64,
+}
+
+impl From<&Release> for ReleaseView {
+    fn from(r: &Release) -> Self {
+        let m = &r.manifest;
+        Self {
+            id: m.id(),
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            kind: m.kind.clone(),
+            description: m.description.clone(),
+            idempotent: m.idempotent,
+            capabilities: m.capabilities.clone(),
+            dependencies: m
+                .dependencies
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            limits: m.limits,
+            config: m.config.clone(),
+            value_per_call: m.value_per_call,
+            artifact: hex::encode(r.artifact),
+            artifact_len: r.artifact_len,
+            signer: r.signer.clone(),
+            owner: r.owner.clone(),
+            created_unix_ms: r.created_unix_ms,
+        }
+    }
+}
+
+/// `POST /v1/functions` answer: the published release and its deployment's replicas.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployed {
+    #[serde(flatten)]
+    pub release: ReleaseView,
+    pub replicas: u32,
+}
+
+/// One function in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionSummary {
+    pub name: String,
+    /// The highest published version.
+    pub latest: String,
+    /// Every published version, highest first.
+    pub versions: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    /// Desired instances (0 when not deployed).
+    pub replicas: u32,
+    pub enabled: bool,
+}
+
+/// `GET /v1/functions/{target}`: the resolved release with its versions, deployment and examples.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionInfo {
+    #[serde(flatten)]
+    pub release: ReleaseView,
+    /// Every published version, highest first.
+    pub versions: Vec<String>,
+    /// Desired instances (0 when not deployed).
+    pub replicas: u32,
+    pub enabled: bool,
+    /// What the mesh runs: the version a rollback pinned, else the highest.
+    pub served: Option<String>,
+    /// The version a rollback pinned, until the next deploy.
+    pub pinned: Option<String>,
+    /// The package's sample inputs by name (empty when the artifact is unavailable).
+    pub examples: BTreeMap<String, Value>,
+    /// `schema/input.json`, or null when the package has none or its artifact is unavailable.
+    #[serde(default)]
+    pub input_schema: Option<Value>,
+    /// `schema/output.json`, or null when the package has none or its artifact is unavailable.
+    #[serde(default)]
+    pub output_schema: Option<Value>,
+    /// Why the artifact could not be read here (then examples and schemas are missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_error: Option<String>,
+}
+
+/// `POST /v1/functions/validate` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Validation {
+    /// Always true: an invalid package is answered with an error instead.
+    pub valid: bool,
+    /// `name@version` of the package.
+    pub id: String,
+    /// `name@version` of every release it resolves to, dependencies first.
+    pub dependencies: Vec<String>,
+}
+
+/// `DELETE /v1/functions/{target}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    /// `name@version` of every version unregistered.
+    pub removed: Vec<String>,
+}
+
+/// The body of `POST /v1/functions/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RollbackRequest {
+    /// A published version, such as `1.0.0`.
+    pub version: String,
+}
+
+/// A function's deployment after a rollback.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub name: String,
+    /// The pinned version (null: the highest is served).
+    pub version: Option<String>,
+    pub replicas: u32,
+    pub enabled: bool,
+}
+
+/// One case of a function's own tests, as `BaseFunction.test()` reports it (an item of
+/// [`klf_actors::router::test_run::TestRun::results`]).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TestCaseResult {
+    pub name: String,
+    pub passed: bool,
+    /// The expected output, when the case compares outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Value>,
+    /// What the function returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<Value>,
+    /// The error the function threw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// One ingredient in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngredientSummary {
+    pub name: String,
+    /// `model`, `data-flow`, `api`, `security`, `testing` or `recipe`.
+    pub kind: String,
+    pub description: String,
+    pub file: String,
+    /// `shipped` or `user`.
+    pub source: String,
+    /// The file of the ingredient this one overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<String>,
+}
+
+/// A file that did not load, named with the field at fault when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngredientLoadError {
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+    /// The whole error as one line.
+    pub text: String,
+}
+
+/// `GET /v1/ingredients` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngredientListing {
+    pub ingredients: Vec<IngredientSummary>,
+    /// Files that did not load (the others still did).
+    pub errors: Vec<IngredientLoadError>,
+    /// The user folders, in load order.
+    pub folders: Vec<String>,
+}
+
+/// `GET /v1/ingredients/{name}`: an ingredient in full.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngredientDetail {
+    #[serde(flatten)]
+    pub summary: IngredientSummary,
+    /// The kind-specific content, as the ingredient's TOML file holds it (see
+    /// docs/ingredients.md).
+    pub content: Value,
+}
+
+/// The body of `POST /v1/ingredients/{name}/render` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RenderRecipeRequest {
+    /// The package's name (default: the recipe's).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Recipe parameter values by name.
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+}
+
+/// The body of `POST /v1/chef`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChefRequest {
+    /// What the function should do, in plain language (1 to 4000 characters).
+    pub request: String,
+    /// `offline` (the default), `openai` or `replay`, as this node offers them.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Deploy the function once it passes its tests.
+    #[serde(default)]
+    pub deploy: bool,
+    /// Replicas when deploying (1 to 64; default 1).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Agents to run on other nodes: role (e.g. `code-validator`) → node name.
+    #[serde(default)]
+    pub placement: BTreeMap<String, String>,
+}
+
+/// One line of the NDJSON stream `POST /v1/chef` answers with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ChefStreamLine {
+    /// A stage started or ended.
+    Stage {
+        #[schema(value_type = schemas::StageEvent)]
+        event: StageEvent,
+    },
+    /// The last line of a run that finished (whatever its outcome).
+    Run {
+        #[schema(value_type = schemas::ChefRun)]
+        run: Box<ChefRun>,
+    },
+    /// The last line of a run that could not finish.
+    Error { message: String },
+}
+
+/// `GET /v1/functions` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FunctionListQuery {
+    /// Only functions of this type (find by type).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `POST /v1/functions/{target}/invoke` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvokeQuery {
+    /// How long the caller waits, in milliseconds (default 10000, clamped to 1..300000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/stats` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// Only this function's versions.
+    pub function: Option<String>,
+    /// This node's stats alone, without asking the peers.
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// `GET /v1/ingredients` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IngredientListQuery {
+    /// Only this kind: `model`, `data-flow`, `api`, `security`, `testing`, `recipe`.
+    pub kind: Option<String>,
+}
