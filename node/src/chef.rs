@@ -28,6 +28,23 @@ pub struct ChefArgs {
     /// Run an agent on another node: ROLE=NODE (for example code-validator=n2). Repeatable.
     #[arg(long = "agent-on", value_name = "ROLE=NODE")]
     pub agent_on: Vec<String>,
+    /// Have the model write the function even when a recipe fits (needs --provider openai).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Generate a random key for each secret the function needs that no node holds, and store it
+    /// on every node (without it, such a run fails naming the secret and how to create it).
+    #[arg(long)]
+    pub create_secrets: bool,
+    /// Wall-clock limit of the whole run; it then ends `failed`, naming the stage.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub deadline: std::time::Duration,
+    /// Model tokens (in + out) the run may spend.
+    #[arg(long, value_name = "TOKENS")]
+    pub token_budget: Option<u64>,
+    /// `max_tokens` of one model exchange of a stage: STAGE=N with STAGE interpret, write-tests
+    /// or generate (defaults 2048, 2048, 4096). Repeatable.
+    #[arg(long = "max-tokens", value_name = "STAGE=N")]
+    pub max_tokens: Vec<String>,
     #[command(flatten)]
     pub client: ClientOptions,
 }
@@ -43,19 +60,36 @@ pub async fn run(args: ChefArgs) -> anyhow::Result<()> {
         };
         placement.insert(role.to_string(), node.to_string());
     }
+    let mut max_tokens = BTreeMap::new();
+    for item in &args.max_tokens {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(stage, n)| Some((stage.to_string(), n.parse::<u32>().ok()?)));
+        let Some((stage, n)) = parsed else {
+            bail!("--max-tokens takes STAGE=N (for example generate=8192), not {item:?}");
+        };
+        max_tokens.insert(stage, n);
+    }
+    let deadline_ms = u64::try_from(args.deadline.as_millis()).unwrap_or(u64::MAX);
     let body = ChefRequest {
         request: args.request.clone(),
         provider: Some(args.provider.clone()),
         deploy: args.deploy,
         replicas: Some(args.replicas),
         placement,
+        fresh: args.fresh,
+        create_secrets: args.create_secrets,
+        deadline_ms: Some(deadline_ms),
+        token_budget: args.token_budget,
+        max_tokens,
     };
+    let api = api.with_timeout(args.deadline + std::time::Duration::from_secs(30));
     let live = !args.client.json;
-    let terminal = std::io::stdout().is_terminal();
+    let mut display = Progress::new(std::io::stdout().is_terminal());
     let mut run: Option<ChefRun> = None;
     api.post_chef_stream("/v1/chef", &body, |line| {
         match line {
-            ChefStreamLine::Stage { event } if live => print_event(&event, terminal),
+            ChefStreamLine::Stage { event } if live => display.event(&event),
             ChefStreamLine::Stage { .. } => {}
             ChefStreamLine::Run { run: finished } => run = Some(*finished),
             ChefStreamLine::Error { message } => bail!("{message}"),
@@ -78,24 +112,78 @@ pub async fn run(args: ChefArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One progress line. On a terminal, a started stage shows as a spinner-like line that its end
-/// overwrites.
-pub fn print_event(event: &StageEvent, terminal: bool) {
-    match event.status.as_str() {
-        "started" if terminal => {
-            print!("  … {:<22}\r", event.stage);
-            let _ = std::io::Write::flush(&mut std::io::stdout());
+/// How stages show while a run goes: on a terminal a spinner per running stage, with the tokens a
+/// streaming model exchange has produced, its rate and the time so far, replaced by the stage's
+/// result line when it ends; elsewhere (a pipe, a log) plain lines, a progress line at most every
+/// two seconds per stage.
+pub struct Progress {
+    spinner: Option<indicatif::ProgressBar>,
+    terminal: bool,
+    /// When the last plain progress line was printed.
+    last_plain: Option<std::time::Instant>,
+}
+
+/// Every plain progress line this far apart at most.
+const PLAIN_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Progress {
+    pub fn new(terminal: bool) -> Self {
+        Self {
+            spinner: None,
+            terminal,
+            last_plain: None,
         }
-        "started" => {}
-        status => {
-            let mark = if status == "done" { "✓" } else { "✗" };
-            println!(
-                "  {mark} {:<22} {:>6} ms  [{}] {}",
-                event.stage,
-                event.ms.unwrap_or(0),
-                event.node,
-                event.detail
-            );
+    }
+
+    /// Shows one stage event.
+    pub fn event(&mut self, event: &StageEvent) {
+        match event.status.as_str() {
+            "started" => {
+                self.last_plain = None;
+                if self.terminal {
+                    let spinner = indicatif::ProgressBar::new_spinner();
+                    spinner.set_message(format!("{:<22}", event.stage));
+                    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                    self.spinner = Some(spinner);
+                }
+            }
+            "progress" => {
+                let Some(progress) = event.progress else {
+                    return;
+                };
+                let line = format!(
+                    "{:<22} {} tokens, {:.1} tokens/s, {:.1} s",
+                    event.stage,
+                    progress.tokens,
+                    progress.tokens_per_s,
+                    progress.elapsed_ms as f64 / 1000.0
+                );
+                match &self.spinner {
+                    Some(spinner) => spinner.set_message(line),
+                    None => {
+                        let due = self
+                            .last_plain
+                            .is_none_or(|at| at.elapsed() >= PLAIN_PROGRESS_EVERY);
+                        if due {
+                            println!("  … {line}");
+                            self.last_plain = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+            status => {
+                if let Some(spinner) = self.spinner.take() {
+                    spinner.finish_and_clear();
+                }
+                let mark = if status == "done" { "✓" } else { "✗" };
+                println!(
+                    "  {mark} {:<22} {:>6} ms  [{}] {}",
+                    event.stage,
+                    event.ms.unwrap_or(0),
+                    event.node,
+                    event.detail
+                );
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use klf_actors::mesh::MemberView;
 use klf_actors::node::{DataDir, init_mesh};
 
-use crate::api::types::{JoinToken, JoinTokenRequest};
+use crate::api::types::{JoinToken, JoinTokenRequest, SecretSet, SecretValue};
 use crate::client::{ApiClient, ClientOptions};
 use crate::telemetry::LogFormat;
 
@@ -54,8 +54,26 @@ pub enum Command {
     Demo,
     /// Cost, value and ROI of a function (NAME) or of the whole mesh.
     Roi(crate::roi::RoiArgs),
+    /// Secrets functions read with `ctx.secret`, stored on every node.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Show the mesh's members and their state.
     Members {
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store secret NAME on every alive node, from a file or (without --from-file) stdin. A
+    /// trailing newline is part of the file but not of the secret `ctx.secret` returns.
+    Set {
+        /// 1 to 64 of a-z, A-Z, 0-9, '-', '_', '.'.
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
         #[command(flatten)]
         client: ClientOptions,
     },
@@ -98,7 +116,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingredients(command) => crate::ingredients::run(command).await,
         Command::Roi(args) => crate::roi::run(args).await,
         Command::Chef(args) => crate::chef::run(args).await,
+        Command::Secret(SecretCommand::Set {
+            name,
+            from_file,
+            client,
+        }) => secret_set(&name, from_file.as_deref(), client).await,
     }
+}
+
+async fn secret_set(
+    name: &str,
+    from_file: Option<&std::path::Path>,
+    options: ClientOptions,
+) -> anyhow::Result<()> {
+    let value = match from_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the secret from {}", path.display()))?,
+        None => std::io::read_to_string(std::io::stdin())
+            .context("cannot read the secret from stdin")?,
+    };
+    let client = ApiClient::from_options(&options)?;
+    let set: SecretSet = client
+        .put_json(
+            &format!("/v1/secrets/{name}"),
+            &SecretValue {
+                value: value.trim_end_matches(['\n', '\r']).to_string(),
+            },
+        )
+        .await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&set)?);
+    } else {
+        println!("secret {} stored on {}", set.name, set.nodes.join(", "));
+    }
+    Ok(())
 }
 
 async fn token_create(ttl: Duration, options: ClientOptions) -> anyhow::Result<()> {

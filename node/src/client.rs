@@ -110,6 +110,15 @@ impl ApiClient {
             .await
     }
 
+    pub async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     pub async fn post_json<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -137,9 +137,10 @@ async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
     println!("\nchef on node0: \"{request}\" (provider offline, deploy with 2 replicas)");
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
-        let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let mut display =
+            crate::chef::Progress::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
         while let Some(event) = receive.recv().await {
-            crate::chef::print_event(&event, terminal);
+            display.event(&event);
         }
     });
     let options = ChefOptions {

@@ -387,3 +387,65 @@ fn klf_chef_builds_deploys_and_refuses_through_the_cli() {
     let run: Value = serde_json::from_slice(&out.stdout).expect("run JSON");
     assert_eq!(run["outcome"]["status"], "built", "{run}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_needing_a_secret_the_mesh_lacks_is_not_published_unless_asked_to_create_it() {
+    let (mesh, chefs) = mesh_with_chefs(2).await;
+    let request = "check api tokens: authenticate and authorize requests";
+    let run = chefs[0].run(request, &deploy(1), None).await.expect("run");
+    let RunOutcome::Failed { reasons } = &run.outcome else {
+        panic!("published without its secret: {:?}", run.outcome);
+    };
+    let reason = reasons.join("; ");
+    assert!(
+        reason.contains("needs secrets the mesh does not hold"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("`api-tokens` is missing on node0, node1"),
+        "which secret, on which nodes: {reason}"
+    );
+    assert!(
+        reason.contains("klf secret set api-tokens --from-file"),
+        "{reason}"
+    );
+    assert!(reason.contains("--create-secrets"), "{reason}");
+    assert!(
+        mesh.nodes[0].catalog().versions("token-check").is_empty(),
+        "nothing is published"
+    );
+
+    let create = ChefOptions {
+        create_secrets: true,
+        ..deploy(1)
+    };
+    let run = chefs[0].run(request, &create, None).await.expect("run");
+    let (function, _) = deployed(&run);
+    // The key is on every node, 0600, and the function answers from either of them.
+    for i in 0..2 {
+        let path = mesh.data_dir(i).secrets_dir().join("api-tokens");
+        let key = std::fs::read_to_string(&path).expect("the generated secret");
+        assert_eq!(key.len(), 64, "32 random bytes, hex");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+    }
+    let answer = mesh.nodes[1]
+        .invoke(InvokeRequest::new(
+            &function,
+            json!({"headers": {"authorization": "Bearer nope"}, "action": "read", "resource": "x"}),
+            Duration::from_secs(10),
+        ))
+        .await;
+    match answer {
+        Ok(_) => {}
+        Err(error) => assert!(
+            error.answered_by_function(),
+            "the function itself answers (an unknown token is its own error): {error}"
+        ),
+    }
+    mesh.shutdown().await;
+}

@@ -59,6 +59,7 @@ pub trait AIAgent: Send + Sync + 'static {
         _code: GeneratedCode,
         _replicas: u32,
         _probe: Option<serde_json::Value>,
+        _create_secrets: bool,
     ) -> BoxFuture<'static, AgentResponse> {
         self.refuse("deploy")
     }
@@ -86,7 +87,8 @@ pub trait AIAgent: Send + Sync + 'static {
                 code,
                 replicas,
                 probe,
-            } => self.deploy(*code, replicas, probe),
+                create_secrets,
+            } => self.deploy(*code, replicas, probe, create_secrets),
             AgentMessage::Watch { function, version } => self.watch(function, version),
         }
     }
@@ -282,6 +284,7 @@ impl AIAgent for Deployer {
         code: GeneratedCode,
         replicas: u32,
         probe: Option<serde_json::Value>,
+        create_secrets: bool,
     ) -> BoxFuture<'static, AgentResponse> {
         let kitchen = self.0.kitchen.clone();
         let node = kitchen.node().clone();
@@ -294,6 +297,17 @@ impl AIAgent for Deployer {
                 Ok(package) => package,
                 Err(reason) => return failed(reason),
             };
+            // Nothing is published that would fail on its hosts for a missing secret.
+            if let Err(reason) = secrets_in_place(
+                &node,
+                &package.manifest.name,
+                &package.manifest.secrets,
+                create_secrets,
+            )
+            .await
+            {
+                return failed(reason);
+            }
             let probe = probe.or_else(|| package.examples.first().map(|e| e.input.clone()));
             let release = match node.publish(package, replicas, "chef").await {
                 Ok(release) => release,
@@ -320,6 +334,67 @@ impl AIAgent for Deployer {
             }
         })
     }
+}
+
+/// Checks that every alive node holds each secret in `needed`, so the function can run wherever
+/// it is placed. With `create`, a secret that no node holds gets a fresh random key (32 bytes,
+/// hex) stored on every node; a secret some nodes hold and others lack is never overwritten.
+/// `Err` says which secret is missing where, and the command that creates it.
+async fn secrets_in_place(
+    node: &klf_node_core::Node,
+    function: &str,
+    needed: &[String],
+    create: bool,
+) -> Result<(), String> {
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let gaps = node.secret_gaps(needed).await;
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    let members = node.alive_peers().await.len() + 1;
+    let lacking = |name: &String| -> Vec<String> {
+        gaps.iter()
+            .filter(|g| g.missing.contains(name))
+            .map(|g| match &g.unreachable {
+                Some(why) => format!("{} (not asked: {why})", g.node),
+                None => g.node.clone(),
+            })
+            .collect()
+    };
+    let missing: Vec<&String> = needed.iter().filter(|n| !lacking(n).is_empty()).collect();
+    if create && gaps.iter().all(|g| g.unreachable.is_none()) {
+        let mut created = Vec::new();
+        for name in &missing {
+            if lacking(name).len() < members {
+                return Err(format!(
+                    "secret `{name}` is held by some nodes but missing on {}: --create-secrets does \
+                     not overwrite a key that exists; copy it there with `klf secret set {name} \
+                     --from-file FILE`. Nothing was published.",
+                    lacking(name).join(", ")
+                ));
+            }
+            let key = klf_security::random_bytes::<32>().map_err(|e| e.to_string())?;
+            node.put_secret_everywhere(name, &hex::encode(key))
+                .await
+                .map_err(|e| format!("creating secret `{name}`: {e}. Nothing was published."))?;
+            created.push(name.as_str());
+        }
+        tracing::info!(%function, secrets = ?created, "generated missing secrets on every node");
+        return Ok(());
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|name| format!("`{name}` is missing on {}", lacking(name).join(", ")))
+        .collect();
+    Err(format!(
+        "{function} needs secrets the mesh does not hold: {}. Create each on every node with \
+         `klf secret set NAME --from-file FILE` (for example `klf secret set {} --from-file key.txt`), \
+         or run again with --create-secrets to generate random keys. Nothing was published.",
+        lines.join("; "),
+        missing.first().map_or("NAME", |n| n.as_str())
+    ))
 }
 
 impl AIAgent for Watcher {

@@ -317,6 +317,9 @@ pub enum AgentMessage {
         replicas: u32,
         /// An input known to succeed (from the acceptance tests), to check the deployment answers.
         probe: Option<Value>,
+        /// Generate a random key for each secret the function needs that no node holds.
+        #[serde(default)]
+        create_secrets: bool,
     },
     Watch {
         function: String,

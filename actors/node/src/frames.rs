@@ -48,6 +48,8 @@ pub(super) struct NodeFrames {
     pub router: Router,
     pub join: Arc<JoinService>,
     pub agents: Arc<std::sync::OnceLock<Arc<dyn AgentEndpoint>>>,
+    /// `<data>/secrets`, what `ctx.secret` reads.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 impl NodeFrames {
@@ -137,6 +139,10 @@ impl FrameHandler for NodeFrames {
                 let router = self.router.clone();
                 Box::pin(async move { Frame::InvokeReply(router.serve_remote(invoke).await) })
             }
+            // Which secrets this node holds, and storing one (see `secrets`).
+            Frame::Agent(message) if message.kind == super::secrets::SECRETS_KIND => Box::pin(
+                std::future::ready(super::secrets::answer(&self.secrets_dir, &message)),
+            ),
             // Invocation statistics for a peer's mesh view.
             Frame::Agent(message) if message.kind == klf_router::stats::STATS_KIND => Box::pin(
                 std::future::ready(super::ops::answer_stats(&self.router, &message)),

@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 mod ops;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -365,6 +366,7 @@ impl Node {
             router: router.clone(),
             join: join.clone(),
             agents: agents.clone(),
+            secrets_dir: dir.secrets_dir(),
         })));
         settings.listen = Some(options.listen.to_string());
         settings.advertise = Some(advertise);

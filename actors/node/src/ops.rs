@@ -118,13 +118,18 @@ impl NodeOps {
         self.router.stats().stats()
     }
 
-    async fn mesh_function_stats(&self) -> Vec<FunctionStats> {
-        let peers: Vec<MemberId> = alive_members(&self.membership)
+    /// The other members that are alive now, as membership sees them.
+    async fn alive_peers(&self) -> Vec<MemberId> {
+        alive_members(&self.membership)
             .await
             .unwrap_or_default()
             .into_iter()
             .filter(|m| m.node_id != self.me)
-            .collect();
+            .collect()
+    }
+
+    async fn mesh_function_stats(&self) -> Vec<FunctionStats> {
+        let peers = self.alive_peers().await;
         let mut asks = tokio::task::JoinSet::new();
         for peer in peers {
             asks.spawn(peer_stats(self.transport.clone(), peer));
@@ -162,6 +167,12 @@ impl NodeOps {
 }
 
 impl Node {
+    /// The other members that are alive now, as membership sees them (not the placer's view,
+    /// which follows a moment later).
+    pub async fn alive_peers(&self) -> Vec<MemberId> {
+        self.ops.alive_peers().await
+    }
+
     /// What the calls served by this node did, per function@version.
     pub fn function_stats(&self) -> Vec<FunctionStats> {
         self.ops.function_stats()

@@ -20,6 +20,8 @@ use super::{ApiError, Caller};
 
 /// Longest request text accepted.
 const MAX_REQUEST_CHARS: usize = 4000;
+/// Longest deadline a run may ask for (an hour).
+const MAX_DEADLINE_MS: u64 = 3_600_000;
 
 /// The Chef of this node, if it runs one.
 pub type ChefSlot = Option<Arc<Chef>>;
@@ -103,12 +105,34 @@ pub async fn run(
             ),
         ));
     }
+    if let Some(stage) = body
+        .max_tokens
+        .keys()
+        .find(|stage| !["interpret", "write-tests", "generate"].contains(&stage.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("max_tokens: no stage {stage:?} (stages: interpret, write-tests, generate)"),
+        ));
+    }
+    if body.max_tokens.values().any(|n| *n == 0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "max_tokens must be at least 1",
+        ));
+    }
     let options = ChefOptions {
         provider,
         deploy: body.deploy,
         replicas: body.replicas.unwrap_or(1).clamp(1, 64),
         placement,
-        ..ChefOptions::default()
+        deadline_ms: body.deadline_ms.map(|ms| ms.clamp(1, MAX_DEADLINE_MS)),
+        token_budget: body.token_budget,
+        max_tokens: body.max_tokens,
+        fresh: body.fresh,
+        create_secrets: body.create_secrets,
     };
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel::<StageEvent>();
     let (lines, out) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -629,6 +629,25 @@ async fn every_route_answers_as_the_openapi_document_says() {
     );
     check!(GET, "/v1/roi/{name}", "/v1/roi/ghost", None, 404);
 
+    let secret = check!(
+        PUT,
+        "/v1/secrets/{name}",
+        "/v1/secrets/api-key",
+        Some(json_bytes(&json!({"value": "s3cret"}))),
+        200
+    );
+    assert!(
+        !String::from_utf8_lossy(&secret).contains("s3cret"),
+        "a secret's value is never answered back"
+    );
+    check!(
+        PUT,
+        "/v1/secrets/{name}",
+        "/v1/secrets/..%2Fescape",
+        Some(json_bytes(&json!({"value": "x"}))),
+        400
+    );
+
     // Refusals every secured route shares.
     let (status, content_type, body) = {
         let response = served

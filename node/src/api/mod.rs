@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod roi;
 pub mod schemas;
+pub mod secrets;
 pub mod stats;
 pub mod types;
 
@@ -298,6 +299,7 @@ fn routes(limits: BodyLimits) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(ingredients::show))
         .routes(routes!(ingredients::render_recipe))
         .routes(routes!(chef::run))
+        .routes(routes!(secrets::set))
         .routes(routes!(roi::mesh))
         .routes(routes!(roi::function))
         // Outside the invoke route's own limit, so that one wins there.

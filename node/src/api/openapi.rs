@@ -37,6 +37,7 @@ const BEARER: &str = "bearer";
         (name = "ingredients", description = "Ingredients and recipe rendering"),
         (name = "chef", description = "Requests turned into deployed functions"),
         (name = "roi", description = "Cost, value and ROI"),
+        (name = "secrets", description = "Secrets functions read with ctx.secret, set on every node"),
     ),
 )]
 struct ApiDoc;
@@ -204,6 +205,6 @@ mod tests {
                 assert!(op["operationId"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(operations, 23, "every route is described");
+        assert_eq!(operations, 24, "every route is described");
     }
 }

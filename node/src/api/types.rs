@@ -377,6 +377,35 @@ pub struct ChefRequest {
     /// Agents to run on other nodes: role (e.g. `code-validator`) → node name.
     #[serde(default)]
     pub placement: BTreeMap<String, String>,
+    /// Have the model write the function even when a recipe fits (needs a model provider).
+    #[serde(default)]
+    pub fresh: bool,
+    /// Generate random keys for secrets the function needs that no node holds.
+    #[serde(default)]
+    pub create_secrets: bool,
+    /// Wall-clock limit of the run in milliseconds (default 300000, at most 3600000).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Model tokens (in + out) the run may spend (default: unbounded).
+    #[serde(default)]
+    pub token_budget: Option<u64>,
+    /// `max_tokens` of one model exchange by stage: `interpret`, `write-tests`, `generate`.
+    #[serde(default)]
+    pub max_tokens: BTreeMap<String, u32>,
+}
+
+/// `PUT /v1/secrets/{name}`: the secret's value (text, as `ctx.secret` returns it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+/// Where a secret was stored (never its value).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretSet {
+    pub name: String,
+    /// The nodes that hold it now.
+    pub nodes: Vec<String>,
 }
 
 /// One line of the NDJSON stream `POST /v1/chef` answers with.

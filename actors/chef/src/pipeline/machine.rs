@@ -76,6 +76,8 @@ pub struct Plan {
     pub replicas: u32,
     /// Model tokens (in + out) the run may spend; `None`: unbounded.
     pub token_budget: Option<u64>,
+    /// Generate random keys for secrets the function needs that no node holds.
+    pub create_secrets: bool,
 }
 
 /// One run of the pipeline, between stages.
@@ -191,6 +193,7 @@ impl Cooking {
                         .iter()
                         .find(|t| t.expect.is_some())
                         .map(|t| t.input.clone()),
+                    create_secrets: self.plan.create_secrets,
                 },
             ),
             (
@@ -654,6 +657,7 @@ mod tests {
                 deploy,
                 replicas: 2,
                 token_budget,
+                create_secrets: false,
             },
             Arc::new(Library::shipped()),
         )

@@ -73,6 +73,10 @@ pub struct ChefOptions {
     /// Have the model write the function even when a recipe fits (needs a model provider).
     #[serde(default)]
     pub fresh: bool,
+    /// Generate a random key for each secret the function needs that no node holds, and store it
+    /// on every node (instead of failing, naming the secret and the command to create it).
+    #[serde(default)]
+    pub create_secrets: bool,
 }
 
 /// How long a run may take unless `--deadline` says otherwise.
@@ -89,6 +93,7 @@ impl Default for ChefOptions {
             token_budget: None,
             max_tokens: BTreeMap::new(),
             fresh: false,
+            create_secrets: false,
         }
     }
 }
@@ -561,6 +566,7 @@ impl Chef {
             deploy: options.deploy,
             replicas: options.replicas,
             token_budget: options.token_budget,
+            create_secrets: options.create_secrets,
         };
         let mut cooking = Cooking::new(run, plan, self.kitchen.ingredients().clone());
         let emit = |event: StageEvent| {
