@@ -119,11 +119,37 @@ pub fn render(roi: &Roi) -> String {
             m.note
         );
     }
-    match roi.roi {
+    // The measured ROI comes first: a declared guess (baseline hours, value per call) never
+    // makes the headline without saying so.
+    match roi.roi_measured {
         Some(r) => {
-            let _ = writeln!(out, "ROI {r:.2} ({:.0}%): {}", r * 100.0, roi.roi_note);
+            let _ = writeln!(
+                out,
+                "ROI measured {r:.2} ({:.0}%): measured value − measured cost, over measured cost",
+                r * 100.0
+            );
         }
         None => {
+            let _ = writeln!(
+                out,
+                "ROI measured -: nothing measured has cost anything yet"
+            );
+        }
+    }
+    match (roi.roi, roi.declared.is_empty()) {
+        (Some(r), true) => {
+            let _ = writeln!(out, "ROI {r:.2} ({:.0}%): {}", r * 100.0, roi.roi_note);
+        }
+        (Some(r), false) => {
+            let _ = writeln!(
+                out,
+                "ROI with declared values {r:.2} ({:.0}%), DECLARED: {}; {}",
+                r * 100.0,
+                roi.declared.join(", "),
+                roi.roi_note
+            );
+        }
+        (None, _) => {
             let _ = writeln!(out, "ROI -: {}", roi.roi_note);
         }
     }
@@ -166,8 +192,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1.50 ms"), "{text}");
+        // The measured ROI heads; the one with declared values says what was declared.
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(last[1].starts_with("ROI measured "), "{text}");
         assert!(
-            text.lines().last().is_some_and(|l| l.starts_with("ROI ")),
+            last[0].starts_with("ROI with declared values ")
+                && last[0].contains("DECLARED: ")
+                && last[0].contains("invocations served"),
             "{text}"
         );
     }

@@ -112,10 +112,15 @@ pub struct Roi {
     pub value: Breakdown,
     /// Test pass rate, error rate, p99: ratios and times, not money.
     pub quality: Vec<Metric>,
-    /// `(value − cost) / cost`; null when nothing has cost anything yet.
+    /// `(value − cost) / cost` with every line, declared ones included; null when nothing has
+    /// cost anything yet.
     pub roi: Option<f64>,
     /// How the ROI was computed, or why there is none.
     pub roi_note: String,
+    /// The ratio from measured lines alone; null when nothing measured has cost anything.
+    pub roi_measured: Option<f64>,
+    /// Labels of the lines whose declared inputs separate `roi` from `roi_measured`.
+    pub declared: Vec<String>,
     pub rates: Rates,
     pub functions: usize,
     pub runs: usize,

@@ -177,10 +177,20 @@ pub struct Roi {
     pub value: Breakdown,
     /// Test pass rate, error rate, p99: ratios and times, not money.
     pub quality: Vec<Metric>,
-    /// `(value − cost) / cost`; `None` when nothing has cost anything yet.
+    /// `(value − cost) / cost` with every line, declared ones included; `None` when nothing has
+    /// cost anything yet.
     pub roi: Option<f64>,
     /// How the ROI was computed, or why there is none.
     pub roi_note: String,
+    /// The same ratio from measured lines alone (measured value − measured cost) / measured
+    /// cost: what the mesh observed, with no stated guess in it. `None` when no measured cost
+    /// exists yet.
+    #[serde(default)]
+    pub roi_measured: Option<f64>,
+    /// The lines whose declared inputs move [`Roi::roi`] away from [`Roi::roi_measured`]
+    /// (for example a recipe's baseline hours, a manifest's value per call).
+    #[serde(default)]
+    pub declared: Vec<String>,
     /// The prices used, each with its source.
     pub rates: Rates,
     pub functions: usize,
@@ -602,6 +612,23 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
                 .to_string(),
         )
     };
+    let measured = |b: &Breakdown| -> f64 {
+        b.lines
+            .iter()
+            .filter(|l| l.amount.basis == Basis::Measured)
+            .map(|l| l.amount.value)
+            .sum()
+    };
+    let measured_cost = measured(&cost);
+    let roi_measured =
+        (measured_cost > 0.0).then(|| (measured(&value) - measured_cost) / measured_cost);
+    let declared: Vec<String> = cost
+        .lines
+        .iter()
+        .chain(&value.lines)
+        .filter(|l| l.amount.basis == Basis::Declared && l.amount.value != 0.0)
+        .map(|l| l.label.clone())
+        .collect();
     Roi {
         function,
         cost,
@@ -609,6 +636,8 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
         quality,
         roi: ratio,
         roi_note,
+        roi_measured,
+        declared,
         rates: rates.clone(),
         functions: inputs.functions.len(),
         runs: all_runs.len(),
@@ -793,6 +822,43 @@ mod tests {
         assert!(note(&roi.value, "invocations").contains("18 successful call(s) of 20 (measured)"));
         assert!(note(&roi.value, "invocations").contains("$0.5/call declared in [value] per_call"));
         assert!(note(&roi.value, "time_saved").contains("2 h declared baseline [recipe fx: 2 h]"));
+    }
+
+    #[test]
+    fn the_measured_roi_stands_apart_from_the_one_with_declared_values() {
+        let roi = roi(Some("fx".into()), &one_function(), &rates());
+        let measured_cost: f64 = roi
+            .cost
+            .lines
+            .iter()
+            .filter(|l| l.amount.basis == Basis::Measured)
+            .map(|l| l.amount.value)
+            .sum();
+        let measured_value: f64 = roi
+            .value
+            .lines
+            .iter()
+            .filter(|l| l.amount.basis == Basis::Measured)
+            .map(|l| l.amount.value)
+            .sum();
+        let expected = (measured_value - measured_cost) / measured_cost;
+        assert!(
+            roi.roi_measured
+                .is_some_and(|r| (r - expected).abs() < 1e-9)
+        );
+        // Time saved (baseline hours) and value per call are declared: they are named, and they
+        // are what lifts the full ROI above the measured one.
+        assert!(
+            roi.declared.iter().any(|l| l == "time saved"),
+            "{:?}",
+            roi.declared
+        );
+        assert!(
+            roi.declared.iter().any(|l| l == "invocations served"),
+            "{:?}",
+            roi.declared
+        );
+        assert!(roi.roi.unwrap_or(f64::MIN) > roi.roi_measured.unwrap_or(f64::MAX));
     }
 
     #[test]
