@@ -45,6 +45,10 @@ pub struct ChefArgs {
     /// or generate (defaults 2048, 2048, 4096). Repeatable.
     #[arg(long = "max-tokens", value_name = "STAGE=N")]
     pub max_tokens: Vec<String>,
+    /// Build the next minor version of this deployed function from its current package, named
+    /// NAME whatever the request suggests (implies --deploy's checks; deploy it with --deploy).
+    #[arg(long, value_name = "NAME")]
+    pub update: Option<String>,
     #[command(flatten)]
     pub client: ClientOptions,
 }
@@ -82,6 +86,7 @@ pub async fn run(args: ChefArgs) -> anyhow::Result<()> {
         deadline_ms: Some(deadline_ms),
         token_budget: args.token_budget,
         max_tokens,
+        update: args.update.clone(),
     };
     let api = api.with_timeout(args.deadline + std::time::Duration::from_secs(30));
     let live = !args.client.json;

@@ -133,6 +133,7 @@ pub async fn run(
         max_tokens: body.max_tokens,
         fresh: body.fresh,
         create_secrets: body.create_secrets,
+        update: body.update,
     };
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel::<StageEvent>();
     let (lines, out) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -392,6 +392,9 @@ pub struct ChefRequest {
     /// `max_tokens` of one model exchange by stage: `interpret`, `write-tests`, `generate`.
     #[serde(default)]
     pub max_tokens: BTreeMap<String, u32>,
+    /// Build the next minor version of this deployed function from its current package.
+    #[serde(default)]
+    pub update: Option<String>,
 }
 
 /// `PUT /v1/secrets/{name}`: the secret's value (text, as `ctx.secret` returns it).

@@ -26,6 +26,8 @@ pub const MAX_REPAIRS: u32 = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
     Interpret,
+    /// The requirement waits for its version, from what the catalog holds (an effect).
+    Version,
     WriteTests,
     Generate {
         round: u32,
@@ -65,6 +67,9 @@ pub enum Next {
     },
     /// Write the package somewhere a person can read it, then call [`Cooking::written`].
     Write(Box<GeneratedCode>),
+    /// Look up what the catalog publishes of `function` (its versions, and the package of the one
+    /// it serves), then call [`Cooking::versioned`].
+    Versions { function: String },
     /// The run is over: [`Cooking::run`] holds the outcome.
     Done,
 }
@@ -76,6 +81,8 @@ pub struct Plan {
     pub replicas: u32,
     /// Model tokens (in + out) the run may spend; `None`: unbounded.
     pub token_budget: Option<u64>,
+    /// `--update NAME`: the run builds the next version of this deployed function.
+    pub update: Option<String>,
     /// Generate random keys for secrets the function needs that no node holds.
     pub create_secrets: bool,
 }
@@ -169,6 +176,9 @@ impl Cooking {
                 },
             ),
             (Stage::Write { code, .. }, _) => Next::Write(code.clone()),
+            (Stage::Version, Some(requirement)) => Next::Versions {
+                function: requirement.function.clone(),
+            },
             (Stage::Validate { round, code }, _) => ask(
                 label("validate", *round),
                 AgentType::CodeValidator,
@@ -211,8 +221,44 @@ impl Cooking {
             ),
             // A stage that needs the requirement without one cannot happen (interpret sets it);
             // ending the run is the safe answer.
-            (Stage::WriteTests | Stage::Generate { .. }, None) | (Stage::Done, _) => Next::Done,
+            (Stage::Version | Stage::WriteTests | Stage::Generate { .. }, None)
+            | (Stage::Done, _) => Next::Done,
         }
+    }
+
+    /// The driver looked up the function: `published` are its versions in the catalog, `current`
+    /// the package it serves (if any). The requirement gets its version: the recipe's (or 1.0.0)
+    /// for a new function; for one that exists, the next minor with `--update` (new behaviour)
+    /// or the next patch otherwise (a rebuild of the same request, a repair) — never a version
+    /// that is published already, so different content never reaches a user under an old one.
+    /// With `--update`, the first round starts from the current package.
+    pub fn versioned(&mut self, published: &[semver::Version], current: Option<GeneratedCode>) {
+        if self.stage != Stage::Version {
+            return;
+        }
+        let Some(requirement) = self.requirement.as_mut() else {
+            self.fail(vec!["no requirement to version".into()]);
+            return;
+        };
+        if let Some(name) = &self.plan.update
+            && published.is_empty()
+        {
+            self.fail(vec![format!(
+                "--update {name}: no function named {name} is published; drop --update to \
+                 build it as a new function"
+            )]);
+            return;
+        }
+        if let Some(version) = next_version(published, self.plan.update.is_some()) {
+            requirement.version = version.to_string();
+        }
+        if self.plan.update.is_some() {
+            self.previous = current.map(Box::new);
+        }
+        if let Some(run_requirement) = self.run.requirement.as_mut() {
+            run_requirement.version.clone_from(&requirement.version);
+        }
+        self.stage = Stage::WriteTests;
     }
 
     /// The driver wrote the round's package (`dir`: where, if it could).
@@ -249,7 +295,7 @@ impl Cooking {
                 replicas,
             } => self.watched(function, version, replicas, response),
             // No question was pending: nothing moves.
-            other @ (Stage::Write { .. } | Stage::Done) => {
+            other @ (Stage::Write { .. } | Stage::Version | Stage::Done) => {
                 self.stage = other;
                 (false, "no question was pending".to_string())
             }
@@ -334,8 +380,16 @@ impl Cooking {
                     self.fail(vec![reason]);
                     return (true, detail);
                 }
-                self.requirement = Some(*requirement);
-                self.stage = Stage::WriteTests;
+                let mut requirement = *requirement;
+                // `--update NAME` builds the next version of NAME, whatever the model named it.
+                if let Some(name) = &self.plan.update {
+                    requirement.function.clone_from(name);
+                    if let Some(r) = self.run.requirement.as_mut() {
+                        r.function.clone_from(name);
+                    }
+                }
+                self.requirement = Some(requirement);
+                self.stage = Stage::Version;
                 (true, detail)
             }
             AgentResponse::NoMatch(no) => {
@@ -559,6 +613,17 @@ impl Cooking {
     }
 }
 
+/// The version after the highest of `published`: the next minor for new behaviour (`update`),
+/// else the next patch; `None` when nothing is published (the requirement keeps its own).
+pub fn next_version(published: &[semver::Version], update: bool) -> Option<semver::Version> {
+    let highest = published.iter().max()?;
+    Some(if update {
+        semver::Version::new(highest.major, highest.minor + 1, 0)
+    } else {
+        semver::Version::new(highest.major, highest.minor, highest.patch + 1)
+    })
+}
+
 /// A recipe parameter without a default that the request did not give: asked for, not guessed.
 fn missing_parameters(requirement: &TechnicalRequirement, library: &Library) -> Option<String> {
     if requirement.is_freeform() {
@@ -658,6 +723,7 @@ mod tests {
                 replicas: 2,
                 token_budget,
                 create_secrets: false,
+                update: None,
             },
             Arc::new(Library::shipped()),
         )
@@ -739,6 +805,16 @@ mod tests {
     }
 
     fn interpreted(c: &mut Cooking, requirement: TechnicalRequirement, tokens: u64) {
+        interpreted_with(c, requirement, tokens, &[]);
+    }
+
+    /// Interprets, then answers the version lookup with `published`.
+    fn interpreted_with(
+        c: &mut Cooking,
+        requirement: TechnicalRequirement,
+        tokens: u64,
+        published: &[semver::Version],
+    ) {
         let event = answer(
             c,
             AgentType::RequirementInterpreter,
@@ -749,6 +825,9 @@ mod tests {
             },
         );
         assert_eq!(event.status, "done", "{event:?}");
+        if let Next::Versions { .. } = c.next() {
+            c.versioned(published, Some(code(0)));
+        }
     }
 
     fn through_tests(c: &mut Cooking) {
@@ -828,6 +907,87 @@ mod tests {
             run.stages[2]
                 .detail
                 .ends_with("written to /data/chef/r/round0")
+        );
+    }
+
+    #[test]
+    fn versions_follow_what_is_published() {
+        let v = |s: &str| semver::Version::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(next_version(&[], true), None);
+        assert_eq!(next_version(&[v("1.0.0")], false), Some(v("1.0.1")));
+        assert_eq!(
+            next_version(&[v("1.0.0"), v("1.2.3")], true),
+            Some(v("1.3.0"))
+        );
+        assert_eq!(
+            next_version(&[v("1.2.3"), v("1.0.0")], false),
+            Some(v("1.2.4"))
+        );
+
+        // A new function keeps its own version; a rebuild of one that exists is a patch.
+        let mut fresh = cooking(true, None);
+        interpreted(
+            &mut fresh,
+            requirement("Analyze market data and find opportunities"),
+            0,
+        );
+        assert_eq!(
+            fresh.requirement.as_ref().map(|r| r.version.as_str()),
+            Some("")
+        );
+        let mut again = cooking(true, None);
+        interpreted_with(
+            &mut again,
+            requirement("Analyze market data and find opportunities"),
+            0,
+            &[v("1.0.0")],
+        );
+        assert_eq!(
+            again.requirement.as_ref().map(|r| r.version.as_str()),
+            Some("1.0.1")
+        );
+        assert_eq!(again.previous, None, "a rebuild starts from scratch");
+    }
+
+    #[test]
+    fn an_update_builds_the_next_minor_of_the_named_function_from_its_current_package() {
+        let mut c = cooking(true, None);
+        c.plan.update = Some("scout".into());
+        interpreted_with(
+            &mut c,
+            requirement("Analyze market data and find opportunities"),
+            0,
+            &[semver::Version::new(1, 2, 0)],
+        );
+        let r = c
+            .requirement
+            .clone()
+            .unwrap_or_else(|| panic!("no requirement"));
+        assert_eq!(
+            (r.function.as_str(), r.version.as_str()),
+            ("scout", "1.3.0")
+        );
+        assert_eq!(
+            c.previous,
+            Some(Box::new(code(0))),
+            "it starts from the current package"
+        );
+
+        let mut missing = cooking(true, None);
+        missing.plan.update = Some("ghost".into());
+        interpreted_with(
+            &mut missing,
+            requirement("Analyze market data and find opportunities"),
+            0,
+            &[],
+        );
+        assert_eq!(missing.next(), Next::Done);
+        let RunOutcome::Failed { reasons } = &missing.run().outcome else {
+            panic!("{:?}", missing.run().outcome);
+        };
+        assert!(
+            reasons[0].contains("no function named ghost is published"),
+            "{reasons:?}"
         );
     }
 

@@ -77,6 +77,10 @@ pub struct ChefOptions {
     /// on every node (instead of failing, naming the secret and the command to create it).
     #[serde(default)]
     pub create_secrets: bool,
+    /// Build the next version (minor) of this deployed function from its current package, and
+    /// deploy it as a canary the Monitor promotes or rolls back.
+    #[serde(default)]
+    pub update: Option<String>,
 }
 
 /// How long a run may take unless `--deadline` says otherwise.
@@ -94,6 +98,7 @@ impl Default for ChefOptions {
             max_tokens: BTreeMap::new(),
             fresh: false,
             create_secrets: false,
+            update: None,
         }
     }
 }
@@ -567,6 +572,7 @@ impl Chef {
             replicas: options.replicas,
             token_budget: options.token_budget,
             create_secrets: options.create_secrets,
+            update: options.update.clone(),
         };
         let mut cooking = Cooking::new(run, plan, self.kitchen.ingredients().clone());
         let emit = |event: StageEvent| {
@@ -612,6 +618,10 @@ impl Chef {
                 Next::Write(code) => {
                     let dir = self.write_code(&run_id, &code);
                     cooking.written(dir);
+                }
+                Next::Versions { function } => {
+                    let (published, current) = self.current_of(&function, options).await;
+                    cooking.versioned(&published, current);
                 }
                 Next::Ask {
                     stage,
@@ -673,6 +683,56 @@ impl Chef {
         }
         run.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(run)
+    }
+
+    /// The published versions of `function` and, for `--update`, the package it serves now (the
+    /// code the new version is built from).
+    async fn current_of(
+        &self,
+        function: &str,
+        options: &ChefOptions,
+    ) -> (Vec<semver::Version>, Option<GeneratedCode>) {
+        let node = self.kitchen.node();
+        let catalog = node.catalog();
+        let published: Vec<semver::Version> = catalog
+            .versions(function)
+            .iter()
+            .map(|r| r.manifest.version.clone())
+            .collect();
+        if options.update.is_none() {
+            return (published, None);
+        }
+        let Some(served) = catalog.served(function).cloned() else {
+            return (published, None);
+        };
+        let package = node
+            .ask_registry(|reply| klf_registry::RegistryMsg::Package {
+                release: Box::new((*served).clone()),
+                reply,
+            })
+            .await;
+        let current = match package {
+            Ok(Ok(package)) => Some(GeneratedCode {
+                function: function.to_string(),
+                version: package.manifest.version.to_string(),
+                recipe: String::new(),
+                files: BTreeMap::from([
+                    ("klf.toml".to_string(), package.manifest_text.clone()),
+                    (package.manifest.entry.clone(), package.source.clone()),
+                ]),
+                round: 0,
+                fixtures: BTreeMap::new(),
+            }),
+            Ok(Err(error)) => {
+                warn!(%function, %error, "the current package could not be read; building without it");
+                None
+            }
+            Err(error) => {
+                warn!(%function, %error, "the registry did not answer; building without the current package");
+                None
+            }
+        };
+        (published, current)
     }
 
     /// Writes the generated package under `<data>/chef/<run>/<function>/`; where, if it worked.

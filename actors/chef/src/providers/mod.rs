@@ -213,14 +213,48 @@ pub fn render_requirement(
         recipe: requirement.recipe.clone(),
         message: e.to_string(),
     })?;
-    Ok(GeneratedCode {
+    let mut code = GeneratedCode {
         function: rendered.name,
         version: rendered.version,
         recipe: rendered.recipe,
         files: rendered.files,
         round,
         fixtures: rendered.fixtures.secrets,
-    })
+    };
+    // A version the pipeline chose (the next one of a function that exists) replaces the
+    // recipe's in the manifest.
+    if !requirement.version.is_empty() && requirement.version != code.version {
+        if let Some(manifest) = code.files.get_mut("klf.toml") {
+            *manifest = with_version(manifest, &requirement.version);
+        }
+        code.version.clone_from(&requirement.version);
+    }
+    Ok(code)
+}
+
+/// `manifest` (klf.toml text) with its top-level `version = "…"` line set to `version`; the rest
+/// (comments, layout) is left as written.
+fn with_version(manifest: &str, version: &str) -> String {
+    let mut replaced = false;
+    let mut lines: Vec<String> = manifest
+        .lines()
+        .map(|line| {
+            if !replaced && line.trim_start().starts_with("version") && line.contains('=') {
+                replaced = true;
+                format!("version = \"{version}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if !replaced {
+        lines.insert(0, format!("version = \"{version}\""));
+    }
+    let mut text = lines.join("\n");
+    if manifest.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 /// The providers `provider_from` knows.
