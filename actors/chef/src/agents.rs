@@ -60,6 +60,7 @@ pub trait AIAgent: Send + Sync + 'static {
         _replicas: u32,
         _probe: Option<serde_json::Value>,
         _create_secrets: bool,
+        _canary: bool,
     ) -> BoxFuture<'static, AgentResponse> {
         self.refuse("deploy")
     }
@@ -88,7 +89,8 @@ pub trait AIAgent: Send + Sync + 'static {
                 replicas,
                 probe,
                 create_secrets,
-            } => self.deploy(*code, replicas, probe, create_secrets),
+                canary,
+            } => self.deploy(*code, replicas, probe, create_secrets, canary),
             AgentMessage::Watch { function, version } => self.watch(function, version),
         }
     }
@@ -285,6 +287,7 @@ impl AIAgent for Deployer {
         replicas: u32,
         probe: Option<serde_json::Value>,
         create_secrets: bool,
+        canary: bool,
     ) -> BoxFuture<'static, AgentResponse> {
         let kitchen = self.0.kitchen.clone();
         let node = kitchen.node().clone();
@@ -309,7 +312,12 @@ impl AIAgent for Deployer {
                 return failed(reason);
             }
             let probe = probe.or_else(|| package.examples.first().map(|e| e.input.clone()));
-            let release = match node.publish(package, replicas, "chef").await {
+            let published = if canary {
+                node.publish_canary(package, "chef").await
+            } else {
+                node.publish(package, replicas, "chef").await
+            };
+            let release = match published {
                 Ok(release) => release,
                 Err(error) => return failed(format!("publishing failed: {error}")),
             };
@@ -331,6 +339,7 @@ impl AIAgent for Deployer {
                 function: name,
                 version,
                 replicas,
+                canary,
             }
         })
     }

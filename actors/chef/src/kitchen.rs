@@ -212,6 +212,9 @@ impl Watched for NodeWatch {
                         .map(|r| r.manifest.version.clone())
                         .collect(),
                     responsible: first.first().is_some_and(|id| id == me),
+                    canary: catalog
+                        .canary(&d.name)
+                        .map(|(canary, _)| canary.version.clone()),
                 })
             })
             .collect()
@@ -220,6 +223,31 @@ impl Watched for NodeWatch {
     fn mesh_stats(&self) -> BoxFuture<'static, Vec<FunctionStats>> {
         let node = self.node.clone();
         Box::pin(async move { node.mesh_function_stats().await })
+    }
+
+    fn end_canary(&self, name: String, promote: bool) -> BoxFuture<'static, Result<(), String>> {
+        let node = self.node.clone();
+        let ledger = self.ledger.clone();
+        Box::pin(async move {
+            let canary = node
+                .end_canary(&name, promote)
+                .await
+                .map_err(|e| e.to_string())?;
+            // A canary that failed is a rollback: maintenance, counted as a cost in ROI.
+            if !promote {
+                let event = MaintenanceEvent {
+                    kind: EventKind::Rollback,
+                    function: name.clone(),
+                    version: Some(canary.stable.to_string()),
+                    at_unix_ms: klf_proto::unix_ms(),
+                    note: format!("canary {} rolled back", canary.version),
+                };
+                if let Err(error) = ledger.record_event(&event) {
+                    tracing::warn!(function = %name, %error, "a canary rollback is not in the ledger");
+                }
+            }
+            Ok(())
+        })
     }
 
     fn rollback(

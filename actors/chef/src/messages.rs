@@ -320,6 +320,9 @@ pub enum AgentMessage {
         /// Generate a random key for each secret the function needs that no node holds.
         #[serde(default)]
         create_secrets: bool,
+        /// Deploy it as a canary of the version served now (`--update`).
+        #[serde(default)]
+        canary: bool,
     },
     Watch {
         function: String,
@@ -371,6 +374,9 @@ pub enum AgentResponse {
         function: String,
         version: String,
         replicas: u32,
+        /// Deployed as a canary beside the version served before.
+        #[serde(default)]
+        canary: bool,
     },
     Watching,
     /// The agent could not do what was asked.

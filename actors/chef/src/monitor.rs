@@ -13,6 +13,13 @@
 //!   and records a [`MonitorEvent`]. A version found bad is never again taken as good. Without an
 //!   older good version it only logs (once) that it cannot help.
 //!
+//! A function with a **canary** (a new version one node serves beside the stable one, see
+//! `klf_registry::Canary`) is judged on its own: once the canary has served `canary_min_calls`
+//! calls it is **promoted** (served everywhere) when its error rate is at most the stable
+//! version's plus `canary_tolerance` and its p99 within the latency budget, and **rolled back**
+//! otherwise ([`decide_canary`], [`Watched::end_canary`]). Until then it waits: a canary is never
+//! promoted on too few calls.
+//!
 //! Every node runs a Monitor, but for each function only one acts: the first node of the
 //! function's rendezvous ranking over the alive members (the same hashing that places replicas),
 //! so a rollback happens once, and another node takes over when that one dies.
@@ -50,6 +57,11 @@ pub struct MonitorConfig {
     /// A p99 above this is bad too (`None`: latency is not judged).
     #[serde(with = "opt_millis")]
     pub latency_budget: Option<Duration>,
+    /// Calls a canary must serve before it is promoted or rolled back.
+    pub canary_min_calls: u64,
+    /// How much higher than the stable version's a canary's error rate may be and still be
+    /// promoted (0.1: ten points).
+    pub canary_tolerance: f64,
 }
 
 impl Default for MonitorConfig {
@@ -62,6 +74,8 @@ impl Default for MonitorConfig {
             bad_min_recent_calls: 10,
             bad_error_rate: 0.5,
             latency_budget: None,
+            canary_min_calls: 10,
+            canary_tolerance: 0.1,
         }
     }
 }
@@ -95,9 +109,12 @@ mod opt_millis {
     }
 }
 
-/// A rollback the Monitor made.
+/// A rollback (or a canary's promotion) the Monitor made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorEvent {
+    /// `rollback` (of a served version), `canary-promoted` or `canary-rolled-back`.
+    #[serde(default = "rollback_action")]
+    pub action: String,
     pub function: String,
     /// The version found bad.
     pub from_version: String,
@@ -111,6 +128,10 @@ pub struct MonitorEvent {
     pub at_unix_ms: u64,
 }
 
+fn rollback_action() -> String {
+    "rollback".into()
+}
+
 /// One deployed function as the Monitor sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployed {
@@ -121,6 +142,66 @@ pub struct Deployed {
     pub published: Vec<Version>,
     /// Whether this node is the one that acts for this function.
     pub responsible: bool,
+    /// The version on trial beside `served`, if a canary runs.
+    pub canary: Option<Version>,
+}
+
+/// What to do with a canary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryVerdict {
+    /// Not enough calls yet.
+    Wait,
+    Promote {
+        reason: String,
+    },
+    RollBack {
+        reason: String,
+    },
+}
+
+/// Judges a canary from the stats of its version and of the stable one.
+pub fn decide_canary(
+    config: &MonitorConfig,
+    canary: &FunctionStats,
+    stable: Option<&FunctionStats>,
+) -> CanaryVerdict {
+    if canary.calls < config.canary_min_calls {
+        return CanaryVerdict::Wait;
+    }
+    let stable_rate = stable.map_or(0.0, FunctionStats::error_rate);
+    let rate = canary.error_rate();
+    let shown = |r: f64| format!("{:.0}%", r * 100.0);
+    if rate > stable_rate + config.canary_tolerance || rate > config.bad_error_rate {
+        return CanaryVerdict::RollBack {
+            reason: format!(
+                "{} of {} canary calls failed ({}), against {} on the stable version",
+                canary.errors,
+                canary.calls,
+                shown(rate),
+                shown(stable_rate)
+            ),
+        };
+    }
+    if let Some(budget) = config.latency_budget
+        && canary.p99_us > budget.as_micros() as u64
+    {
+        return CanaryVerdict::RollBack {
+            reason: format!(
+                "canary p99 {} ms exceeds the budget of {} ms",
+                canary.p99_us / 1000,
+                budget.as_millis()
+            ),
+        };
+    }
+    CanaryVerdict::Promote {
+        reason: format!(
+            "{} canary calls, {} failed ({}; stable {})",
+            canary.calls,
+            canary.errors,
+            shown(rate),
+            shown(stable_rate)
+        ),
+    }
 }
 
 /// What the Monitor watches and acts on (the node implements it; tests use fakes).
@@ -131,6 +212,8 @@ pub trait Watched: Send + Sync + 'static {
     fn mesh_stats(&self) -> BoxFuture<'static, Vec<FunctionStats>>;
     /// Pins the deployment of `name` to `version`.
     fn rollback(&self, name: String, version: Version) -> BoxFuture<'static, Result<(), String>>;
+    /// Ends the canary of `name`, promoting it or not.
+    fn end_canary(&self, name: String, promote: bool) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// What the Monitor remembers about one function.
@@ -322,6 +405,10 @@ impl MonitorState {
                 .iter()
                 .filter(|s| s.function == function.name)
                 .collect();
+            if let Some(canary) = &function.canary {
+                self.judge_canary(&function, canary, &own).await;
+                continue;
+            }
             let memory = self.memory.entry(function.name.clone()).or_default();
             let Some(decision) = decide(&self.config, memory, &function, &own) else {
                 continue;
@@ -345,6 +432,7 @@ impl MonitorState {
                         self.events.remove(0);
                     }
                     self.events.push(MonitorEvent {
+                        action: rollback_action(),
                         function: function.name.clone(),
                         from_version: from,
                         to_version: decision.to.to_string(),
@@ -365,6 +453,60 @@ impl MonitorState {
             }
         }
         debug!(functions = self.memory.len(), "monitor looked");
+    }
+
+    async fn judge_canary(
+        &mut self,
+        function: &Deployed,
+        canary: &Version,
+        own: &[&FunctionStats],
+    ) {
+        let of = |v: &Version| own.iter().find(|s| s.version == v.to_string()).copied();
+        let Some(trial) = of(canary) else {
+            return;
+        };
+        let (promote, reason) = match decide_canary(&self.config, trial, of(&function.served)) {
+            CanaryVerdict::Wait => return,
+            CanaryVerdict::Promote { reason } => (true, reason),
+            CanaryVerdict::RollBack { reason } => (false, reason),
+        };
+        match self
+            .watched
+            .end_canary(function.name.clone(), promote)
+            .await
+        {
+            Ok(()) => {
+                let (action, from, to) = if promote {
+                    ("canary-promoted", &function.served, canary)
+                } else {
+                    ("canary-rolled-back", canary, &function.served)
+                };
+                info!(function = %function.name, %from, %to, %reason, action, "monitor ended a canary");
+                let memory = self.memory.entry(function.name.clone()).or_default();
+                if promote {
+                    memory.good.insert(canary.clone());
+                } else {
+                    memory.bad.insert(canary.clone());
+                }
+                if self.events.len() >= MAX_EVENTS {
+                    self.events.remove(0);
+                }
+                self.events.push(MonitorEvent {
+                    action: action.into(),
+                    function: function.name.clone(),
+                    from_version: from.to_string(),
+                    to_version: to.to_string(),
+                    reason,
+                    recent_calls: trial.recent_calls,
+                    recent_errors: trial.recent_errors,
+                    p99_us: trial.p99_us,
+                    at_unix_ms: klf_proto::unix_ms(),
+                });
+            }
+            Err(error) => {
+                warn!(function = %function.name, %canary, %error, "monitor could not end the canary; next tick");
+            }
+        }
     }
 }
 
@@ -403,6 +545,7 @@ mod tests {
                 .map(|v| Version::parse(v).unwrap())
                 .collect(),
             responsible: true,
+            canary: None,
         }
     }
 
@@ -537,6 +680,40 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_waits_for_enough_calls_then_is_promoted_or_rolled_back() {
+        let config = MonitorConfig::default();
+        let stable = stats("1.0.0", 100, 2, (10, 0), 5);
+        let few = stats("1.1.0", 5, 0, (5, 0), 5);
+        assert_eq!(
+            decide_canary(&config, &few, Some(&stable)),
+            CanaryVerdict::Wait
+        );
+        let good = stats("1.1.0", 20, 1, (20, 1), 5);
+        assert!(matches!(
+            decide_canary(&config, &good, Some(&stable)),
+            CanaryVerdict::Promote { reason } if reason.contains("20 canary calls, 1 failed")
+        ));
+        let bad = stats("1.1.0", 20, 8, (20, 8), 5);
+        assert!(matches!(
+            decide_canary(&config, &bad, Some(&stable)),
+            CanaryVerdict::RollBack { reason } if reason.contains("8 of 20 canary calls failed (40%), against 2% on the stable version")
+        ));
+        let slow = MonitorConfig {
+            latency_budget: Some(Duration::from_millis(50)),
+            ..MonitorConfig::default()
+        };
+        assert!(matches!(
+            decide_canary(&slow, &stats("1.1.0", 20, 0, (20, 0), 80), Some(&stable)),
+            CanaryVerdict::RollBack { reason } if reason.contains("p99 80 ms exceeds the budget of 50 ms")
+        ));
+        // Without stable stats (it served nothing yet), the bad-error-rate line still holds.
+        assert!(matches!(
+            decide_canary(&config, &bad, None),
+            CanaryVerdict::RollBack { .. }
+        ));
+    }
+
+    #[test]
     fn the_config_reads_from_toml_with_defaults() {
         let config: MonitorConfig =
             toml::from_str("interval = 200\nbad_error_rate = 0.3\nlatency_budget = 250\n").unwrap();
@@ -578,6 +755,14 @@ mod tests {
             *self.served.lock().unwrap() = version.clone();
             self.rollbacks.lock().unwrap().push(version);
             Box::pin(async { Ok(()) })
+        }
+
+        fn end_canary(
+            &self,
+            _name: String,
+            _promote: bool,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Err("no canary here".to_string()) })
         }
     }
 

@@ -188,6 +188,20 @@ pub async fn join_mesh(
     Ok(settings)
 }
 
+/// Nothing is published that does not compile: syntax errors (with line and column) and forbidden
+/// imports are refused before the catalog or any peer sees the package.
+async fn refuse_bad_code(package: &Package) -> Result<(), NodeError> {
+    if is_native(&package.manifest.entry) {
+        return Ok(());
+    }
+    check(
+        &function_code(&package.manifest, &package.source),
+        sandbox_limits(&package.manifest),
+    )
+    .await
+    .map_err(NodeError::InvalidCode)
+}
+
 /// A running node.
 pub struct Node {
     settings: NodeSettings,
@@ -546,21 +560,48 @@ impl Node {
         replicas: u32,
         owner: &str,
     ) -> Result<Release, NodeError> {
-        // Nothing is published that does not compile: syntax errors (with line and column) and
-        // forbidden imports are refused here, before the catalog or any peer sees the package.
-        if !is_native(&package.manifest.entry) {
-            check(
-                &function_code(&package.manifest, &package.source),
-                sandbox_limits(&package.manifest),
-            )
-            .await
-            .map_err(NodeError::InvalidCode)?;
-        }
+        refuse_bad_code(&package).await?;
         let owner = owner.to_string();
         self.ask_registry(|reply| RegistryMsg::Publish {
             package: Box::new(package),
             replicas,
             owner,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::Registry)
+    }
+
+    /// Registers a package as a canary of its deployed function: the mesh keeps serving the
+    /// current version, and one node serves the new one beside it until [`Node::end_canary`]
+    /// (the Monitor's decision). A function not deployed yet is simply deployed.
+    pub async fn publish_canary(
+        &self,
+        package: Package,
+        owner: &str,
+    ) -> Result<Release, NodeError> {
+        refuse_bad_code(&package).await?;
+        let owner = owner.to_string();
+        self.ask_registry(|reply| RegistryMsg::PublishCanary {
+            package: Box::new(package),
+            owner,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::Registry)
+    }
+
+    /// Ends the canary of `name`: promoted, its version serves everywhere; else the stable one
+    /// keeps serving. Answers the canary that ended.
+    pub async fn end_canary(
+        &self,
+        name: &str,
+        promote: bool,
+    ) -> Result<klf_registry::Canary, NodeError> {
+        let name = name.to_string();
+        self.ask_registry(|reply| RegistryMsg::EndCanary {
+            name,
+            promote,
             reply,
         })
         .await?

@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::artifact::{self, ArtifactError, Signer};
 use super::catalog::{
-    Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
-    deployment_key,
+    Canary, Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
+    canary_key, deployment_key,
 };
 use klf_functions::package::Package;
 use klf_mesh::membership::alive_members;
@@ -51,6 +51,8 @@ pub enum RegistryError {
     },
     #[error("{0} is not deployed; deploy it before pinning a version")]
     NotDeployed(String),
+    #[error("{0} has no canary running")]
+    NoCanary(String),
 }
 
 impl From<StoreError> for RegistryError {
@@ -80,6 +82,21 @@ pub enum RegistryMsg {
         replicas: u32,
         owner: String,
         reply: RpcReplyPort<Result<Release, RegistryError>>,
+    },
+    /// Register a package as a canary of its deployed function: the deployment stays pinned to
+    /// the version it serves now, and one node serves the new one beside it (see
+    /// [`crate::catalog::Canary`]). Without a served version to compare with it is a plain deploy.
+    PublishCanary {
+        package: Box<Package>,
+        owner: String,
+        reply: RpcReplyPort<Result<Release, RegistryError>>,
+    },
+    /// End the canary of `name`: promoted, the deployment serves the canary's version everywhere;
+    /// else it stays pinned to the stable one. Answers the canary that ended.
+    EndCanary {
+        name: String,
+        promote: bool,
+        reply: RpcReplyPort<Result<Canary, RegistryError>>,
     },
     /// Unregister one version, or the whole function (and its deployment).
     Unregister {
@@ -309,6 +326,28 @@ impl Actor for Registry {
                 }
                 let _ = reply.send(result);
             }
+            RegistryMsg::PublishCanary {
+                package,
+                owner,
+                reply,
+            } => {
+                let result = state.publish_canary(*package, owner);
+                if result.is_ok() {
+                    let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
+                }
+                let _ = reply.send(result);
+            }
+            RegistryMsg::EndCanary {
+                name,
+                promote,
+                reply,
+            } => {
+                let result = state.end_canary(&name, promote);
+                if result.is_ok() {
+                    let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
+                }
+                let _ = reply.send(result);
+            }
             RegistryMsg::Unregister {
                 name,
                 version,
@@ -459,6 +498,100 @@ impl RegistryState {
             Some(Record::Release(stored)) => (**stored).clone(),
             _ => release,
         })
+    }
+
+    fn publish_canary(
+        &mut self,
+        package: Package,
+        owner: String,
+    ) -> Result<Release, RegistryError> {
+        let name = package.manifest.name.clone();
+        let stable = self
+            .catalog
+            .served(&name)
+            .map(|r| r.manifest.version.clone());
+        let deployment = self.catalog.deployment(&name).cloned();
+        let (Some(stable), Some(deployment)) = (stable, deployment.filter(|d| d.enabled)) else {
+            // Nothing served to compare with: a canary of nothing is a plain deploy.
+            return self.publish(package, 1, owner);
+        };
+        let release = self.publish(package, deployment.replicas, owner)?;
+        if release.manifest.version == stable {
+            return Ok(release);
+        }
+        let stamp = self.stamp();
+        self.commit(vec![
+            (
+                deployment_key(&name),
+                Versioned {
+                    stamp,
+                    record: Record::Deployment(Deployment {
+                        version: Some(stable.clone()),
+                        ..deployment
+                    }),
+                },
+            ),
+            (
+                canary_key(&name),
+                Versioned {
+                    stamp: self.stamp(),
+                    record: Record::Canary(Canary {
+                        name: name.clone(),
+                        version: release.manifest.version.clone(),
+                        stable: stable.clone(),
+                        started_unix_ms: klf_proto::unix_ms(),
+                    }),
+                },
+            ),
+        ])?;
+        info!(%name, canary = %release.manifest.version, %stable, "canary started");
+        Ok(release)
+    }
+
+    fn end_canary(&mut self, name: &str, promote: bool) -> Result<Canary, RegistryError> {
+        let canary = self
+            .catalog
+            .canary(name)
+            .map(|(c, _)| c.clone())
+            .ok_or_else(|| RegistryError::NoCanary(name.to_string()))?;
+        let deployment = self
+            .catalog
+            .deployment(name)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotDeployed(name.to_string()))?;
+        let serve = if promote {
+            // The canary is the highest version now; unpinned, it serves everywhere.
+            Some(canary.version.clone()).filter(|v| {
+                self.catalog
+                    .versions(name)
+                    .first()
+                    .is_none_or(|highest| &highest.manifest.version != v)
+            })
+        } else {
+            Some(canary.stable.clone())
+        };
+        let stamp = self.stamp();
+        self.commit(vec![
+            (
+                deployment_key(name),
+                Versioned {
+                    stamp,
+                    record: Record::Deployment(Deployment {
+                        version: serve,
+                        ..deployment
+                    }),
+                },
+            ),
+            (
+                canary_key(name),
+                Versioned {
+                    stamp: self.stamp(),
+                    record: Record::Tombstone,
+                },
+            ),
+        ])?;
+        info!(%name, version = %canary.version, promote, "canary ended");
+        Ok(canary)
     }
 
     fn pin(&mut self, name: &str, version: semver::Version) -> Result<Deployment, RegistryError> {

@@ -74,13 +74,27 @@ struct LegacyVersioned {
     record: LegacyRecord,
 }
 
-/// A record's payload.
+/// A record's payload. New kinds are appended, so records stored or sent by older nodes still
+/// decode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// Shared: the router takes the served release on every call without copying it.
     Release(Arc<Release>),
     Deployment(Deployment),
     Tombstone,
+    Canary(Canary),
+}
+
+/// A version on trial beside the one the deployment serves: one node serves it (the router says
+/// which) while the others keep serving `stable`, until the Monitor promotes it (the deployment
+/// then serves it everywhere) or rolls it back (the record goes; `stable` stays pinned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub name: String,
+    pub version: semver::Version,
+    /// The version served everywhere else meanwhile (the deployment is pinned to it).
+    pub stable: semver::Version,
+    pub started_unix_ms: u64,
 }
 
 /// A record with its hybrid-logical-clock stamp.
@@ -131,6 +145,10 @@ pub fn release_key(name: &str, version: &semver::Version) -> String {
 
 pub fn deployment_key(name: &str) -> String {
     format!("deployment/{name}")
+}
+
+pub fn canary_key(name: &str) -> String {
+    format!("canary/{name}")
 }
 
 /// Why a dependency graph cannot be resolved.
@@ -290,6 +308,20 @@ impl Catalog {
             .and_then(|v| versions.iter().find(|r| &r.manifest.version == v))
             .or_else(|| versions.first())
             .copied()
+    }
+
+    /// The canary of `name` and its release, while both are live (an unregistered version ends
+    /// its canary).
+    pub fn canary(&self, name: &str) -> Option<(&Canary, &Arc<Release>)> {
+        let Some(Record::Canary(canary)) = self.entries.get(&canary_key(name)).map(|v| &v.record)
+        else {
+            return None;
+        };
+        let release = self
+            .versions_of(name)
+            .into_iter()
+            .find(|r| r.manifest.version == canary.version)?;
+        Some((canary, release))
     }
 
     /// Every live deployment.

@@ -6,5 +6,5 @@ pub mod catalog;
 
 pub use actor::{Registry, RegistryArgs, RegistryError, RegistryMsg};
 pub use catalog::{
-    Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
+    Canary, Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
 };

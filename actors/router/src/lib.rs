@@ -116,6 +116,45 @@ fn unix_ms(at: Instant) -> u64 {
     klf_proto::unix_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64
 }
 
+/// Where a call may go (see `RouterInner::resolve`).
+struct Resolved {
+    /// The release the deployment serves and its hosts (without a canary host).
+    stable: Option<(Arc<Release>, Arc<[MemberId]>)>,
+    /// The node that serves the canary, and the canary's release.
+    canary: Option<(MemberId, Arc<Release>)>,
+}
+
+impl Resolved {
+    fn is_empty(&self) -> bool {
+        self.canary.is_none()
+            && self
+                .stable
+                .as_ref()
+                .is_none_or(|(_, hosts)| hosts.is_empty())
+    }
+
+    /// The release `node` serves, if it is a host.
+    fn release_for(&self, node: &str) -> Option<&Arc<Release>> {
+        match (&self.canary, &self.stable) {
+            (Some((host, release)), _) if host.node_id == node => Some(release),
+            (_, Some((release, hosts))) if hosts.iter().any(|h| h.node_id == node) => Some(release),
+            _ => None,
+        }
+    }
+
+    /// Every host with the release it serves (the canary host last).
+    fn hosts(&self) -> Vec<(&MemberId, &Arc<Release>)> {
+        let mut all: Vec<(&MemberId, &Arc<Release>)> = match &self.stable {
+            Some((release, hosts)) => hosts.iter().map(|h| (h, release)).collect(),
+            None => Vec::new(),
+        };
+        if let Some((host, release)) = &self.canary {
+            all.push((host, release));
+        }
+        all
+    }
+}
+
 /// Longest a host waits for a catalog record a caller already has (see `resolve_arriving`).
 const CATALOG_LAG: Duration = Duration::from_secs(2);
 /// Longest a peer's deadline may reach into the future (the longest manifest timeout).
@@ -325,15 +364,12 @@ impl Router {
 }
 
 impl RouterInner {
-    /// The release the deployment of `name` serves, checked against `range`, and its hosts.
-    fn resolve(
-        &self,
-        name: &str,
-        range: &semver::VersionReq,
-    ) -> Result<(Arc<Release>, Arc<[MemberId]>), InvokeError> {
+    /// Where a call of `name@range` may go: the stable hosts with the release the deployment
+    /// serves, and, while a canary runs, the one node that serves the canary's release instead.
+    /// Either part is left out when `range` excludes its version.
+    fn resolve(&self, name: &str, range: &semver::VersionReq) -> Result<Resolved, InvokeError> {
         let catalog = self.catalog.borrow().clone();
-        let versions = catalog.versions(name);
-        // The pinned version after a rollback, else the highest.
+        // The pinned version after a rollback (or during a canary), else the highest.
         let Some(served) = catalog.served(name) else {
             return Err(InvokeError::new(
                 InvokeErrorKind::UnknownFunction,
@@ -349,7 +385,38 @@ impl RouterInner {
                     format!("{name} is published but not deployed"),
                 )
             })?;
-        if !range.matches(&served.manifest.version) {
+        let alive = self.alive.borrow().clone();
+        let canary = catalog
+            .canary(name)
+            .map(|(_, release)| release)
+            .filter(|release| range.matches(&release.manifest.version))
+            .and_then(|release| {
+                let host = placement::canary_host(
+                    name,
+                    alive.iter().map(|m| m.node_id.as_str()),
+                    deployment.replicas as usize,
+                )?;
+                let host = alive.iter().find(|m| m.node_id == host)?.clone();
+                Some((host, release.clone()))
+            });
+        let stable = if range.matches(&served.manifest.version) {
+            let mut hosts = self.placed.hosts(&alive, name, deployment.replicas);
+            // A small mesh's canary host serves the canary instead of the stable version.
+            if let Some((host, _)) = &canary
+                && hosts.iter().any(|h| h.node_id == host.node_id)
+            {
+                hosts = hosts
+                    .iter()
+                    .filter(|h| h.node_id != host.node_id)
+                    .cloned()
+                    .collect();
+            }
+            Some((served.clone(), hosts))
+        } else {
+            None
+        };
+        if stable.is_none() && canary.is_none() {
+            let versions = catalog.versions(name);
             let published: Vec<String> = versions
                 .iter()
                 .map(|r| r.manifest.version.to_string())
@@ -370,15 +437,14 @@ impl RouterInner {
                 message,
             ));
         }
-        let alive = self.alive.borrow().clone();
-        let hosts = self.placed.hosts(&alive, name, deployment.replicas);
-        if hosts.is_empty() {
+        let resolved = Resolved { stable, canary };
+        if resolved.is_empty() {
             return Err(InvokeError::new(
                 InvokeErrorKind::NoHost,
                 format!("no alive node hosts {name}"),
             ));
         }
-        Ok((served.clone(), hosts))
+        Ok(resolved)
     }
 
     async fn invoke(
@@ -394,12 +460,12 @@ impl RouterInner {
                 ),
             ));
         }
-        let (release, hosts) = self.resolve(&request.function, &request.range)?;
-        let served_by = release.manifest.id();
-        if hosts.iter().any(|h| h.node_id == self.me) {
+        let resolved = self.resolve(&request.function, &request.range)?;
+        if let Some(release) = resolved.release_for(&self.me) {
             // Counted, not written out: a local call never needs the JSON text.
             check_input_size(json_len(&request.input))?;
-            let output = self.run_local(&release, request).await?;
+            let served_by = release.manifest.id();
+            let output = self.run_local(release, request).await?;
             return Ok(InvokeOutcome {
                 output,
                 served_by,
@@ -414,10 +480,10 @@ impl RouterInner {
             )
         })?;
         check_input_size(input.len())?;
-        let mut hosts: Vec<&MemberId> = hosts.iter().collect();
+        let mut hosts = resolved.hosts();
         let mut last_error = None;
         while !hosts.is_empty() {
-            let ids: Vec<&str> = hosts.iter().map(|h| h.node_id.as_str()).collect();
+            let ids: Vec<&str> = hosts.iter().map(|(h, _)| h.node_id.as_str()).collect();
             let picked = match self.in_flight.lock() {
                 Ok(in_flight) => choice::pick(&ids, &in_flight, |n| rand::random_range(0..n)),
                 Err(_) => choice::pick(&ids, &HashMap::new(), |n| rand::random_range(0..n)),
@@ -426,12 +492,17 @@ impl RouterInner {
             else {
                 break;
             };
-            let host = hosts.swap_remove(position);
-            match self.run_remote(host, &release, &request, &input).await {
-                Ok(output) => {
+            let (host, release) = hosts.swap_remove(position);
+            match self.run_remote(host, release, &request, &input).await {
+                Ok((output, served_by)) => {
                     return Ok(InvokeOutcome {
                         output,
-                        served_by,
+                        // What the host says it ran (it decides between stable and canary too).
+                        served_by: if served_by.is_empty() {
+                            release.manifest.id()
+                        } else {
+                            served_by
+                        },
                         node: host.node_id.clone(),
                     });
                 }
@@ -482,13 +553,13 @@ impl RouterInner {
                 format!("call depth exceeds {MAX_CALL_DEPTH}"),
             ));
         }
-        let (release, hosts) = self.resolve_arriving(&request).await?;
-        if !hosts.iter().any(|h| h.node_id == self.me) {
+        let resolved = self.resolve_arriving(&request).await?;
+        let Some(release) = resolved.release_for(&self.me).cloned() else {
             return Err(InvokeError::new(
                 InvokeErrorKind::NotHosted,
-                format!("{} is not placed on this node", release.manifest.id()),
+                format!("{} is not placed on this node", request.function),
             ));
-        }
+        };
         let output = self.run_local(&release, request).await?;
         Ok((output, release.manifest.id()))
     }
@@ -496,10 +567,7 @@ impl RouterInner {
     /// [`Self::resolve`] for a call a peer sent: the peer resolved the function in its catalog,
     /// so a miss here means the record has not arrived yet (a publish reaches peers within a
     /// round trip). Waits for catalog changes, up to [`CATALOG_LAG`] or the call's deadline.
-    async fn resolve_arriving(
-        &self,
-        request: &InvokeRequest,
-    ) -> Result<(Arc<Release>, Arc<[MemberId]>), InvokeError> {
+    async fn resolve_arriving(&self, request: &InvokeRequest) -> Result<Resolved, InvokeError> {
         let give_up = (tokio::time::Instant::now() + CATALOG_LAG)
             .min(tokio::time::Instant::from_std(request.deadline));
         let mut catalog = self.catalog.clone();
@@ -610,7 +678,7 @@ impl RouterInner {
         release: &Release,
         request: &InvokeRequest,
         input: &[u8],
-    ) -> Result<serde_json::Value, (InvokeError, bool)> {
+    ) -> Result<(serde_json::Value, String), (InvokeError, bool)> {
         let _counted = InFlight::new(self, &host.node_id);
         let frame = Frame::Invoke(Invoke {
             function: release.manifest.name.clone(),
@@ -654,15 +722,17 @@ impl RouterInner {
         match answer {
             ractor::rpc::CallResult::Success(Ok(Frame::InvokeReply(reply))) => {
                 match reply.outcome {
-                    Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                        (
-                            InvokeError::new(
-                                InvokeErrorKind::BadOutput,
-                                format!("the host answered with bytes that are not JSON: {e}"),
-                            ),
-                            true,
-                        )
-                    }),
+                    Ok(bytes) => serde_json::from_slice(&bytes)
+                        .map(|output| (output, reply.served_by_version))
+                        .map_err(|e| {
+                            (
+                                InvokeError::new(
+                                    InvokeErrorKind::BadOutput,
+                                    format!("the host answered with bytes that are not JSON: {e}"),
+                                ),
+                                true,
+                            )
+                        }),
                     Err(failure) => {
                         let error = InvokeError::new(
                             InvokeErrorKind::parse(&failure.kind),

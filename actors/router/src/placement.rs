@@ -28,6 +28,18 @@ pub fn rank<'a>(function: &str, nodes: impl IntoIterator<Item = &'a str>) -> Vec
     scored.into_iter().map(|(_, n)| n).collect()
 }
 
+/// The node that serves `function`'s canary beside its `replicas` stable hosts: the next-ranked
+/// node after them, or, in a mesh too small for one more, the last of them (which then serves the
+/// canary instead). `None` only when no node is alive.
+pub fn canary_host<'a>(
+    function: &str,
+    alive: impl IntoIterator<Item = &'a str>,
+    replicas: usize,
+) -> Option<&'a str> {
+    let ranked = rank(function, alive);
+    ranked.get(replicas).or(ranked.last()).copied()
+}
+
 /// The nodes that should host `function` with `replicas` instances among `alive` nodes.
 pub fn hosts<'a>(
     function: &str,
@@ -41,6 +53,17 @@ pub fn hosts<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_canary_goes_to_the_next_ranked_node_or_the_last_host_of_a_small_mesh() {
+        let nodes = ["a", "b", "c", "d"];
+        let ranked = rank("f", nodes);
+        assert_eq!(canary_host("f", nodes, 2), Some(ranked[2]));
+        assert!(!hosts("f", nodes, 2).contains(&ranked[2]));
+        assert_eq!(canary_host("f", nodes, 4), Some(ranked[3]), "the last host");
+        assert_eq!(canary_host("f", ["a"], 1), Some("a"));
+        assert_eq!(canary_host("f", Vec::<&str>::new(), 1), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

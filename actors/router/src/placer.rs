@@ -3,7 +3,9 @@
 //! Every tick (and whenever the catalog changes) it reads the alive members, publishes them to the
 //! router, and for each enabled deployment ranks the alive nodes by rendezvous hashing: where this
 //! node is among the top `replicas`, the served release is started here; where it no longer is,
-//! the instance drains. No leader: every node decides for itself from the same view.
+//! the instance drains. While a function has a canary, the one node that serves it (the next in
+//! the ranking) starts the canary's release instead. No leader: every node decides for itself from
+//! the same view.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -97,11 +99,23 @@ impl Actor for Placer {
                 ids.iter().copied(),
                 deployment.replicas as usize,
             );
-            if !hosts.contains(&args.me.as_str()) {
-                continue;
-            }
-            let Some(release) = catalog.served(&deployment.name).cloned() else {
-                continue;
+            // While a canary runs, its one host serves the canary's release instead.
+            let canary = catalog.canary(&deployment.name).filter(|_| {
+                crate::placement::canary_host(
+                    &deployment.name,
+                    ids.iter().copied(),
+                    deployment.replicas as usize,
+                ) == Some(args.me.as_str())
+            });
+            let release = match canary {
+                Some((_, release)) => release.clone(),
+                None if hosts.contains(&args.me.as_str()) => {
+                    let Some(release) = catalog.served(&deployment.name).cloned() else {
+                        continue;
+                    };
+                    release
+                }
+                None => continue,
             };
             wanted.insert(deployment.name.clone());
             let running = args.router.instances().get(&deployment.name);

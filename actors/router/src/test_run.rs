@@ -40,7 +40,17 @@ impl Router {
         range: &semver::VersionReq,
     ) -> Result<TestRun, InvokeError> {
         let inner = &self.inner;
-        let (release, _) = inner.resolve(name, range)?;
+        // The stable release (or, for a range only the canary matches, the canary's).
+        let resolved = inner.resolve(name, range)?;
+        let Some(release) = resolved
+            .stable
+            .as_ref()
+            .map(|(release, _)| release)
+            .or(resolved.canary.as_ref().map(|(_, release)| release))
+            .cloned()
+        else {
+            return Err(internal(format!("{name} resolves to no release")));
+        };
         let hosted = inner
             .instances
             .get(name)

@@ -204,6 +204,7 @@ impl Cooking {
                         .find(|t| t.expect.is_some())
                         .map(|t| t.input.clone()),
                     create_secrets: self.plan.create_secrets,
+                    canary: self.plan.update.is_some(),
                 },
             ),
             (
@@ -576,8 +577,16 @@ impl Cooking {
                 function,
                 version,
                 replicas,
+                canary,
             } => {
-                let detail = format!("{function}@{version} with {replicas} replicas, answering");
+                let detail = if canary {
+                    format!(
+                        "{function}@{version} as a canary on one node beside the served version, \
+                         answering; the Monitor promotes it or rolls it back"
+                    )
+                } else {
+                    format!("{function}@{version} with {replicas} replicas, answering")
+                };
                 self.stage = Stage::Watch {
                     function,
                     version,
@@ -875,6 +884,7 @@ mod tests {
                 function: "market-analysis".into(),
                 version: "1.0.0".into(),
                 replicas: 2,
+                canary: false,
             },
         );
         answer(&mut c, AgentType::Monitor, AgentResponse::Watching);
