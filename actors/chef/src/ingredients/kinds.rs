@@ -676,6 +676,19 @@ pub struct RecipeExample {
     pub expect: Option<Value>,
     /// Or: text the error must contain.
     pub error: Option<String>,
+    /// The parameter values `expect` (or `error`) holds for; the others at their defaults. A
+    /// package rendered with other values gets a property check instead of this exact outcome
+    /// (see [`super::expectations`]).
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Parameters whose value never changes this example's outcome (where state is kept, how many
+    /// calls run at once, an input that sets the value itself), so the outcome stays exact for any
+    /// value of them.
+    #[serde(default)]
+    pub unaffected_by: Vec<String>,
+    /// What this example's output meets for every in-range parameter value: a JSON Schema whose
+    /// `{{ … }}` strings are computed from `params` and `input` (see [`super::expectations`]).
+    pub properties: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -712,6 +725,10 @@ pub struct Recipe {
     pub parameters: Vec<Parameter>,
     pub input_schema: Value,
     pub output_schema: Value,
+    /// What every output meets, whatever the input and the in-range parameter values: a JSON Schema
+    /// whose `{{ … }}` strings are computed from `params` and `input`. Checked wherever an exact
+    /// output is not known (examples at other parameter values, accepted edge cases).
+    pub output_properties: Option<Value>,
     pub examples: Vec<RecipeExample>,
     /// Declared hours a person would need to write this function by hand (ROI, design §14).
     #[serde(default)]
@@ -1481,6 +1498,7 @@ fn check_recipe(c: &Checker, r: &Recipe) -> Result<(), IngredientError> {
             "at least one example must expect an output (edge cases start from its input)",
         ));
     }
+    super::expectations::check(r).map_err(|(f, m)| c.fail(f, m))?;
     for name in r.fixtures.secrets.keys() {
         c.secret_name(&format!("fixtures.secrets.{name}"), name)?;
     }
