@@ -663,6 +663,10 @@ pub struct Parameter {
     pub max: Option<f64>,
     /// The only values allowed.
     pub choices: Option<Vec<Value>>,
+    /// What a `json` or `string` value must look like (JSON Schema): the range of a parameter that
+    /// is not a number, so a malformed value is refused when the package is asked for, not found
+    /// out when it runs.
+    pub schema: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1435,6 +1439,16 @@ fn check_recipe(c: &Checker, r: &Recipe) -> Result<(), IngredientError> {
                 "only numeric parameters have min and max",
             ));
         }
+        if let Some(schema) = &p.schema {
+            if !matches!(p.kind, ParamType::Json | ParamType::String) {
+                return Err(c.fail(
+                    format!("{field}.schema"),
+                    "only json and string parameters have a schema",
+                ));
+            }
+            super::schema::check_schema(schema)
+                .map_err(|(f, m)| c.fail(format!("{field}.schema{f}"), m))?;
+        }
         if let Some(default) = &p.default {
             coerce(p, default).map_err(|m| c.fail(format!("{field}.default"), m))?;
         }
@@ -1571,6 +1585,12 @@ pub fn coerce(p: &Parameter, value: &Value) -> Result<Value, String> {
                 .map_err(|_| format!("{name:?} is not a secret name"))?;
         }
     }
+    if let Some(schema) = &p.schema
+        && matches!(p.kind, ParamType::Json | ParamType::String)
+    {
+        super::schema::validate(schema, &parsed)
+            .map_err(|m| format!("does not have the shape the parameter needs: {m}"))?;
+    }
     if let Some(choices) = &p.choices
         && !choices.contains(&parsed)
     {
@@ -1663,6 +1683,7 @@ mod tests {
             min: Some(1.0),
             max: Some(10.0),
             choices: None,
+            schema: None,
         };
         assert_eq!(coerce(&p, &Value::from("7")).unwrap(), Value::from(7));
         assert!(
