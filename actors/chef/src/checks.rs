@@ -17,7 +17,8 @@ use super::messages::{
     ValidationResult,
 };
 use crate::ingredients::edge_cases;
-use crate::ingredients::kinds::{Body, Outcome};
+use crate::ingredients::expectations::{self, Expected};
+use crate::ingredients::kinds::{Body, Outcome, Recipe};
 use crate::ingredients::{Library, RenderedPackage, schema};
 use klf_functions::analysis::{self, Severity};
 use klf_functions::native::is_native;
@@ -291,19 +292,7 @@ pub fn acceptance_tests(
             .recipe(&requirement.recipe)
             .map_err(|e| e.to_string())?;
         (
-            recipe
-                .examples
-                .iter()
-                .map(|example| TestCase {
-                    name: format!("example: {}", example.name),
-                    origin: "example".into(),
-                    input: example.input.clone(),
-                    expect: example.expect.clone(),
-                    error: example.error.clone(),
-                    output_schema: (example.expect.is_none() && example.error.is_none())
-                        .then(|| requirement.output_schema.clone()),
-                })
-                .collect(),
+            recipe_examples(recipe, requirement)?,
             recipe.uses.iter().map(String::as_str).collect(),
         )
     };
@@ -321,13 +310,16 @@ pub fn acceptance_tests(
         };
         for case in edge_cases::generate(template, &requirement.input_schema, &base) {
             let rejected = matches!(case.outcome, Outcome::Rejected);
+            let output_schema = (!rejected)
+                .then(|| accepted_schema(requirement, library, &case.input))
+                .transpose()?;
             tests.push(TestCase {
                 name: format!("edge case: {}", case.name),
                 origin: "edge-case".into(),
                 input: case.input,
                 expect: None,
                 error: rejected.then(|| case.error.unwrap_or_default()),
-                output_schema: (!rejected).then(|| requirement.output_schema.clone()),
+                output_schema,
             });
         }
     }
@@ -344,6 +336,62 @@ pub fn acceptance_tests(
         }
     }
     Ok(tests)
+}
+
+/// A recipe's examples as acceptance tests at the requirement's parameter values: exact where
+/// the recipe knows the outcome for those values, otherwise a check against the output schema and
+/// the recipe's properties (see [`expectations`]).
+fn recipe_examples(
+    recipe: &Recipe,
+    requirement: &TechnicalRequirement,
+) -> Result<Vec<TestCase>, String> {
+    let examples =
+        expectations::example_tests(recipe, &requirement.params).map_err(|e| e.to_string())?;
+    Ok(examples
+        .into_iter()
+        .map(|example| {
+            let (expect, error, output_schema) = match example.expected {
+                Expected::Output(output) => (Some(output), None, None),
+                Expected::Error(error) => (None, Some(error), None),
+                Expected::Meets(properties) => (
+                    None,
+                    None,
+                    Some(expectations::with_properties(
+                        &requirement.output_schema,
+                        properties,
+                    )),
+                ),
+            };
+            TestCase {
+                name: format!("example: {}", example.name),
+                origin: "example".into(),
+                input: example.input,
+                expect,
+                error,
+                output_schema,
+            }
+        })
+        .collect())
+}
+
+/// What an accepted edge case's output must meet: the output schema, and for a recipe its
+/// properties at the requirement's parameter values and this input.
+fn accepted_schema(
+    requirement: &TechnicalRequirement,
+    library: &Library,
+    input: &Value,
+) -> Result<Value, String> {
+    let properties = match library.recipe(&requirement.recipe) {
+        Ok((_, recipe)) if !requirement.is_freeform() => {
+            expectations::properties_at(recipe, None, &requirement.params, input)
+                .map_err(|e| e.to_string())?
+        }
+        _ => None,
+    };
+    Ok(expectations::with_properties(
+        &requirement.output_schema,
+        properties,
+    ))
 }
 
 /// The testing template whose edge cases a model-written function's input schema gets.

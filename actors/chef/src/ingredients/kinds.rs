@@ -663,6 +663,10 @@ pub struct Parameter {
     pub max: Option<f64>,
     /// The only values allowed.
     pub choices: Option<Vec<Value>>,
+    /// What a `json` or `string` value must look like (JSON Schema): the range of a parameter that
+    /// is not a number, so a malformed value is refused when the package is asked for, not found
+    /// out when it runs.
+    pub schema: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -676,6 +680,19 @@ pub struct RecipeExample {
     pub expect: Option<Value>,
     /// Or: text the error must contain.
     pub error: Option<String>,
+    /// The parameter values `expect` (or `error`) holds for; the others at their defaults. A
+    /// package rendered with other values gets a property check instead of this exact outcome
+    /// (see [`super::expectations`]).
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Parameters whose value never changes this example's outcome (where state is kept, how many
+    /// calls run at once, an input that sets the value itself), so the outcome stays exact for any
+    /// value of them.
+    #[serde(default)]
+    pub unaffected_by: Vec<String>,
+    /// What this example's output meets for every in-range parameter value: a JSON Schema whose
+    /// `{{ … }}` strings are computed from `params` and `input` (see [`super::expectations`]).
+    pub properties: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -712,6 +729,10 @@ pub struct Recipe {
     pub parameters: Vec<Parameter>,
     pub input_schema: Value,
     pub output_schema: Value,
+    /// What every output meets, whatever the input and the in-range parameter values: a JSON Schema
+    /// whose `{{ … }}` strings are computed from `params` and `input`. Checked wherever an exact
+    /// output is not known (examples at other parameter values, accepted edge cases).
+    pub output_properties: Option<Value>,
     pub examples: Vec<RecipeExample>,
     /// Declared hours a person would need to write this function by hand (ROI, design §14).
     #[serde(default)]
@@ -1418,6 +1439,16 @@ fn check_recipe(c: &Checker, r: &Recipe) -> Result<(), IngredientError> {
                 "only numeric parameters have min and max",
             ));
         }
+        if let Some(schema) = &p.schema {
+            if !matches!(p.kind, ParamType::Json | ParamType::String) {
+                return Err(c.fail(
+                    format!("{field}.schema"),
+                    "only json and string parameters have a schema",
+                ));
+            }
+            super::schema::check_schema(schema)
+                .map_err(|(f, m)| c.fail(format!("{field}.schema{f}"), m))?;
+        }
         if let Some(default) = &p.default {
             coerce(p, default).map_err(|m| c.fail(format!("{field}.default"), m))?;
         }
@@ -1481,6 +1512,7 @@ fn check_recipe(c: &Checker, r: &Recipe) -> Result<(), IngredientError> {
             "at least one example must expect an output (edge cases start from its input)",
         ));
     }
+    super::expectations::check(r).map_err(|(f, m)| c.fail(f, m))?;
     for name in r.fixtures.secrets.keys() {
         c.secret_name(&format!("fixtures.secrets.{name}"), name)?;
     }
@@ -1552,6 +1584,12 @@ pub fn coerce(p: &Parameter, value: &Value) -> Result<Value, String> {
             c.secret_name("", name)
                 .map_err(|_| format!("{name:?} is not a secret name"))?;
         }
+    }
+    if let Some(schema) = &p.schema
+        && matches!(p.kind, ParamType::Json | ParamType::String)
+    {
+        super::schema::validate(schema, &parsed)
+            .map_err(|m| format!("does not have the shape the parameter needs: {m}"))?;
     }
     if let Some(choices) = &p.choices
         && !choices.contains(&parsed)
@@ -1645,6 +1683,7 @@ mod tests {
             min: Some(1.0),
             max: Some(10.0),
             choices: None,
+            schema: None,
         };
         assert_eq!(coerce(&p, &Value::from("7")).unwrap(), Value::from(7));
         assert!(

@@ -16,6 +16,7 @@
 //! A malformed file is reported with its path and the field at fault, and the others still load.
 
 pub mod edge_cases;
+pub mod expectations;
 pub mod kinds;
 pub mod loader;
 pub mod render;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::edge_cases::generate;
+use super::expectations::{self, Expected, PropertyError};
 use super::kinds::{Body, Fixtures, Outcome, ParamType, Recipe, coerce};
 use super::loader::{Library, LoadError};
 use klf_functions::package::{Package, PackageError, is_valid_name};
@@ -45,6 +46,8 @@ pub enum RenderError {
     Package(#[from] PackageError),
     #[error("{path}: {message}")]
     Write { path: String, message: String },
+    #[error("the tests cannot be written: {0}")]
+    Expectation(#[from] PropertyError),
 }
 
 /// What to render.
@@ -127,13 +130,61 @@ impl RenderedPackage {
 const PRELUDE_JS: &str = r#"// Rendered by `klf ingredients render` from the recipe "{{ recipe.name }}": {{ recipe.title }}.
 // Base classes: {{ recipe.base_classes | join(", ") }}.
 import { validateSchema as __validateSchema, KlfInputError as __KlfInputError } from "klf:base";
+
+// One test case run as a call runs (onExecute, execute; onError on a throw), as BaseFunction.test()
+// runs one, plus the case it does not know: neither `expect` nor `error`, where the output must
+// meet the output schema and the case's `properties` (a recipe's example at parameter values its
+// exact output is not known for, or an accepted edge case).
+const __klfCanonical = (value) =>
+  JSON.stringify(value, (_key, inner) => {
+    if (inner === null || typeof inner !== "object" || Array.isArray(inner)) return inner;
+    const sorted = {};
+    for (const name of Object.keys(inner).sort()) sorted[name] = inner[name];
+    return sorted;
+  });
+
+async function __klfRunTest(target, testCase, ctx) {
+  const name = testCase.name;
+  const wantsError = typeof testCase.error === "string";
+  let actual;
+  try {
+    await target.onExecute(testCase.input, ctx);
+    actual = await target.execute(testCase.input, ctx);
+  } catch (error) {
+    try {
+      await target.onError(error, ctx);
+    } catch (_hookError) {
+      // The test is about the first error.
+    }
+    const message =
+      error instanceof Error ? `${error.name}: ${error.message}` : typeof error === "string" ? error : JSON.stringify(error);
+    return wantsError && message.includes(testCase.error) ? { name, passed: true } : { name, passed: false, error: message };
+  }
+  if (wantsError) return { name, passed: false, expected: { error: testCase.error }, actual };
+  if (Object.hasOwn(testCase, "expect")) {
+    return __klfCanonical(actual) === __klfCanonical(testCase.expect)
+      ? { name, passed: true }
+      : { name, passed: false, expected: testCase.expect, actual };
+  }
+  const checks = [["the output schema", target.constructor.outputSchema], ["the recipe's properties", testCase.properties]];
+  for (const [what, schema] of checks) {
+    if (schema === undefined) continue;
+    const { valid, errors } = __validateSchema(actual, schema, { root: "output" });
+    if (!valid) {
+      const why = errors.map((e) => `${e.path}: ${e.message}`).join("; ");
+      return { name, passed: false, actual, error: `the output does not meet ${what}: ${why}` };
+    }
+  }
+  return { name, passed: true };
+}
 "#;
 
 const TESTS_JS: &str = r#"
   // Rendered by `klf ingredients render`: the recipe's schemas, its examples and the edge cases its
-  // testing ingredients generate from the input schema. BaseFunction.test() runs `static tests`;
-  // test() below adds the accepted edge cases, which must succeed with an output the output schema
-  // accepts.
+  // testing ingredients generate from the input schema. test() below runs `static tests` in order
+  // (an exact output, an error, or an output that meets the output schema and the case's
+  // properties), then the accepted edge cases, which must succeed with an output the output schema
+  // and the recipe's properties accept.
   static inputSchema = {{ input_schema | tojson }};
   static outputSchema = {{ output_schema | tojson }};
   static tests = {{ tests | tojson }};
@@ -150,31 +201,12 @@ const TESTS_JS: &str = r#"
   }
 
   async test(ctx = this.ctx) {
-    const report = await super.test(ctx);
-    for (const testCase of this.constructor.acceptedCases) {
-      try {
-        await this.onExecute(testCase.input, ctx);
-        const actual = await this.execute(testCase.input, ctx);
-        const { valid, errors } = __validateSchema(actual, this.constructor.outputSchema);
-        report.results.push(
-          valid
-            ? { name: testCase.name, passed: true }
-            : {
-                name: testCase.name,
-                passed: false,
-                actual,
-                error: `the output does not match the output schema: ${errors
-                  .map((e) => `${e.path}: ${e.message}`)
-                  .join("; ")}`,
-              },
-        );
-      } catch (error) {
-        report.results.push({ name: testCase.name, passed: false, error: `${error.name}: ${error.message}` });
-      }
+    const results = [];
+    for (const testCase of [...this.constructor.tests, ...this.constructor.acceptedCases]) {
+      results.push(await __klfRunTest(this, testCase, ctx));
     }
-    report.passed = report.results.filter((r) => r.passed).length;
-    report.failed = report.results.length - report.passed;
-    return report;
+    const passed = results.filter((r) => r.passed).length;
+    return { passed, failed: results.length - passed, results };
   }
 "#;
 
@@ -314,24 +346,30 @@ fn parameters(
     Ok(values)
 }
 
-/// The package's own tests: the recipe's examples, then the edge cases of its testing ingredients
-/// (rejected ones in `static tests`, accepted ones apart).
-fn tests(library: &Library, recipe: &Recipe) -> (Vec<Value>, Vec<Value>) {
+/// The package's own tests at the parameter values it is rendered with: the recipe's examples
+/// (exact where their outcome is known for these values, property checks elsewhere; see
+/// [`expectations`]), then the edge cases of its testing ingredients (rejected ones in `static
+/// tests`, accepted ones apart, each with the recipe's properties for its input).
+fn tests(
+    library: &Library,
+    recipe: &Recipe,
+    params: &BTreeMap<String, Value>,
+) -> Result<(Vec<Value>, Vec<Value>), PropertyError> {
     let mut tests = Vec::new();
-    for ex in &recipe.examples {
-        match (&ex.expect, &ex.error) {
-            (Some(expect), _) => {
-                tests.push(json!({"name": ex.name, "input": ex.input, "expect": expect}))
+    for test in expectations::example_tests(recipe, params)? {
+        let (name, input) = (test.name, test.input);
+        tests.push(match test.expected {
+            Expected::Output(expect) => json!({"name": name, "input": input, "expect": expect}),
+            Expected::Error(error) => json!({"name": name, "input": input, "error": error}),
+            Expected::Meets(None) => json!({"name": name, "input": input}),
+            Expected::Meets(Some(properties)) => {
+                json!({"name": name, "input": input, "properties": properties})
             }
-            (None, Some(error)) => {
-                tests.push(json!({"name": ex.name, "input": ex.input, "error": error}))
-            }
-            (None, None) => {}
-        }
+        });
     }
     let mut accepted = Vec::new();
     let Some(base) = recipe.examples.iter().find(|e| e.expect.is_some()) else {
-        return (tests, accepted);
+        return Ok((tests, accepted));
     };
     for used in &recipe.uses {
         if let Some(Body::Testing(template)) = library.get(used).map(|i| &i.body) {
@@ -341,13 +379,44 @@ fn tests(library: &Library, recipe: &Recipe) -> (Vec<Value>, Vec<Value>) {
                         "name": case.name, "input": case.input, "error": case.error,
                     })),
                     Outcome::Accepted => {
-                        accepted.push(json!({"name": case.name, "input": case.input}))
+                        let mut test = json!({"name": case.name, "input": case.input});
+                        if let Some(properties) =
+                            expectations::properties_at(recipe, None, params, &case.input)?
+                        {
+                            test["properties"] = properties;
+                        }
+                        accepted.push(test);
                     }
                 }
             }
         }
     }
-    (tests, accepted)
+    Ok((tests, accepted))
+}
+
+/// The recipe's test secrets under the names the package uses: a secret parameter given another
+/// name than its default reads the same fixture under that name (the tests are about what the
+/// function does with the secret, not about what it is called).
+fn fixtures_for(recipe: &Recipe, params: &BTreeMap<String, Value>) -> Fixtures {
+    let mut fixtures = recipe.fixtures.clone();
+    for p in recipe
+        .parameters
+        .iter()
+        .filter(|p| p.kind == ParamType::Secret)
+    {
+        let (Some(default), Some(chosen)) = (
+            p.default.as_ref().and_then(Value::as_str),
+            params.get(&p.name).and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        if default != chosen
+            && let Some(content) = fixtures.secrets.remove(default)
+        {
+            fixtures.secrets.insert(chosen.to_string(), content);
+        }
+    }
+    fixtures
 }
 
 /// Renders `request.recipe` from `library`.
@@ -373,7 +442,7 @@ pub fn render(library: &Library, request: &RenderRequest) -> Result<RenderedPack
         .iter()
         .filter_map(|u| Some((u.as_str(), library.get(u)?.body.to_json())))
         .collect();
-    let (tests, accepted) = tests(library, recipe);
+    let (tests, accepted) = tests(library, recipe, &params)?;
     let context = json!({
         "name": name,
         "version": recipe.version.to_string(),
@@ -428,8 +497,8 @@ pub fn render(library: &Library, request: &RenderRequest) -> Result<RenderedPack
         version: recipe.version.to_string(),
         recipe: recipe.name.clone(),
         files,
+        fixtures: fixtures_for(recipe, &params),
         params,
-        fixtures: recipe.fixtures.clone(),
     };
     // The result must be a package that deploys: a valid manifest of the requested name, an entry
     // module, the tests embedded.

@@ -121,12 +121,73 @@ fn affinity(p: &Parameter, context: &[String]) -> u32 {
         .sum()
 }
 
+/// Whether a word of parameter `p`'s own name is among `context`.
+fn named(p: &Parameter, context: &[String]) -> bool {
+    p.name
+        .split('_')
+        .flat_map(bm25::tokens)
+        .any(|word| context.contains(&word))
+}
+
+/// What the request asks of a recipe that the recipe does not support: a parameter named
+/// outright with a value outside its range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsupported {
+    pub parameter: String,
+    /// `window = 500 is above the maximum 100 for recipe metric-anomalies (allowed 2 to 100)`.
+    pub reason: String,
+}
+
+/// The values `p` allows, in words: `2 to 100`, `0.5 or more`, `one of ",", ";"`.
+fn allowed(p: &Parameter) -> Option<String> {
+    match (&p.choices, p.min, p.max) {
+        (Some(choices), _, _) => Some(format!(
+            "one of {}",
+            choices
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        (None, Some(min), Some(max)) => Some(format!("{min} to {max}")),
+        (None, Some(min), None) => Some(format!("{min} or more")),
+        (None, None, Some(max)) => Some(format!("up to {max}")),
+        (None, None, None) => None,
+    }
+}
+
+/// Why `value`, asked for parameter `p` of `recipe`, is refused.
+fn unsupported(recipe: &Recipe, p: &Parameter, value: f64) -> Unsupported {
+    let what = match (p.min, p.max) {
+        (Some(min), _) if value < min => format!("is below the minimum {min}"),
+        (_, Some(max)) if value > max => format!("is above the maximum {max}"),
+        _ if p.kind == ParamType::Integer && value.fract() != 0.0 => {
+            "is not a whole number".to_string()
+        }
+        _ => "is not a value it takes".to_string(),
+    };
+    let range = allowed(p).map_or_else(String::new, |a| format!(" (allowed {a})"));
+    Unsupported {
+        parameter: p.name.clone(),
+        reason: format!(
+            "{} = {value} {what} for recipe {}{range}",
+            p.name, recipe.name
+        ),
+    }
+}
+
+/// What a request states for a recipe: parameter values, the names of the parameters read out of
+/// it, and the function's name.
+pub type Stated = (BTreeMap<String, Value>, Vec<String>, Option<String>);
+
 /// Parameter values the request states: numbers next to words that name a parameter, choices
 /// named outright, and the function's name after "called" or "named".
-pub fn extract(
-    request: &str,
-    recipe: &Recipe,
-) -> (BTreeMap<String, Value>, Vec<String>, Option<String>) {
+///
+/// A number next to a parameter's own name that the parameter does not take is refused rather
+/// than dropped: "a window of 500" must not quietly become the default window. A number only near
+/// words of a parameter's description may mean something else ("the last 5000 points"), so an
+/// out-of-range one there is left alone.
+pub fn extract(request: &str, recipe: &Recipe) -> Result<Stated, Unsupported> {
     let words = words(request);
     let mut params = BTreeMap::new();
     for (i, word) in words.iter().enumerate() {
@@ -146,10 +207,14 @@ pub fn extract(
             .map(|p| (affinity(p, &context), p))
             .filter(|(score, _)| *score >= 2)
             .max_by_key(|(score, _)| *score);
-        if let Some((_, p)) = best
-            && let Ok(coerced) = coerce(p, &json_number(value))
-        {
-            params.insert(p.name.clone(), coerced);
+        if let Some((_, p)) = best {
+            match coerce(p, &json_number(value)) {
+                Ok(coerced) => {
+                    params.insert(p.name.clone(), coerced);
+                }
+                Err(_) if named(p, &context) => return Err(unsupported(recipe, p, value)),
+                Err(_) => {}
+            }
         }
     }
     for p in &recipe.parameters {
@@ -209,7 +274,7 @@ pub fn extract(
             .cloned()
     });
     let extracted = params.keys().cloned().collect();
-    (params, extracted, function)
+    Ok((params, extracted, function))
 }
 
 /// The offline interpretation of `request`.
@@ -237,7 +302,18 @@ pub fn interpret(request: &str, library: &Library) -> Interpretation {
     // Sure when the best is far ahead of the runner-up and of the threshold.
     let confidence = ((best.score - second) / best.score).clamp(0.0, 1.0) * 0.5
         + ((best.score - MIN_SCORE) / best.score).clamp(0.0, 1.0) * 0.5;
-    let (params, extracted, function) = extract(request, recipe);
+    // A recipe that cannot do what is asked does not fit the request: the run ends here, before
+    // any code exists, with the range the user can choose from.
+    let (params, extracted, function) = match extract(request, recipe) {
+        Ok(found) => found,
+        Err(unsupported) => {
+            return Interpretation::NoMatch(NoMatch {
+                request: request.to_string(),
+                reason: unsupported.reason,
+                closest: candidates.into_iter().take(CLOSEST).collect(),
+            });
+        }
+    };
     Interpretation::Requirement(Box::new(requirement_for(
         request,
         recipe,
@@ -378,9 +454,48 @@ mod tests {
         assert_eq!(requirement.params["window"], serde_json::json!(30));
         assert_eq!(requirement.function, "market-scout");
         assert_eq!(requirement.extracted, vec!["top", "window"]);
-        // Out of bounds (top ≤ 50): the default stays.
-        let requirement = recipe_of("find market opportunities, top 500").expect("market");
-        assert_eq!(requirement.params["top"], serde_json::json!(5));
-        assert!(requirement.extracted.is_empty());
+    }
+
+    #[test]
+    fn a_parameter_named_with_a_value_the_recipe_does_not_take_is_refused_with_its_range() {
+        for (request, reason) in [
+            (
+                "Flag unusual spikes in server CPU usage readings with a window of 500",
+                "window = 500 is above the maximum 100 for recipe metric-anomalies (allowed 2 to 100)",
+            ),
+            (
+                "Flag unusual spikes in server CPU usage readings with a window of 1",
+                "window = 1 is below the minimum 2 for recipe metric-anomalies (allowed 2 to 100)",
+            ),
+            (
+                "Flag unusual spikes in server CPU usage readings with a window of 4.5",
+                "window = 4.5 is not a whole number for recipe metric-anomalies (allowed 2 to 100)",
+            ),
+            (
+                "find market opportunities, top 500",
+                "top = 500 is above the maximum 50 for recipe market-analysis (allowed 1 to 50)",
+            ),
+        ] {
+            let no = recipe_of(request).expect_err(request);
+            assert_eq!(no.reason, reason);
+            assert_eq!(
+                no.closest.first().map(|c| c.recipe.as_str()),
+                reason
+                    .split("recipe ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+            );
+        }
+        // In range: taken.
+        let requirement =
+            recipe_of("Flag unusual spikes in server CPU usage readings with a window of 30")
+                .expect("in range");
+        assert_eq!(requirement.params["window"], serde_json::json!(30));
+        // A number only near words of a description may be about something else: left alone.
+        let requirement =
+            recipe_of("flag anomalies among the last 5000 points of my latency metrics")
+                .expect("metrics");
+        assert_eq!(requirement.params["window"], serde_json::json!(5));
+        assert!(requirement.extracted.is_empty(), "{:?}", requirement.params);
     }
 }
