@@ -138,6 +138,24 @@ pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
     }
 }
 
+/// Where `value` first breaks `schema` (`/flags/0`, `/` for the root) and which keyword it
+/// breaks, without the schema's own values: what the code generator may be told of a failed check
+/// whose schema holds expected outputs. `None` when it is valid.
+pub fn violation(schema: &Value, value: &Value) -> Option<String> {
+    let validator = jsonschema::validator_for(schema).ok()?;
+    let error = validator.iter_errors(value).next()?;
+    let path = error.instance_path().to_string();
+    let path = if path.is_empty() { "/".into() } else { path };
+    let keyword = error
+        .schema_path()
+        .to_string()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Some(format!("at {path} (the `{keyword}` check)"))
+}
+
 /// Whether `value` is valid against `schema` (false when the schema itself is invalid).
 pub fn is_valid(schema: &Value, value: &Value) -> bool {
     jsonschema::validator_for(schema).is_ok_and(|v| v.is_valid(value))
@@ -158,6 +176,15 @@ mod tests {
         let schema = json!({"type": "obj"});
         assert_eq!(check_schema(&schema).unwrap_err().0, ".type");
         assert!(check_schema(&json!({"type": ["number", "null"], "minimum": 0})).is_ok());
+    }
+
+    #[test]
+    fn a_violation_names_the_place_and_the_check_but_not_the_expected_value() {
+        let schema = json!({"type": "object", "properties": {"total": {"const": 115}}});
+        let told = violation(&schema, &json!({"total": 114})).unwrap_or_default();
+        assert_eq!(told, "at /total (the `const` check)");
+        assert!(!told.contains("115"));
+        assert_eq!(violation(&schema, &json!({"total": 115})), None);
     }
 
     #[test]
