@@ -124,14 +124,20 @@ impl From<SandboxError> for InvokeError {
             SandboxError::OutOfMemory { .. } => InvokeErrorKind::OutOfMemory,
             SandboxError::CapabilityDenied { .. } => InvokeErrorKind::CapabilityDenied,
             SandboxError::BadModule(_) => InvokeErrorKind::BadModule,
-            SandboxError::BadOutput(_) => InvokeErrorKind::BadOutput,
+            SandboxError::BadOutput(_) | SandboxError::OutputFailure { .. } => {
+                InvokeErrorKind::BadOutput
+            }
             SandboxError::Host(_)
+            | SandboxError::HostFailure { .. }
             | SandboxError::Crypto(_)
             | SandboxError::Secret(_)
             | SandboxError::ModelUnavailable(_)
             | SandboxError::Model(_)
+            | SandboxError::ModelFailure(_)
             | SandboxError::Schedule(_) => InvokeErrorKind::HostError,
-            SandboxError::Internal(_) => InvokeErrorKind::Internal,
+            SandboxError::Internal(_) | SandboxError::InternalFailure { .. } => {
+                InvokeErrorKind::Internal
+            }
         };
         Self::new(kind, e.to_string())
     }

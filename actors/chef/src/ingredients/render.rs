@@ -23,7 +23,7 @@ use super::loader::{Library, LoadError};
 use klf_functions::package::{Package, PackageError, is_valid_name};
 
 /// Why a recipe did not render.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RenderError {
     #[error(transparent)]
     Load(#[from] LoadError),
