@@ -1,11 +1,12 @@
 //! Function packages: a folder with `klf.toml` (the manifest), the JavaScript entry module and an
-//! optional `examples/` folder of sample inputs, as design §10 fixes the contract.
+//! optional `examples/` folder of sample inputs: the contract every deploy relies on.
 //!
 //! Loading validates everything a deploy depends on and names the field (or file) at fault, so a
 //! person can fix a package from the error alone.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,21 +24,62 @@ const MAX_MEMORY_MB: u64 = 1024;
 const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 const MAX_CONCURRENCY: u64 = 4096;
 
-/// What is wrong with a package, naming the field or file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What is wrong with a package, naming the field or file. Where a parser or the file system
+/// refused something, its error is the source (shared, so that the error stays `Clone`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PackageError {
     #[error("{file}: missing required field `{field}`")]
     MissingField { file: String, field: String },
+    /// A field whose value breaks a rule of the manifest (the message says which).
     #[error("{file}: field `{field}`: {message}")]
     InvalidField {
         file: String,
         field: String,
         message: String,
     },
-    #[error("{file}: cannot be read as a manifest: {message}")]
-    Syntax { file: String, message: String },
+    #[error("{file}: cannot be read as a manifest: {}", .source.message())]
+    Syntax {
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A version or version range that is not semver; `expected` says what would be.
+    #[error("{file}: field `{field}`: {text:?} is not a {expected} ({source})")]
+    Semver {
+        file: String,
+        field: String,
+        text: String,
+        expected: &'static str,
+        #[source]
+        source: Arc<semver::Error>,
+    },
+    #[error("{file}: field `config`: cannot be expressed as JSON: {source}")]
+    Config {
+        file: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// A file that breaks a rule of packages (too large, not a JSON object).
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{path}: not UTF-8 text")]
+    NotUtf8 {
+        path: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
 }
 
 /// `[limits]`: what the sandbox enforces for every instance.
@@ -131,6 +173,22 @@ impl Fields<'_> {
         }
     }
 
+    fn semver(
+        &self,
+        field: &str,
+        text: &str,
+        expected: &'static str,
+        source: semver::Error,
+    ) -> PackageError {
+        PackageError::Semver {
+            file: self.file.to_string(),
+            field: field.to_string(),
+            text: text.to_string(),
+            expected,
+            source: Arc::new(source),
+        }
+    }
+
     fn required<'v>(
         &self,
         field: &str,
@@ -175,9 +233,9 @@ impl Fields<'_> {
 impl Manifest {
     /// Parses and validates a manifest; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, PackageError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| PackageError::Syntax {
+        let raw: RawManifest = toml::from_str(text).map_err(|source| PackageError::Syntax {
             file: file.to_string(),
-            message: e.message().to_string(),
+            source,
         })?;
         let f = Fields { file };
 
@@ -189,10 +247,12 @@ impl Manifest {
             ));
         }
         let version_text = f.string("version", f.required("version", &raw.version)?)?;
-        let version = semver::Version::parse(&version_text).map_err(|e| {
-            f.invalid(
+        let version = semver::Version::parse(&version_text).map_err(|source| {
+            f.semver(
                 "version",
-                format!("{version_text:?} is not a semantic version like 1.2.0 ({e})"),
+                &version_text,
+                "semantic version like 1.2.0",
+                source,
             )
         })?;
         let kind = f.string("type", f.required("type", &raw.kind)?)?;
@@ -313,11 +373,8 @@ impl Manifest {
                         );
                     }
                     let range_text = f.string(&field, range)?;
-                    let req = semver::VersionReq::parse(&range_text).map_err(|e| {
-                        f.invalid(
-                            &field,
-                            format!("{range_text:?} is not a semver range like ^1.2 ({e})"),
-                        )
+                    let req = semver::VersionReq::parse(&range_text).map_err(|source| {
+                        f.semver(&field, &range_text, "semver range like ^1.2", source)
                     })?;
                     deps.insert(dep.clone(), req);
                 }
@@ -388,8 +445,12 @@ impl Manifest {
         };
         let config = match &raw.config {
             None => serde_json::Value::Object(Default::default()),
-            Some(v @ toml::Value::Table(_)) => serde_json::to_value(v)
-                .map_err(|e| f.invalid("config", format!("cannot be expressed as JSON: {e}")))?,
+            Some(v @ toml::Value::Table(_)) => {
+                serde_json::to_value(v).map_err(|source| PackageError::Config {
+                    file: file.to_string(),
+                    source: Arc::new(source),
+                })?
+            }
             Some(other) => {
                 return Err(f.invalid(
                     "config",
@@ -514,7 +575,7 @@ impl Package {
         let examples_dir = dir.join("examples");
         if examples_dir.is_dir() {
             let mut paths: Vec<PathBuf> = std::fs::read_dir(&examples_dir)
-                .map_err(|e| file_error(&examples_dir, e.to_string()))?
+                .map_err(|e| read_error(&examples_dir, e))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .collect();
@@ -580,9 +641,9 @@ impl Package {
                     ),
                 });
             }
-            let input = serde_json::from_str(&text).map_err(|e| PackageError::File {
+            let input = serde_json::from_str(&text).map_err(|source| PackageError::Json {
                 path,
-                message: format!("not valid JSON: {e}"),
+                source: Arc::new(source),
             })?;
             parsed.push(Example { name, input });
         }
@@ -625,10 +686,10 @@ impl Package {
                         message: "a JSON Schema must be a JSON object".into(),
                     });
                 }
-                Err(e) => {
-                    return Err(PackageError::File {
+                Err(source) => {
+                    return Err(PackageError::Json {
                         path: path.into(),
-                        message: format!("not valid JSON: {e}"),
+                        source: Arc::new(source),
                     });
                 }
             }
@@ -665,13 +726,42 @@ fn relabel(error: PackageError, manifest_path: &Path, examples_dir: &Path) -> Pa
             field,
             message,
         },
-        PackageError::Syntax { file, message } => PackageError::Syntax {
+        PackageError::Syntax { file, source } => PackageError::Syntax {
             file: full(file),
-            message,
+            source,
+        },
+        PackageError::Semver {
+            file,
+            field,
+            text,
+            expected,
+            source,
+        } => PackageError::Semver {
+            file: full(file),
+            field,
+            text,
+            expected,
+            source,
+        },
+        PackageError::Config { file, source } => PackageError::Config {
+            file: full(file),
+            source,
         },
         PackageError::File { path, message } => PackageError::File {
             path: full(path),
             message,
+        },
+        PackageError::Read { path, source } => PackageError::Read {
+            path: full(path),
+            source,
+        },
+        PackageError::NotUtf8 { path, source } => PackageError::NotUtf8 {
+            path: full(path),
+            source,
+        },
+        PackageError::Json { path, source } => PackageError::Json {
+            path: full(path),
+            source,
         },
     }
 }
@@ -683,17 +773,26 @@ fn file_error(path: &Path, message: String) -> PackageError {
     }
 }
 
+fn read_error(path: &Path, source: std::io::Error) -> PackageError {
+    PackageError::Read {
+        path: path.display().to_string(),
+        source: Arc::new(source),
+    }
+}
+
 fn read_text(path: &Path, max: usize) -> Result<String, PackageError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| read_error(path, e))?;
     if meta.len() as usize > max {
         return Err(file_error(
             path,
             format!("{} bytes exceeds the limit of {max}", meta.len()),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
-    String::from_utf8(bytes).map_err(|_| file_error(path, "not UTF-8 text".into()))
+    let bytes = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    String::from_utf8(bytes).map_err(|e| PackageError::NotUtf8 {
+        path: path.display().to_string(),
+        source: e.utf8_error(),
+    })
 }
 
 #[cfg(test)]
@@ -837,5 +936,29 @@ per_call = 0.001
             err.contains("b.json") && err.contains("not valid JSON"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_keep_what_the_parser_or_the_file_system_said_as_source() {
+        use std::error::Error as _;
+        let source_of = |error: PackageError| error.source().map(ToString::to_string);
+        let bad_version = Manifest::parse(&GOOD.replace("1.2.0", "1.x"), "klf.toml").unwrap_err();
+        assert!(matches!(bad_version, PackageError::Semver { .. }));
+        assert!(source_of(bad_version).is_some());
+        let syntax = Manifest::parse("name = ", "klf.toml").unwrap_err();
+        assert!(matches!(syntax, PackageError::Syntax { .. }));
+        assert!(source_of(syntax).is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Package::load(dir.path()).unwrap_err();
+        let Some(PackageError::Read { source, .. }) = Some(&missing) else {
+            panic!("{missing:?}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        std::fs::write(dir.path().join("klf.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("main.js"), [0xff, 0xfe]).unwrap();
+        let binary = Package::load(dir.path()).unwrap_err();
+        assert!(binary.to_string().contains("not UTF-8"), "{binary}");
+        assert!(source_of(binary).is_some());
     }
 }

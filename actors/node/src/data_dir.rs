@@ -153,17 +153,11 @@ impl DataDir {
     }
 
     pub fn load_settings(&self) -> Result<NodeSettings, SecurityError> {
-        let path = self.node_file();
-        let text = files::read_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| SecurityError::BadFile {
-            path,
-            reason: e.to_string(),
-        })
+        files::read_json(&self.node_file())
     }
 
     pub fn save_settings(&self, settings: &NodeSettings) -> Result<(), SecurityError> {
-        let json = serde_json::to_vec_pretty(settings).unwrap_or_default();
-        files::write_private(&self.node_file(), &json)
+        files::write_private_json(&self.node_file(), settings)
     }
 
     pub fn save_certificate(&self, path: &Path, der: &[u8]) -> Result<(), SecurityError> {
@@ -175,9 +169,9 @@ impl DataDir {
 
     fn load_certificate(&self, path: &Path) -> Result<CertificateDer<'static>, SecurityError> {
         let text = files::read_string(path)?;
-        let parsed = pem::parse(text).map_err(|e| SecurityError::BadFile {
+        let parsed = pem::parse(text).map_err(|source| SecurityError::BadPem {
             path: path.to_path_buf(),
-            reason: format!("not a PEM certificate: {e}"),
+            source,
         })?;
         Ok(CertificateDer::from(parsed.into_contents()))
     }
@@ -201,19 +195,13 @@ impl DataDir {
     }
 
     pub fn load_api_tokens(&self) -> Result<Vec<ApiToken>, SecurityError> {
-        let path = self.api_tokens();
-        let text = files::read_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| SecurityError::BadFile {
-            path,
-            reason: e.to_string(),
-        })
+        files::read_json(&self.api_tokens())
     }
 
     /// Creates an admin API token, stores its hash, and keeps the bearer in `admin.token` for the CLI.
     pub fn create_admin_token(&self) -> Result<String, SecurityError> {
         let (bearer, record) = ApiToken::generate("admin", &["admin"])?;
-        let json = serde_json::to_vec_pretty(&vec![record]).unwrap_or_default();
-        files::write_private(&self.api_tokens(), &json)?;
+        files::write_private_json(&self.api_tokens(), &[record])?;
         files::write_private(&self.admin_token(), bearer.as_bytes())?;
         Ok(bearer)
     }
@@ -231,7 +219,6 @@ impl DataDir {
     }
 
     pub fn save_peers(&self, peers: &[MemberId]) -> Result<(), SecurityError> {
-        let json = serde_json::to_vec_pretty(peers).unwrap_or_default();
-        files::write_private(&self.peers(), &json)
+        files::write_private_json(&self.peers(), peers)
     }
 }

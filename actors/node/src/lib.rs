@@ -30,16 +30,19 @@ use klf_mesh::{
     MemberId, MemberView, Membership, MembershipArgs, MembershipConfig, MembershipMsg, PeerAddr,
     Transport, TransportArgs, TransportMsg,
 };
+use klf_model::ModelError;
 use klf_model::{ModelConfig, ModelProvider, OpenAiCompatible};
+use klf_registry::artifact::ArtifactError;
 use klf_registry::artifact::Signer;
 use klf_registry::{Catalog, Registry, RegistryArgs, RegistryError, RegistryMsg, Release};
 use klf_router::instances::{function_code, sandbox_limits};
 use klf_router::placer::{Placer, PlacerArgs, PlacerMsg};
 use klf_router::{HostServices, InvokeError, InvokeOutcome, InvokeRequest, Router, RouterArgs};
 use klf_security::{ApiToken, JoinToken, MeshCa, PeerIdentity, SecurityError, files};
-use klf_store::Store;
+use klf_store::{Store, StoreError};
 
-/// Errors of starting, joining or running a node.
+/// Errors of starting, joining or running a node. Where another layer failed, its error is the
+/// source.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
@@ -47,10 +50,31 @@ pub enum NodeError {
     /// Boxed: a join error carries the seed's answer, and every node result would pay its size.
     #[error(transparent)]
     Join(Box<JoinError>),
+    /// The data dir or the options do not allow what was asked (the message says what to do).
     #[error("{0}")]
     Config(String),
+    #[error("{path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    /// This node's key cannot sign artifacts.
+    #[error("{0}")]
+    Signer(#[source] ArtifactError),
+    /// The model endpoint configured for `ctx.model` is unusable.
+    #[error("{0}")]
+    Model(#[source] ModelError),
+    /// An actor did not answer as it should (the message says how).
     #[error("actor failed: {0}")]
     Actor(String),
+    /// An actor could not be started or reached: `what` names it, the source says why.
+    #[error("actor failed: {what}: {source}")]
+    ActorFailed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Registry(RegistryError),
     #[error("the function's code is refused: {0}")]
@@ -74,6 +98,19 @@ pub enum NodeError {
 impl From<JoinError> for NodeError {
     fn from(error: JoinError) -> Self {
         Self::Join(Box::new(error))
+    }
+}
+
+impl NodeError {
+    /// The actor `what` failed with `source`.
+    fn actor(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::ActorFailed {
+            what: what.into(),
+            source: Box::new(source),
+        }
     }
 }
 
@@ -260,7 +297,7 @@ impl Node {
             },
         )
         .await
-        .map_err(|e| NodeError::Actor(format!("transport on {}: {e}", options.listen)))?;
+        .map_err(|e| NodeError::actor(format!("transport on {}", options.listen), e))?;
         let local_addr = transport
             .call(TransportMsg::LocalAddr, None)
             .await
@@ -297,7 +334,7 @@ impl Node {
             },
         )
         .await
-        .map_err(|e| NodeError::Actor(format!("membership: {e}")))?;
+        .map_err(|e| NodeError::actor("membership", e))?;
         let join = Arc::new(JoinService::new(
             dir.load_ca()?,
             dir.token_book()?,
@@ -308,7 +345,10 @@ impl Node {
         let store = Arc::new(
             Store::open_patiently(&dir.store(), Duration::from_secs(5))
                 .await
-                .map_err(|e| NodeError::Config(format!("{}: {e}", dir.store().display())))?,
+                .map_err(|source| NodeError::Store {
+                    path: dir.store(),
+                    source,
+                })?,
         );
         let credentials = dir.load_credentials()?;
         let (snapshots, catalog) = watch::channel(Arc::new(Catalog::default()));
@@ -318,7 +358,7 @@ impl Node {
             RegistryArgs {
                 store: store.clone(),
                 node_id: settings.node_id.clone(),
-                signer: Signer::new(&credentials).map_err(|e| NodeError::Config(e.to_string()))?,
+                signer: Signer::new(&credentials).map_err(NodeError::Signer)?,
                 ca_der: credentials.ca_der.to_vec(),
                 transport: transport.clone(),
                 membership: membership.clone(),
@@ -327,10 +367,10 @@ impl Node {
             },
         )
         .await
-        .map_err(|e| NodeError::Actor(format!("registry: {e}")))?;
+        .map_err(|e| NodeError::actor("registry", e))?;
         let (alive_tx, alive) = watch::channel(Arc::new(Vec::new()));
         let link = ractor::call_t!(transport, TransportMsg::Handle, 5_000)
-            .map_err(|e| NodeError::Actor(format!("transport: {e}")))?;
+            .map_err(|e| NodeError::actor("transport", e))?;
         let router = Router::new(RouterArgs {
             me: settings.node_id.clone(),
             catalog: catalog.clone(),
@@ -344,8 +384,7 @@ impl Node {
                 secrets_dir: dir.secrets_dir(),
                 model: match &options.model {
                     Some(config) => Some(Arc::new(
-                        OpenAiCompatible::new(config.clone())
-                            .map_err(|e| NodeError::Config(e.to_string()))?,
+                        OpenAiCompatible::new(config.clone()).map_err(NodeError::Model)?,
                     ) as Arc<dyn ModelProvider>),
                     None => None,
                 },
@@ -364,7 +403,7 @@ impl Node {
             },
         )
         .await
-        .map_err(|e| NodeError::Actor(format!("placer: {e}")))?;
+        .map_err(|e| NodeError::actor("placer", e))?;
         let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
         let ops = ops::NodeOps {
             me: settings.node_id.clone(),
@@ -439,7 +478,7 @@ impl Node {
                 Some(timeout),
             )
             .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?;
+            .map_err(|e| NodeError::actor("transport", e))?;
         match answer {
             ractor::rpc::CallResult::Success(Ok(Frame::Agent(reply))) => Ok(reply),
             ractor::rpc::CallResult::Success(Ok(other)) => Err(NodeError::Actor(format!(
@@ -448,7 +487,7 @@ impl Node {
                 other.kind_name()
             ))),
             ractor::rpc::CallResult::Success(Err(error)) => {
-                Err(NodeError::Actor(format!("node {}: {error}", to.name)))
+                Err(NodeError::actor(format!("node {}", to.name), error))
             }
             _ => Err(NodeError::Actor(format!(
                 "node {} did not answer the agent message within {timeout:?}",
@@ -485,7 +524,7 @@ impl Node {
         self.membership
             .call(MembershipMsg::Members, Some(Duration::from_secs(2)))
             .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .map_err(|e| NodeError::actor("membership", e))?
             .success_or(())
             .map_err(|_| NodeError::Actor("membership did not answer".into()))
     }
@@ -538,7 +577,7 @@ impl Node {
         self.registry
             .call(build, Some(Duration::from_secs(15)))
             .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .map_err(|e| NodeError::actor("registry", e))?
             .success_or(())
             .map_err(|_| NodeError::Actor("the registry did not answer in time".into()))
     }

@@ -159,7 +159,7 @@ impl NodeOps {
                 Some(Duration::from_secs(15)),
             )
             .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?
+            .map_err(|e| NodeError::actor("registry", e))?
             .success_or(())
             .map_err(|_| NodeError::Actor("the registry did not answer in time".into()))?
             .map_err(NodeError::Registry)

@@ -36,8 +36,11 @@ pub enum RegistryError {
     NotFound(String),
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
-    #[error("store: {0}")]
-    Store(String),
+    #[error("registry: {0}")]
+    Store(#[source] Arc<StoreError>),
+    /// A catalog record that cannot be encoded for the store; nothing was stored.
+    #[error("a catalog record cannot be encoded: {0}")]
+    Encode(#[source] klf_proto::ProtoError),
     #[error("artifact {0} is not held by this node or any reachable peer")]
     ArtifactUnavailable(String),
     #[error(
@@ -57,7 +60,7 @@ pub enum RegistryError {
 
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
+        Self::Store(Arc::new(e))
     }
 }
 
@@ -74,7 +77,7 @@ pub struct RegistryArgs {
     pub snapshots: watch::Sender<Arc<Catalog>>,
 }
 
-/// The registry's public face: the seed's registry operations and replication.
+/// The registry's public face: publishing, lookups and replication.
 pub enum RegistryMsg {
     /// Register a package and deploy it with `replicas` instances.
     Publish {
@@ -111,15 +114,15 @@ pub enum RegistryMsg {
         version: semver::Version,
         reply: RpcReplyPort<Result<Deployment, RegistryError>>,
     },
-    /// The highest live release of `name` matching `range` (the seed's `get`).
+    /// The highest live release of `name` matching `range`.
     Get {
         name: String,
         range: semver::VersionReq,
         reply: RpcReplyPort<Option<Release>>,
     },
-    /// Every live release (the seed's `discover`).
+    /// Every live release.
     Discover(RpcReplyPort<Vec<Release>>),
-    /// Live releases of a manifest `type` (the seed's `findByType`).
+    /// Live releases of a manifest `type`.
     FindByType {
         kind: String,
         reply: RpcReplyPort<Vec<Release>>,
@@ -129,8 +132,8 @@ pub enum RegistryMsg {
         manifest: Box<klf_functions::package::Manifest>,
         reply: RpcReplyPort<Result<Vec<Release>, RegistryError>>,
     },
-    /// Whether a manifest's dependencies all resolve (the seed's `validateDependencies`): `Ok`, or
-    /// every missing dependency and cycle by name.
+    /// Whether a manifest's dependencies all resolve: `Ok`, or every missing dependency and
+    /// cycle by name.
     ValidateDependencies {
         manifest: Box<klf_functions::package::Manifest>,
         reply: RpcReplyPort<Result<(), Vec<DependencyError>>>,
@@ -177,11 +180,18 @@ pub struct RegistryState {
     snapshots: watch::Sender<Arc<Catalog>>,
 }
 
-/// Encodes records for a `CatalogPush`.
+/// Encodes records for a `CatalogPush`, skipping (and logging) any that do not encode: the peer
+/// still gets the others, and asks again on its next round.
 pub fn encode_records(records: &[(String, Versioned)]) -> Vec<Vec<u8>> {
     records
         .iter()
-        .filter_map(|r| klf_proto::encode_value(r).ok())
+        .filter_map(|record| match klf_proto::encode_value(record) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                warn!(key = %record.0, %error, "a catalog record does not encode; not sent");
+                None
+            }
+        })
         .collect()
 }
 
@@ -320,7 +330,7 @@ impl Actor for Registry {
                 owner,
                 reply,
             } => {
-                let result = state.publish(*package, replicas, owner);
+                let result = state.publish(*package, replicas, owner).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -331,7 +341,7 @@ impl Actor for Registry {
                 owner,
                 reply,
             } => {
-                let result = state.publish_canary(*package, owner);
+                let result = state.publish_canary(*package, owner).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -342,7 +352,7 @@ impl Actor for Registry {
                 promote,
                 reply,
             } => {
-                let result = state.end_canary(&name, promote);
+                let result = state.end_canary(&name, promote).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -353,7 +363,7 @@ impl Actor for Registry {
                 version,
                 reply,
             } => {
-                let result = state.unregister(&name, version.as_ref());
+                let result = state.unregister(&name, version.as_ref()).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -364,7 +374,7 @@ impl Actor for Registry {
                 version,
                 reply,
             } => {
-                let result = state.pin(&name, version);
+                let result = state.pin(&name, version).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -398,7 +408,7 @@ impl Actor for Registry {
                 let _ = reply.send(records);
             }
             RegistryMsg::Merge(records) => {
-                state.merge(records);
+                state.merge(records).await;
                 state.replicate_artifacts();
             }
             RegistryMsg::Artifact { hash, reply } => {
@@ -419,31 +429,44 @@ impl RegistryState {
         self.hlc.new_timestamp()
     }
 
-    fn commit(&mut self, records: Vec<(String, Versioned)>) -> Result<(), RegistryError> {
+    /// Merges `records` into the catalog and stores those that changed it.
+    ///
+    /// The store's commit runs on the blocking pool, and the actor waits for it before it takes
+    /// its next message: this actor's commits happen one at a time, in the order it makes them,
+    /// and a slow disk holds up the registry's mailbox, not a runtime worker.
+    async fn commit(&mut self, records: Vec<(String, Versioned)>) -> Result<(), RegistryError> {
+        // Encoded first: a record that cannot be stored is not merged either.
+        let records = records
+            .into_iter()
+            .map(|(key, record)| Ok((key, record.encode()?, record)))
+            .collect::<Result<Vec<_>, klf_proto::ProtoError>>()
+            .map_err(RegistryError::Encode)?;
         let mut changed = Vec::new();
-        for (key, record) in records {
+        for (key, bytes, record) in records {
             let _ = self.hlc.update_with_timestamp(&record.stamp);
-            if self.catalog.merge(key.clone(), record.clone()) {
-                changed.push((key, record.encode()));
+            if self.catalog.merge(key.clone(), record) {
+                changed.push((key, bytes));
             }
         }
         if !changed.is_empty() {
-            self.store.put_catalog_records(&changed)?;
+            self.store
+                .unblocked(move |store| store.put_catalog_records(&changed))
+                .await?;
             let _ = self.snapshots.send(Arc::new(self.catalog.clone()));
         }
         Ok(())
     }
 
-    fn merge(&mut self, records: Vec<(String, Versioned)>) {
+    async fn merge(&mut self, records: Vec<(String, Versioned)>) {
         let count = records.len();
-        if let Err(error) = self.commit(records) {
+        if let Err(error) = self.commit(records).await {
             warn!(%error, "could not store merged catalog records");
         } else if count > 0 {
             debug!(count, "merged catalog records from a peer");
         }
     }
 
-    fn publish(
+    async fn publish(
         &mut self,
         package: Package,
         replicas: u32,
@@ -465,7 +488,9 @@ impl RegistryState {
             created_unix_ms: klf_proto::unix_ms(),
         };
         let is_new = self.catalog.check_publish(&release)?;
-        self.store.put_artifact(&hash, &bytes)?;
+        self.store
+            .unblocked(move |store| store.put_artifact(&hash, &bytes))
+            .await?;
         let mut records = Vec::new();
         if is_new {
             records.push((
@@ -489,7 +514,7 @@ impl RegistryState {
                 }),
             },
         ));
-        self.commit(records)?;
+        self.commit(records).await?;
         info!(id = %release.manifest.id(), replicas, "published");
         // Keep the stored release (its original signature and time) when the same content is
         // published again.
@@ -500,7 +525,7 @@ impl RegistryState {
         })
     }
 
-    fn publish_canary(
+    async fn publish_canary(
         &mut self,
         package: Package,
         owner: String,
@@ -513,9 +538,9 @@ impl RegistryState {
         let deployment = self.catalog.deployment(&name).cloned();
         let (Some(stable), Some(deployment)) = (stable, deployment.filter(|d| d.enabled)) else {
             // Nothing served to compare with: a canary of nothing is a plain deploy.
-            return self.publish(package, 1, owner);
+            return self.publish(package, 1, owner).await;
         };
-        let release = self.publish(package, deployment.replicas, owner)?;
+        let release = self.publish(package, deployment.replicas, owner).await?;
         if release.manifest.version == stable {
             return Ok(release);
         }
@@ -543,12 +568,13 @@ impl RegistryState {
                     }),
                 },
             ),
-        ])?;
+        ])
+        .await?;
         info!(%name, canary = %release.manifest.version, %stable, "canary started");
         Ok(release)
     }
 
-    fn end_canary(&mut self, name: &str, promote: bool) -> Result<Canary, RegistryError> {
+    async fn end_canary(&mut self, name: &str, promote: bool) -> Result<Canary, RegistryError> {
         let canary = self
             .catalog
             .canary(name)
@@ -589,12 +615,17 @@ impl RegistryState {
                     record: Record::Tombstone,
                 },
             ),
-        ])?;
+        ])
+        .await?;
         info!(%name, version = %canary.version, promote, "canary ended");
         Ok(canary)
     }
 
-    fn pin(&mut self, name: &str, version: semver::Version) -> Result<Deployment, RegistryError> {
+    async fn pin(
+        &mut self,
+        name: &str,
+        version: semver::Version,
+    ) -> Result<Deployment, RegistryError> {
         let versions = self.catalog.versions(name);
         if versions.is_empty() {
             return Err(RegistryError::NotFound(name.to_string()));
@@ -624,12 +655,13 @@ impl RegistryState {
                 stamp: self.stamp(),
                 record: Record::Deployment(deployment.clone()),
             },
-        )])?;
+        )])
+        .await?;
         info!(%name, version = ?deployment.version, "pinned");
         Ok(deployment)
     }
 
-    fn unregister(
+    async fn unregister(
         &mut self,
         name: &str,
         version: Option<&semver::Version>,
@@ -665,7 +697,7 @@ impl RegistryState {
                 )
             })
             .collect();
-        self.commit(records)?;
+        self.commit(records).await?;
         info!(%name, ?version, "unregistered");
         Ok(keys)
     }
@@ -747,7 +779,7 @@ const FETCH_BACKOFF: Duration = Duration::from_millis(150);
 /// before it is stored or used.
 async fn fetch_package(
     release: &Release,
-    store: &Store,
+    store: &Arc<Store>,
     ca: &[u8],
     transport: &ActorRef<TransportMsg>,
     membership: &ActorRef<MembershipMsg>,
@@ -777,7 +809,10 @@ async fn fetch_package(
             };
             match artifact::verify(release, &found.bytes, ca) {
                 Ok(()) => {
-                    store.put_artifact(&release.artifact, &found.bytes)?;
+                    let (hash, bytes) = (release.artifact, found.bytes.clone());
+                    store
+                        .unblocked(move |store| store.put_artifact(&hash, &bytes))
+                        .await?;
                     debug!(id = %release.manifest.id(), from = %peer.node_id, "fetched artifact");
                     return Ok(artifact::unpack(&found.bytes)?);
                 }

@@ -7,29 +7,42 @@ use ring::signature::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use std::sync::Arc;
+
 use super::catalog::Release;
 use klf_functions::package::Package;
-use klf_security::{NodeCredentials, PeerIdentity};
+use klf_proto::ProtoError;
+use klf_security::{NodeCredentials, PeerIdentity, SecurityError};
 
-/// Why an artifact cannot be trusted or read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an artifact cannot be made, trusted or read. Failures of the key, the certificate parser
+/// or the codec are kept as the source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ArtifactError {
     #[error("artifact hash mismatch: expected {expected}, got {actual}")]
     HashMismatch { expected: String, actual: String },
+    /// The signature or the signer's certificate does not check out (the message says how).
     #[error("artifact signature: {0}")]
     Signature(String),
+    #[error("artifact signature: this node's key cannot sign: {0}")]
+    Key(#[source] ring::error::KeyRejected),
+    #[error("artifact signature: signing failed: {0}")]
+    Sign(#[source] ring::error::Unspecified),
+    #[error("artifact signature: {0}")]
+    SignerCertificate(#[source] Arc<SecurityError>),
     #[error("artifact does not decode: {0}")]
-    Malformed(String),
+    Malformed(#[source] ProtoError),
+    #[error("the package cannot be encoded as an artifact: {0}")]
+    Encode(#[source] ProtoError),
 }
 
 /// The package as artifact bytes (the same encoding every node uses, so the hash is stable).
 pub fn pack(package: &Package) -> Result<Vec<u8>, ArtifactError> {
-    klf_proto::encode_value(package).map_err(|e| ArtifactError::Malformed(e.to_string()))
+    klf_proto::encode_value(package).map_err(ArtifactError::Encode)
 }
 
 /// The package inside artifact bytes.
 pub fn unpack(bytes: &[u8]) -> Result<Package, ArtifactError> {
-    klf_proto::decode_value(bytes).map_err(|e| ArtifactError::Malformed(e.to_string()))
+    klf_proto::decode_value(bytes).map_err(ArtifactError::Malformed)
 }
 
 pub fn hash(bytes: &[u8]) -> [u8; 32] {
@@ -51,7 +64,7 @@ impl Signer {
             pkcs8.secret_der(),
             &ring::rand::SystemRandom::new(),
         )
-        .map_err(|e| ArtifactError::Signature(format!("this node's key cannot sign: {e}")))?;
+        .map_err(ArtifactError::Key)?;
         Ok(Self {
             key,
             node_id: credentials.node_id.clone(),
@@ -63,7 +76,7 @@ impl Signer {
         self.key
             .sign(&ring::rand::SystemRandom::new(), hash)
             .map(|s| s.as_ref().to_vec())
-            .map_err(|e| ArtifactError::Signature(e.to_string()))
+            .map_err(ArtifactError::Sign)
     }
 }
 
@@ -87,7 +100,7 @@ pub fn verify(release: &Release, bytes: &[u8], ca_der: &[u8]) -> Result<(), Arti
     let identity = PeerIdentity::from_cert(&rustls_pki_types::CertificateDer::from(
         release.signer_cert.as_slice(),
     ))
-    .map_err(|e| ArtifactError::Signature(e.to_string()))?;
+    .map_err(|e| ArtifactError::SignerCertificate(Arc::new(e)))?;
     if identity.node_id != release.signer {
         return Err(bad("the signer certificate names another node"));
     }

@@ -106,14 +106,17 @@ pub struct Versioned {
 
 impl Versioned {
     /// blake3 of the encoded record: what digests compare and what breaks ties between equal stamps.
+    ///
+    /// Every field of a record encodes, so the empty fallback (which keeps this infallible for
+    /// comparisons) is unreachable; what is stored or sent goes through [`Versioned::encode`],
+    /// which says when a record does not encode.
     pub fn hash(&self) -> [u8; 32] {
-        *blake3::hash(&self.encode()).as_bytes()
+        *blake3::hash(&self.encode().unwrap_or_default()).as_bytes()
     }
 
-    /// The record's bytes (for the store and for anti-entropy). Every field of a record encodes, so
-    /// the empty fallback is unreachable; it keeps this infallible for hashing.
-    pub fn encode(&self) -> Vec<u8> {
-        klf_proto::encode_value(self).unwrap_or_default()
+    /// The record's bytes (for the store and for anti-entropy).
+    pub fn encode(&self) -> Result<Vec<u8>, klf_proto::ProtoError> {
+        klf_proto::encode_value(self)
     }
 
     /// A record from bytes made by [`Versioned::encode`] (or by a node from before deployments
@@ -469,7 +472,7 @@ pub(crate) mod tests {
                 stamp: stamp(5, 2),
                 record,
             };
-            let bytes = v.encode();
+            let bytes = v.encode().unwrap();
             assert!(!bytes.is_empty());
             assert_eq!(Versioned::decode(&bytes).unwrap(), v);
         }

@@ -1,6 +1,6 @@
 //! Why an invocation failed, as a stable kind (carried on the wire and in the API) and a message.
 
-use klf_functions::sandbox::SandboxError;
+use klf_functions::sandbox::{Cause, SandboxError};
 
 /// The kinds of invocation failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,11 +65,17 @@ kinds! {
 }
 
 /// An invocation failure.
+///
+/// The kind and the message are what travels to peers and API clients; the cause, when an error
+/// of another layer (the sandbox, the registry, a parser) led to this one, stays on the node that
+/// saw it, as the source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InvokeError {
     pub kind: InvokeErrorKind,
     pub message: String,
+    #[source]
+    pub cause: Option<Cause>,
 }
 
 impl InvokeError {
@@ -77,7 +83,14 @@ impl InvokeError {
         Self {
             kind,
             message: message.into(),
+            cause: None,
         }
+    }
+
+    /// This error, caused by `cause`.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Cause::new(cause));
+        self
     }
 
     /// Whether the function itself answered: its code ran (or failed to run within its own
@@ -124,22 +137,44 @@ impl From<SandboxError> for InvokeError {
             SandboxError::OutOfMemory { .. } => InvokeErrorKind::OutOfMemory,
             SandboxError::CapabilityDenied { .. } => InvokeErrorKind::CapabilityDenied,
             SandboxError::BadModule(_) => InvokeErrorKind::BadModule,
-            SandboxError::BadOutput(_) => InvokeErrorKind::BadOutput,
+            SandboxError::BadOutput(_) | SandboxError::OutputFailure { .. } => {
+                InvokeErrorKind::BadOutput
+            }
             SandboxError::Host(_)
+            | SandboxError::HostFailure { .. }
             | SandboxError::Crypto(_)
             | SandboxError::Secret(_)
             | SandboxError::ModelUnavailable(_)
             | SandboxError::Model(_)
+            | SandboxError::ModelFailure(_)
             | SandboxError::Schedule(_) => InvokeErrorKind::HostError,
-            SandboxError::Internal(_) => InvokeErrorKind::Internal,
+            SandboxError::Internal(_) | SandboxError::InternalFailure { .. } => {
+                InvokeErrorKind::Internal
+            }
         };
-        Self::new(kind, e.to_string())
+        Self::new(kind, e.to_string()).caused_by(e)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_error_becomes_the_cause_of_the_invoke_error() {
+        use std::error::Error as _;
+        let store = std::io::Error::other("disk full");
+        let error = InvokeError::from(SandboxError::host_failure("kv", store));
+        assert_eq!(error.kind, InvokeErrorKind::HostError);
+        assert_eq!(error.message, "host error: kv: disk full");
+        let sandbox = error.source().map(ToString::to_string);
+        assert_eq!(sandbox.as_deref(), Some("host error: kv: disk full"));
+        let root = error
+            .source()
+            .and_then(|s| s.source())
+            .map(ToString::to_string);
+        assert_eq!(root.as_deref(), Some("disk full"));
+    }
 
     #[test]
     fn kinds_round_trip_by_name() {

@@ -14,11 +14,11 @@ use tracing::{debug, error, info, warn};
 
 use super::{InvokeRequest, Router, RouterInner};
 use klf_functions::sandbox::{
-    CallMeta, Host, LogLevel, SandboxError, ScheduleInfo, ScheduleRequest,
+    CallMeta, Cause, Host, LogLevel, SandboxError, ScheduleInfo, ScheduleRequest,
 };
 use klf_model::{ModelProvider, ModelRequest, unavailable_message};
 use klf_registry::Release;
-use klf_store::Store;
+use klf_store::{Store, off_worker};
 
 /// Keys a function may list at once.
 const MAX_KV_LIST: usize = 1000;
@@ -136,7 +136,7 @@ impl NodeHost {
             // declared range applies.
             let range = match (explicit, declared) {
                 (Some(text), _) => semver::VersionReq::parse(&text).map_err(|e| {
-                    SandboxError::Host(format!("{text:?} is not a semver range: {e}"))
+                    SandboxError::host_failure(format!("{text:?} is not a semver range"), e)
                 })?,
                 (None, Some(declared)) => declared,
                 (None, None) => semver::VersionReq::STAR,
@@ -160,8 +160,8 @@ impl NodeHost {
     }
 }
 
-fn kv_error(e: impl std::fmt::Display) -> SandboxError {
-    SandboxError::Host(format!("kv: {e}"))
+fn kv_error(e: impl std::error::Error + Send + Sync + 'static) -> SandboxError {
+    SandboxError::host_failure("kv", e)
 }
 
 impl NodeHost {
@@ -193,15 +193,19 @@ impl Host for NodeHost {
         }
     }
 
+    /// A write commits (fsync), and the sandbox calls this synchronously from inside the
+    /// JavaScript engine: [`off_worker`] lets the runtime worker's other tasks (every other
+    /// function's calls) go on elsewhere while the disk is slow.
     fn kv_put(&self, key: &str, value: serde_json::Value) -> Result<(), SandboxError> {
-        self.store()?
-            .kv_put(&self.function, key, value.to_string().as_bytes())
-            .map_err(kv_error)
+        let store = self.store()?;
+        let value = value.to_string();
+        off_worker(|| store.kv_put(&self.function, key, value.as_bytes())).map_err(kv_error)
     }
 
+    /// Commits like [`NodeHost::kv_put`], so off the worker too.
     fn kv_delete(&self, key: &str) -> Result<(), SandboxError> {
-        self.store()?
-            .kv_delete(&self.function, key)
+        let store = self.store()?;
+        off_worker(|| store.kv_delete(&self.function, key))
             .map(drop)
             .map_err(kv_error)
     }
@@ -266,7 +270,7 @@ impl Host for NodeHost {
             let reply = provider
                 .complete(request, timeout)
                 .await
-                .map_err(|e| SandboxError::Model(e.to_string()))?;
+                .map_err(|e| SandboxError::ModelFailure(Cause::new(e)))?;
             info!(
                 target: "klf::model",
                 %function,

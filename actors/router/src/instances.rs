@@ -189,7 +189,7 @@ impl Instances {
             }
         };
         let (actor, _) =
-            spawned.map_err(|e| SandboxError::Internal(format!("instance actor: {e}")))?;
+            spawned.map_err(|e| SandboxError::internal_failure("instance actor", e))?;
         let concurrency = release.manifest.limits.concurrency as usize;
         let hosted = Arc::new(Hosted {
             release: release.clone(),

@@ -478,6 +478,7 @@ impl RouterInner {
                 InvokeErrorKind::BadInput,
                 format!("the input cannot be written as JSON: {e}"),
             )
+            .caused_by(e)
         })?;
         check_input_size(input.len())?;
         let mut hosts = resolved.hosts();
@@ -533,10 +534,11 @@ impl RouterInner {
                     "{:?} is not a semver range: {e}",
                     invoke.version_range
                 ))
+                .caused_by(e)
             })?
         };
         let input: serde_json::Value = serde_json::from_slice(&invoke.input)
-            .map_err(|e| bad(format!("the input is not JSON: {e}")))?;
+            .map_err(|e| bad(format!("the input is not JSON: {e}")).caused_by(e))?;
         let request = InvokeRequest {
             function: invoke.function,
             range,
@@ -610,12 +612,14 @@ impl RouterInner {
                 Some(Duration::from_secs(10)),
             )
             .await
-            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, format!("registry: {e}")))?
+            .map_err(|e| {
+                InvokeError::new(InvokeErrorKind::Internal, format!("registry: {e}")).caused_by(e)
+            })?
             .success_or(())
             .map_err(|_| {
                 InvokeError::new(InvokeErrorKind::Internal, "the registry did not answer")
             })?
-            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| InvokeError::new(InvokeErrorKind::Internal, e.to_string()).caused_by(e))?;
         Ok(self.instances.get_or_start(release, &package).await?)
     }
 
@@ -714,7 +718,7 @@ impl RouterInner {
                 .await
                 .map_err(|e| {
                     (
-                        InvokeError::new(InvokeErrorKind::Internal, e.to_string()),
+                        InvokeError::new(InvokeErrorKind::Internal, e.to_string()).caused_by(e),
                         false,
                     )
                 })?,
@@ -729,7 +733,8 @@ impl RouterInner {
                                 InvokeError::new(
                                     InvokeErrorKind::BadOutput,
                                     format!("the host answered with bytes that are not JSON: {e}"),
-                                ),
+                                )
+                                .caused_by(e),
                                 true,
                             )
                         }),
@@ -761,7 +766,8 @@ impl RouterInner {
                     InvokeError::new(
                         InvokeErrorKind::Unreachable,
                         format!("node {}: {error}", host.name),
-                    ),
+                    )
+                    .caused_by(error),
                     !never_started,
                 ))
             }

@@ -67,7 +67,7 @@ impl Router {
                 {
                     Ok(CallResult::Success(result)) => result?,
                     Ok(_) => return Err(internal("the instance did not answer the test run")),
-                    Err(e) => return Err(internal(format!("instance: {e}"))),
+                    Err(e) => return Err(internal(format!("instance: {e}")).caused_by(e)),
                 }
             }
             (None, false) => {
@@ -81,10 +81,10 @@ impl Router {
                         Some(Duration::from_secs(10)),
                     )
                     .await
-                    .map_err(|e| internal(format!("registry: {e}")))?
+                    .map_err(|e| internal(format!("registry: {e}")).caused_by(e))?
                     .success_or(())
                     .map_err(|_| internal("the registry did not answer"))?
-                    .map_err(|e| internal(e.to_string()))?;
+                    .map_err(|e| internal(e.to_string()).caused_by(e))?;
                 let instance = Instance::start(
                     function_code(&release.manifest, &package.source),
                     sandbox_limits(&release.manifest),

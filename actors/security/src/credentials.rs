@@ -104,8 +104,8 @@ impl PeerIdentity {
     /// Reads the node id (from the `<id>.node.klf` name) and the node name (the common name) off a
     /// certificate that TLS has already verified against the mesh CA.
     pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, SecurityError> {
-        let (_, cert) = X509Certificate::from_der(cert)
-            .map_err(|e| SecurityError::PeerCertificate(format!("unparsable: {e}")))?;
+        let (_, cert) =
+            X509Certificate::from_der(cert).map_err(SecurityError::UnparsableCertificate)?;
         let name = cert
             .subject()
             .iter_common_name()
@@ -115,7 +115,7 @@ impl PeerIdentity {
             .to_string();
         let san = cert
             .subject_alternative_name()
-            .map_err(|e| SecurityError::PeerCertificate(format!("bad subject alt names: {e}")))?
+            .map_err(SecurityError::SubjectAltNames)?
             .ok_or_else(|| SecurityError::PeerCertificate("no subject alt names".into()))?;
         let node_id = san
             .value

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -42,9 +43,23 @@ fn now_secs() -> u64 {
 
 impl JoinToken {
     /// The token as one line of text (`klf1.` + base64url of its JSON).
+    ///
+    /// The JSON is built from the token's strings and number directly, so encoding cannot fail
+    /// (and never yields a token without a body); [`JoinToken::decode`] reads it back with serde.
     pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!("{PREFIX}{}", B64.encode(json))
+        let text = |s: &str| serde_json::Value::String(s.to_string());
+        let json = serde_json::Value::Object(serde_json::Map::from_iter([
+            ("mesh_id".to_string(), text(&self.mesh_id)),
+            ("ca_fingerprint".to_string(), text(&self.ca_fingerprint)),
+            ("seed".to_string(), text(&self.seed)),
+            ("id".to_string(), text(&self.id)),
+            ("secret".to_string(), text(&self.secret)),
+            (
+                "expires_at".to_string(),
+                serde_json::Value::from(self.expires_at),
+            ),
+        ]));
+        format!("{PREFIX}{}", B64.encode(json.to_string()))
     }
 
     /// Parses a token, saying precisely what is wrong with a garbled one.
@@ -55,11 +70,8 @@ impl JoinToken {
                 "not a KLF join token (it should start with `{PREFIX}`; copy the last line printed by `klf token create`)"
             ))
         })?;
-        let json = B64.decode(body).map_err(|e| {
-            SecurityError::InvalidToken(format!("the token is damaged (not base64url: {e})"))
-        })?;
-        let token: Self = serde_json::from_slice(&json)
-            .map_err(|e| SecurityError::InvalidToken(format!("the token is damaged ({e})")))?;
+        let json = B64.decode(body).map_err(SecurityError::TokenNotBase64)?;
+        let token: Self = serde_json::from_slice(&json).map_err(SecurityError::TokenNotJson)?;
         token.id_bytes()?;
         token.secret_bytes()?;
         token.fingerprint_bytes()?;
@@ -104,7 +116,7 @@ impl JoinToken {
 }
 
 /// Why a seed refused to redeem a token. The messages go back to the joining node verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenRejected {
     #[error("this join token is unknown to the seed (it was not issued by this node)")]
     Unknown,
@@ -116,8 +128,10 @@ pub enum TokenRejected {
     Expired,
     #[error("the join token's secret is wrong")]
     WrongSecret,
+    /// The token was good, but the book could not be saved with it burned: the join is refused
+    /// rather than let a restart accept the same token again.
     #[error("the seed could not record the token: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<SecurityError>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,11 +151,7 @@ impl TokenBook {
     /// Opens the book stored at `path` (empty if the file does not exist yet).
     pub fn open(path: PathBuf) -> Result<Self, SecurityError> {
         let issued = if path.exists() {
-            let text = files::read_string(&path)?;
-            serde_json::from_str(&text).map_err(|e| SecurityError::BadFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?
+            files::read_json(&path)?
         } else {
             BTreeMap::new()
         };
@@ -149,8 +159,7 @@ impl TokenBook {
     }
 
     fn save(&self) -> Result<(), SecurityError> {
-        let json = serde_json::to_vec_pretty(&self.issued).unwrap_or_default();
-        files::write_private(&self.path, &json)
+        files::write_private_json(&self.path, &self.issued)
     }
 
     /// Issues a token valid for `ttl`, naming `seed` as the address to redeem it at.
@@ -202,8 +211,7 @@ impl TokenBook {
             return Err(TokenRejected::Expired);
         }
         token.used = true;
-        self.save()
-            .map_err(|e| TokenRejected::Storage(e.to_string()))
+        self.save().map_err(|e| TokenRejected::Storage(Arc::new(e)))
     }
 }
 
@@ -226,19 +234,25 @@ mod tests {
         let parsed = JoinToken::decode(&token.encode()).unwrap();
         assert_eq!(parsed, token);
         let (id, secret) = (parsed.id_bytes().unwrap(), parsed.secret_bytes().unwrap());
-        assert_eq!(book.redeem(&id, &[0; 32]), Err(TokenRejected::WrongSecret));
-        assert_eq!(book.redeem(&id, &secret), Ok(()));
-        assert_eq!(book.redeem(&id, &secret), Err(TokenRejected::AlreadyUsed));
+        assert!(matches!(
+            book.redeem(&id, &[0; 32]),
+            Err(TokenRejected::WrongSecret)
+        ));
+        assert!(book.redeem(&id, &secret).is_ok());
+        assert!(matches!(
+            book.redeem(&id, &secret),
+            Err(TokenRejected::AlreadyUsed)
+        ));
         // Burned across a reopen too.
         let mut reopened = TokenBook::open(dir.path().join("tokens.json")).unwrap();
-        assert_eq!(
+        assert!(matches!(
             reopened.redeem(&id, &secret),
             Err(TokenRejected::AlreadyUsed)
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             reopened.redeem(&[9; 16], &secret),
             Err(TokenRejected::Unknown)
-        );
+        ));
     }
 
     #[test]
@@ -249,13 +263,51 @@ mod tests {
             .unwrap();
         book.issued.values_mut().for_each(|t| t.expires_at = 1);
         let (id, secret) = (token.id_bytes().unwrap(), token.secret_bytes().unwrap());
-        assert_eq!(book.redeem(&id, &secret), Err(TokenRejected::Expired));
+        assert!(matches!(
+            book.redeem(&id, &secret),
+            Err(TokenRejected::Expired)
+        ));
         token.expires_at = 1;
         let err = JoinToken::decode(&token.encode())
             .unwrap()
             .check_not_expired()
             .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn a_burn_that_cannot_be_saved_refuses_the_join_with_the_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("book").join("tokens.json");
+        let mut book = TokenBook::open(path.clone()).unwrap();
+        // The book's folder does not exist: saving fails with an I/O error.
+        let Err(error) = book.issue("mesh", [1; 32], "127.0.0.1:1", Duration::from_secs(60)) else {
+            panic!("a book in a missing folder saved")
+        };
+        assert!(matches!(error, SecurityError::File { .. }), "{error:?}");
+        std::fs::create_dir(dir.path().join("book")).unwrap();
+        let token = book
+            .issue("mesh", [1; 32], "127.0.0.1:1", Duration::from_secs(60))
+            .unwrap();
+        std::fs::remove_dir_all(dir.path().join("book")).unwrap();
+        let (id, secret) = (token.id_bytes().unwrap(), token.secret_bytes().unwrap());
+        let refused = book.redeem(&id, &secret).unwrap_err();
+        assert!(matches!(refused, TokenRejected::Storage(_)), "{refused:?}");
+        let cause = refused
+            .source()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(cause.contains("tokens"), "{cause}");
+    }
+
+    #[test]
+    fn a_garbled_token_keeps_the_decoding_error_as_source() {
+        use std::error::Error as _;
+        for text in ["klf1.@@@", "klf1.bm90IGpzb24"] {
+            let error = JoinToken::decode(text).unwrap_err();
+            assert!(error.source().is_some(), "{text}: {error:?}");
+        }
     }
 
     #[test]

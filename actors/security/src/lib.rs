@@ -16,7 +16,8 @@ pub use ca::MeshCa;
 pub use credentials::{NodeCredentials, PeerIdentity, node_id_of_public_key};
 pub use join_token::{JoinToken, TokenBook, TokenRejected};
 
-/// Errors of the security layer.
+/// Errors of the security layer. Each keeps the error it stems from (I/O, parsing, TLS) as its
+/// source, and says in its message which file or token is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     #[error("certificate error: {0}")]
@@ -30,17 +31,48 @@ pub enum SecurityError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {reason}")]
-    BadFile {
+    #[error("{path}: not UTF-8")]
+    NotUtf8 {
         path: std::path::PathBuf,
-        reason: String,
+        #[source]
+        source: std::string::FromUtf8Error,
     },
+    /// A JSON file (node settings, tokens) that does not parse.
+    #[error("{path}: {source}")]
+    BadJson {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Something meant for a JSON file that cannot be written as JSON; nothing was written.
+    #[error("{path}: cannot be written as JSON: {source}")]
+    Encode {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: not a PEM certificate: {source}")]
+    BadPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: pem::PemError,
+    },
+    /// A peer's certificate lacks what a node certificate must carry (the message says what).
     #[error("peer certificate: {0}")]
     PeerCertificate(String),
+    #[error("peer certificate: unparsable: {0}")]
+    UnparsableCertificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("peer certificate: bad subject alt names: {0}")]
+    SubjectAltNames(#[source] x509_parser::error::X509Error),
     #[error("the operating system's random number generator failed; no key or token can be made")]
     NoRandomness,
+    /// A join token that is refused for a reason the message gives (expired, damaged field).
     #[error("invalid join token: {0}")]
     InvalidToken(String),
+    #[error("invalid join token: the token is damaged (not base64url: {0})")]
+    TokenNotBase64(#[source] base64::DecodeError),
+    #[error("invalid join token: the token is damaged ({0})")]
+    TokenNotJson(#[source] serde_json::Error),
 }
 
 /// SHA-256 of some DER bytes: the CA fingerprint that join tokens pin.

@@ -116,7 +116,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         roots.add(ca.clone().into_owned())?;
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,9 @@ use super::kinds::{Body, Fixtures, Outcome, ParamType, Recipe, coerce};
 use super::loader::{Library, LoadError};
 use klf_functions::package::{Package, PackageError, is_valid_name};
 
-/// Why a recipe did not render.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a recipe did not render. Errors of the template engine, the package loader, JSON and the
+/// file system are kept as the source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RenderError {
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -40,12 +42,33 @@ pub enum RenderError {
     Parameter { name: String, message: String },
     #[error("{0:?} is not a function name (1 to 64 of a-z, 0-9 and '-', starting with a letter)")]
     Name(String),
+    /// A template that does not fit its recipe (the message says how).
     #[error("template {template}: {message}")]
     Template { template: String, message: String },
+    /// A template the engine failed to render; `message` is its error with the template's
+    /// location, the source is the engine's error.
+    #[error("template {template}: {message}")]
+    TemplateFailed {
+        template: String,
+        message: String,
+        #[source]
+        source: Arc<minijinja::Error>,
+    },
     #[error("the rendered package is invalid: {0}")]
     Package(#[from] PackageError),
-    #[error("{path}: {message}")]
-    Write { path: String, message: String },
+    /// A file of the package (an example, a schema) that cannot be written as JSON.
+    #[error("{path}: cannot be written as JSON: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    #[error("{path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     #[error("the tests cannot be written: {0}")]
     Expectation(#[from] PropertyError),
 }
@@ -84,12 +107,12 @@ impl RenderedPackage {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| RenderError::Write {
                     path: parent.display().to_string(),
-                    message: e.to_string(),
+                    source: Arc::new(e),
                 })?;
             }
             std::fs::write(&target, content).map_err(|e| RenderError::Write {
                 path: target.display().to_string(),
-                message: e.to_string(),
+                source: Arc::new(e),
             })?;
         }
         Ok(())
@@ -213,7 +236,7 @@ const TESTS_JS: &str = r#"
 /// A value as a TOML inline value (`{ a = 1, b = [2, 3] }`), for klf.toml templates.
 fn toml_filter(value: minijinja::Value) -> Result<String, minijinja::Error> {
     let bad = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
-    let json = serde_json::to_value(&value).map_err(|e| bad(e.to_string()))?;
+    let json = serde_json::to_value(&value).map_err(|e| bad(e.to_string()).with_source(e))?;
     toml_inline(&json).map_err(bad)
 }
 
@@ -276,6 +299,16 @@ fn environment(recipe: &Recipe) -> Result<Environment<'static>, (String, String)
         }
     }
     Ok(env)
+}
+
+/// `value` as the pretty JSON text of the file `path`.
+fn pretty_json(path: &str, value: &Value) -> Result<String, RenderError> {
+    serde_json::to_string_pretty(value)
+        .map(|text| text + "\n")
+        .map_err(|source| RenderError::Json {
+            path: path.to_string(),
+            source: Arc::new(source),
+        })
 }
 
 fn describe(e: &minijinja::Error) -> String {
@@ -475,9 +508,10 @@ pub fn render(library: &Library, request: &RenderRequest) -> Result<RenderedPack
                 let rendered = env
                     .get_template(path)
                     .and_then(|t| t.render(&ctx))
-                    .map_err(|e| RenderError::Template {
+                    .map_err(|e| RenderError::TemplateFailed {
                         template: path.clone(),
                         message: describe(&e),
+                        source: Arc::new(e),
                     })?;
                 files.insert(out.to_string(), rendered);
             }
@@ -486,12 +520,18 @@ pub fn render(library: &Library, request: &RenderRequest) -> Result<RenderedPack
             }
         }
     }
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
-    for ex in &recipe.examples {
-        files.insert(format!("examples/{}.json", ex.name), pretty(&ex.input));
+    let json_files = recipe
+        .examples
+        .iter()
+        .map(|ex| (format!("examples/{}.json", ex.name), &ex.input))
+        .chain([
+            ("schema/input.json".to_string(), &recipe.input_schema),
+            ("schema/output.json".to_string(), &recipe.output_schema),
+        ]);
+    for (path, value) in json_files {
+        let text = pretty_json(&path, value)?;
+        files.insert(path, text);
     }
-    files.insert("schema/input.json".into(), pretty(&recipe.input_schema));
-    files.insert("schema/output.json".into(), pretty(&recipe.output_schema));
     let rendered = RenderedPackage {
         name: name.clone(),
         version: recipe.version.to_string(),

@@ -1,5 +1,4 @@
-//! The ledger: what building and keeping each function cost, what it is worth, and the ROI
-//! (design §14).
+//! The ledger: what building and keeping each function cost, what it is worth, and the ROI.
 //!
 //! Two kinds of record live in the node's redb store and survive restarts:
 //! - [`RunRecord`]: one Chef pipeline run — its stages and their times, model tokens and their
@@ -28,7 +27,7 @@ pub use roi::{
     StoredArtifact, UsageInputs, roi,
 };
 
-use klf_store::Store;
+use klf_store::{Store, StoreError, off_worker};
 
 /// Run records by run id (JSON).
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_runs");
@@ -240,13 +239,16 @@ pub struct MaintenanceEvent {
     pub note: String,
 }
 
-/// Ledger failures.
+/// Ledger failures, with the store's or the codec's error as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger store: {0}")]
-    Store(String),
+    #[error("ledger: {0}")]
+    Store(#[from] StoreError),
     #[error("ledger: a stored record cannot be read ({0}); was it written by a newer klf?")]
-    Corrupt(String),
+    Corrupt(#[source] serde_json::Error),
+    /// A record that cannot be written as JSON; nothing was stored.
+    #[error("ledger: a record cannot be written as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error("ledger: the node's store is closed (the node has stopped)")]
     Closed,
     #[error("ledger: run {run_id:?} is refused: {message}")]
@@ -254,7 +256,7 @@ pub enum LedgerError {
 }
 
 macro_rules! store_err {
-    ($($t:ty),*) => { $( impl From<$t> for LedgerError { fn from(e: $t) -> Self { Self::Store(e.to_string()) } } )* };
+    ($($t:ty),*) => { $( impl From<$t> for LedgerError { fn from(e: $t) -> Self { Self::Store(e.into()) } } )* };
 }
 store_err!(
     redb::TransactionError,
@@ -275,12 +277,15 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the ledger's tables in `store` (creating them on first use).
     pub fn open(store: &Arc<Store>) -> Result<Self, LedgerError> {
-        let txn = store.database().begin_write()?;
-        {
-            txn.open_table(RUNS)?;
-            txn.open_table(EVENTS)?;
-        }
-        txn.commit()?;
+        off_worker(|| {
+            let txn = store.begin_write()?;
+            {
+                txn.open_table(RUNS)?;
+                txn.open_table(EVENTS)?;
+            }
+            txn.commit()?;
+            Ok::<_, LedgerError>(())
+        })?;
         Ok(Self {
             store: Arc::downgrade(store),
         })
@@ -291,15 +296,22 @@ impl Ledger {
     }
 
     /// Records one pipeline run (replacing an earlier record with the same id).
+    ///
+    /// Synchronous for its callers, but the commit waits for the disk off the runtime worker
+    /// ([`off_worker`]), as every write of the ledger does.
     pub fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
         run.check()?;
-        let bytes = serde_json::to_vec(run).map_err(|e| LedgerError::Store(e.to_string()))?;
-        let txn = self.store()?.database().begin_write()?;
-        {
-            txn.open_table(RUNS)?
-                .insert(run.run_id.as_str(), bytes.as_slice())?;
-        }
-        txn.commit()?;
+        let bytes = serde_json::to_vec(run).map_err(LedgerError::Encode)?;
+        let store = self.store()?;
+        off_worker(|| {
+            let txn = store.begin_write()?;
+            {
+                txn.open_table(RUNS)?
+                    .insert(run.run_id.as_str(), bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok::<_, LedgerError>(())
+        })?;
         tracing::debug!(run_id = %run.run_id, function = ?run.function, outcome = %run.outcome, "ledger: run recorded");
         Ok(())
     }
@@ -329,15 +341,19 @@ impl Ledger {
 
     /// Records one maintenance event; returns its sequence number.
     pub fn record_event(&self, event: &MaintenanceEvent) -> Result<u64, LedgerError> {
-        let bytes = serde_json::to_vec(event).map_err(|e| LedgerError::Store(e.to_string()))?;
-        let txn = self.store()?.database().begin_write()?;
-        let seq = {
-            let mut table = txn.open_table(EVENTS)?;
-            let next = table.last()?.map_or(1, |(k, _)| k.value() + 1);
-            table.insert(next, bytes.as_slice())?;
-            next
-        };
-        txn.commit()?;
+        let bytes = serde_json::to_vec(event).map_err(LedgerError::Encode)?;
+        let store = self.store()?;
+        let seq = off_worker(|| {
+            let txn = store.begin_write()?;
+            let seq = {
+                let mut table = txn.open_table(EVENTS)?;
+                let next = table.last()?.map_or(1, |(k, _)| k.value() + 1);
+                table.insert(next, bytes.as_slice())?;
+                next
+            };
+            txn.commit()?;
+            Ok::<_, LedgerError>(seq)
+        })?;
         tracing::debug!(seq, kind = %event.kind, function = %event.function, "ledger: event recorded");
         Ok(seq)
     }
@@ -359,7 +375,7 @@ impl Ledger {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, LedgerError> {
-    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt(e.to_string()))
+    serde_json::from_slice(bytes).map_err(LedgerError::Corrupt)
 }
 
 #[cfg(test)]

@@ -16,19 +16,28 @@
 //! names the file and the field.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// The file name of the rates inside a node's data dir.
 pub const ROI_CONFIG_FILE: &str = "roi.toml";
 
-/// Why `roi.toml` was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why `roi.toml` was refused. Errors of the file system and the TOML parser are the source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RatesError {
-    #[error("{path}: cannot be read: {message}")]
-    File { path: String, message: String },
-    #[error("{path}: cannot be read as TOML: {message}")]
-    Syntax { path: String, message: String },
+    #[error("{path}: cannot be read: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{path}: cannot be read as TOML: {}", .source.message())]
+    Syntax {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("{path}: field `{field}`: {message}")]
     Field {
         path: String,
@@ -145,7 +154,7 @@ impl Rates {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(RatesError::File {
                 path: path.display().to_string(),
-                message: e.to_string(),
+                source: Arc::new(e),
             }),
         }
     }
@@ -158,9 +167,9 @@ impl Rates {
             field: field.to_string(),
             message,
         };
-        let doc: toml::Table = toml::from_str(text).map_err(|e| RatesError::Syntax {
+        let doc: toml::Table = toml::from_str(text).map_err(|source| RatesError::Syntax {
             path: shown.clone(),
-            message: e.message().to_string(),
+            source,
         })?;
         let mut rates = Self {
             file: Some(path.to_path_buf()),

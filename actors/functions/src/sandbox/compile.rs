@@ -21,7 +21,7 @@ pub(super) const BASE_MODULE: &str = "klf:base";
 /// What every function's `klf:base` holds: the runtime glue and `BaseFunction`.
 const CORE_SOURCE: &str = include_str!("base.js");
 
-/// The base library (design §11), in parts appended to base.js as one module (so that they share
+/// The base library, in parts appended to base.js as one module (so that they share
 /// its scope): the common helpers (errors, paths, schemas, conditions), which every other part
 /// uses, then the classes. Each instance loads `klf:base` into its own heap, so a function gets
 /// only the parts it names (see [`Parts::needed_by`]): all of them would more than double the
@@ -113,8 +113,9 @@ fn imports_everything(source: &str) -> bool {
 
 /// Bytecode of `klf:base` with `parts`, compiled on first use.
 pub(super) fn base_bytecode(parts: Parts) -> Result<&'static [u8], SandboxError> {
-    static BYTECODE: [OnceLock<Result<Vec<u8>, String>>; 1 << PARTS.len()] =
+    static BYTECODE: [OnceLock<Result<Vec<u8>, SandboxError>>; 1 << PARTS.len()] =
         [const { OnceLock::new() }; 1 << PARTS.len()];
+    const FAILED: &str = "klf:base does not compile";
     BYTECODE[usize::from(parts.0)]
         .get_or_init(|| {
             let mut source = CORE_SOURCE.to_string();
@@ -123,17 +124,22 @@ pub(super) fn base_bytecode(parts: Parts) -> Result<&'static [u8], SandboxError>
                     source.push_str(part);
                 }
             }
-            let runtime = rquickjs::Runtime::new().map_err(|e| e.to_string())?;
-            let context = rquickjs::Context::full(&runtime).map_err(|e| e.to_string())?;
+            let engine_failed = |e| SandboxError::internal_failure(FAILED, e);
+            let runtime = rquickjs::Runtime::new().map_err(engine_failed)?;
+            let context = rquickjs::Context::full(&runtime).map_err(engine_failed)?;
             context.with(|ctx| {
                 Module::declare(ctx.clone(), BASE_MODULE, source)
                     .and_then(|module| module.write(base_write_options()))
                     .catch(&ctx)
-                    .map_err(|e| e.to_string())
+                    .map_err(|caught| match caught {
+                        CaughtError::Error(error) => engine_failed(error),
+                        // A JavaScript exception lives in its context; only its text outlives it.
+                        thrown => SandboxError::Internal(format!("{FAILED}: {thrown}")),
+                    })
             })
         })
         .as_deref()
-        .map_err(|e| SandboxError::Internal(format!("klf:base does not compile: {e}")))
+        .map_err(Clone::clone)
 }
 
 /// Every instance loads `klf:base` into its own heap, so its bytecode leaves the source text out
@@ -155,7 +161,7 @@ pub(super) async fn compile_module(
     // literals); nothing runs in this context.
     let context = AsyncContext::custom::<(intrinsic::Eval, intrinsic::RegExpCompiler)>(runtime)
         .await
-        .map_err(|e| SandboxError::Internal(format!("cannot create a compile context: {e}")))?;
+        .map_err(|e| SandboxError::internal_failure("cannot create a compile context", e))?;
     let entry = entry.to_string();
     let source = source.to_string();
     context
@@ -194,7 +200,9 @@ fn compile_error(entry: &str, error: CaughtError<'_>) -> SandboxError {
             line: None,
             column: None,
         },
-        CaughtError::Error(error) => SandboxError::Internal(format!("compiling {entry}: {error}")),
+        CaughtError::Error(error) => {
+            SandboxError::internal_failure(format!("compiling {entry}"), error)
+        }
     }
 }
 
@@ -290,7 +298,7 @@ pub(super) async fn check_module(
     memory_bytes: usize,
 ) -> Result<(), SandboxError> {
     let runtime = AsyncRuntime::new()
-        .map_err(|e| SandboxError::Internal(format!("cannot create a runtime: {e}")))?;
+        .map_err(|e| SandboxError::internal_failure("cannot create a runtime", e))?;
     runtime.set_memory_limit(memory_bytes).await;
     let refused = install_loader(&runtime, Parts::needed_by(source)).await;
     let driver = tokio::spawn(runtime.drive());

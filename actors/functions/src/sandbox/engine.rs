@@ -406,7 +406,7 @@ fn output<'js>(
     let text = match ctx.json_stringify(value) {
         Ok(Some(text)) => text
             .to_string()
-            .map_err(|e| SandboxError::BadOutput(format!("the result is not text: {e}")))?,
+            .map_err(|e| output_failure("the result is not text", e))?,
         Ok(None) => return Err(not_json("a value JSON cannot represent (a symbol?)")),
         Err(rquickjs::Error::Exception) => {
             let reason = describe_thrown(&ctx.catch());
@@ -414,7 +414,7 @@ fn output<'js>(
                 "the result cannot be turned into JSON: {reason}"
             )));
         }
-        Err(other) => return Err(SandboxError::Internal(format!("JSON.stringify: {other}"))),
+        Err(other) => return Err(SandboxError::internal_failure("JSON.stringify", other)),
     };
     let limit = state.limits.max_output_bytes;
     if text.len() > limit {
@@ -423,15 +423,24 @@ fn output<'js>(
             text.len()
         )));
     }
-    serde_json::from_str(&text)
-        .map_err(|e| SandboxError::BadOutput(format!("the result cannot be read back: {e}")))
+    serde_json::from_str(&text).map_err(|e| output_failure("the result cannot be read back", e))
+}
+
+fn output_failure(
+    what: &str,
+    cause: impl std::error::Error + Send + Sync + 'static,
+) -> SandboxError {
+    SandboxError::OutputFailure {
+        what: what.to_string(),
+        cause: super::Cause::new(cause),
+    }
 }
 
 /// Turns a failure inside JavaScript into a typed error. `Timeout` and `OutOfMemory` verdicts
 /// are made by [`verdict`]; this only recognises what the exception itself says.
 fn classify(ctx: &Ctx<'_>, state: &EngineState, error: rquickjs::Error) -> SandboxError {
     if !matches!(error, rquickjs::Error::Exception) {
-        return SandboxError::Internal(error.to_string());
+        return SandboxError::internal_failure("running the function", error);
     }
     let thrown = ctx.catch();
     if thrown.is_uncatchable_error() {

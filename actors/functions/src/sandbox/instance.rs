@@ -142,9 +142,10 @@ impl Instance {
         let task = tokio::spawn(engine.run(op, meta, started));
         match tokio::time::timeout_at((deadline + VERDICT_GRACE).into(), task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(failed)) => Err(SandboxError::Internal(format!(
-                "the call's task failed: {failed}"
-            ))),
+            Ok(Err(failed)) => Err(SandboxError::internal_failure(
+                "the call's task failed",
+                failed,
+            )),
             Err(_) => Err(SandboxError::Timeout {
                 after: deadline.saturating_duration_since(started),
             }),
@@ -157,8 +158,9 @@ async fn start_engine(blueprint: Arc<Blueprint>) -> Result<Arc<Engine>, SandboxE
     tokio::spawn(Engine::start(blueprint))
         .await
         .unwrap_or_else(|failed| {
-            Err(SandboxError::Internal(format!(
-                "starting the instance failed: {failed}"
-            )))
+            Err(SandboxError::internal_failure(
+                "starting the instance failed",
+                failed,
+            ))
         })
 }

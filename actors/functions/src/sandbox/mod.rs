@@ -1,7 +1,7 @@
 //! The sandbox of one function instance: a QuickJS runtime (rquickjs) running one function's
 //! JavaScript module, with no ambient authority.
 //!
-//! Design §10: every instance owns its own runtime, with a memory limit and an execution
+//! Every instance owns its own runtime, with a memory limit and an execution
 //! deadline, and reaches the outside world only through the host capabilities its manifest
 //! grants. This module is that runtime and nothing more: it knows no registry, router or network.
 //! The node drives it through [`Instance`] (or the [`InstanceActor`] around it) and answers its
@@ -314,7 +314,102 @@ pub enum SandboxError {
     /// function's fault; worth a bug report.
     #[error("sandbox failure: {0}")]
     Internal(String),
+    /// The host failed a request because of an error of its own (the store, a parser): `what`
+    /// says which request, the source says why. JavaScript sees it as a `HostError`.
+    #[error("host error: {what}: {cause}")]
+    HostFailure {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
+    /// The model provider failed the request; its error is the source.
+    #[error("model: {0}")]
+    ModelFailure(#[source] Cause),
+    /// The result could not be read out of the engine (`what`); the engine's error is the source.
+    #[error("bad output: {what}: {cause}")]
+    OutputFailure {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
+    /// The sandbox itself failed at `what` because of an engine or runtime error, kept as the
+    /// source. Not the function's fault; worth a bug report.
+    #[error("sandbox failure: {what}: {cause}")]
+    InternalFailure {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
 }
+
+impl SandboxError {
+    /// A host request (`what`) that failed because of `cause`.
+    pub fn host_failure(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::HostFailure {
+            what: what.into(),
+            cause: Cause::new(cause),
+        }
+    }
+
+    /// A failure of the sandbox itself at `what`, because of `cause`.
+    pub fn internal_failure(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::InternalFailure {
+            what: what.into(),
+            cause: Cause::new(cause),
+        }
+    }
+}
+
+/// The error behind a [`SandboxError`]. Shared, because a sandbox error is cloned (a host error
+/// is kept by id until the function rethrows it); compared by message, because sandbox errors
+/// are compared as values (two causes that say the same are the same to a caller).
+#[derive(Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+
+    /// The underlying error, for downcasting.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// A cause stands for the error it holds: it shows that error, and the chain goes on with that
+/// error's own source.
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 impl SandboxError {
     /// The variant's name, as JavaScript sees it in `error.name` when a host request fails.
@@ -333,7 +428,10 @@ impl SandboxError {
             Self::ModelUnavailable(_) => "ModelUnavailable",
             Self::Model(_) => "ModelError",
             Self::Schedule(_) => "ScheduleError",
-            Self::Internal(_) => "InternalError",
+            Self::Internal(_) | Self::InternalFailure { .. } => "InternalError",
+            Self::HostFailure { .. } => "HostError",
+            Self::ModelFailure(_) => "ModelError",
+            Self::OutputFailure { .. } => "BadOutput",
         }
     }
 }
@@ -343,5 +441,40 @@ fn location(line: &Option<u32>, column: &Option<u32>) -> String {
         (Some(line), Some(column)) => format!(" at line {line}, column {column}"),
         (Some(line), None) => format!(" at line {line}"),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn failures_with_a_cause_look_like_their_kind_to_javascript_and_keep_the_cause() {
+        let io = || std::io::Error::other("disk full");
+        let host = SandboxError::host_failure("kv", io());
+        assert_eq!(host.kind(), "HostError");
+        assert_eq!(host.to_string(), "host error: kv: disk full");
+        assert_eq!(
+            host.source().map(ToString::to_string).as_deref(),
+            Some("disk full")
+        );
+        let internal = SandboxError::internal_failure("starting", io());
+        assert_eq!(internal.kind(), "InternalError");
+        assert_eq!(
+            SandboxError::ModelFailure(Cause::new(io())).kind(),
+            "ModelError"
+        );
+        // Clones share the cause; equal messages are equal causes.
+        assert_eq!(host.clone(), host);
+        assert_eq!(host, SandboxError::host_failure("kv", io()));
+        assert_ne!(
+            host,
+            SandboxError::host_failure("kv", std::io::Error::other("other"))
+        );
+        let Some(SandboxError::HostFailure { cause, .. }) = Some(&host) else {
+            unreachable!()
+        };
+        assert!(cause.get().downcast_ref::<std::io::Error>().is_some());
     }
 }
