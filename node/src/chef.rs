@@ -145,6 +145,10 @@ impl Progress {
         match event.status.as_str() {
             "started" => {
                 self.last_plain = None;
+                if !self.terminal {
+                    // A plain log shows that a stage is under way, however long it takes.
+                    println!("  … {}", event.stage);
+                }
                 if self.terminal {
                     let spinner = indicatif::ProgressBar::new_spinner();
                     spinner.set_message(format!("{:<22}", event.stage));

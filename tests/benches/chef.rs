@@ -46,7 +46,8 @@ fn script() -> Vec<Scripted> {
         "capabilities": [], "dependencies": {},
         "limits": {"memory_mb": 16, "timeout_ms": 1000, "latency_budget_ms": 50}
     });
-    let tests = json!({"tests": [{"name": "negative", "input": {"x": -2}, "output": {"tripled": -6}}]});
+    let tests =
+        json!({"tests": [{"name": "negative", "input": {"x": -2}, "output": {"tripled": -6}}]});
     let code = json!({
         "klf.toml": "idempotent = true\ncapabilities = []\n[limits]\nmemory_mb = 16\ntimeout_ms = 1000\n",
         "main.js": "import { BaseFunction, KlfInputError } from \"klf:base\";\nexport default class T extends BaseFunction {\n  async execute(input) {\n    if (typeof input?.x !== \"number\") throw new KlfInputError(\"input.x must be a number\");\n    return { tripled: input.x * 3 };\n  }\n}\n"
@@ -125,8 +126,7 @@ async fn bench() -> anyhow::Result<()> {
             max_attempts: 1,
             backoff: Duration::from_millis(10),
         })?;
-        let provider: Arc<dyn Provider> =
-            Arc::new(ModelBacked::new(Arc::new(client), "openai"));
+        let provider: Arc<dyn Provider> = Arc::new(ModelBacked::new(Arc::new(client), "openai"));
         let chef = Chef::start(mesh.kitchens[0].clone(), vec![provider]).await?;
         let options = ChefOptions {
             provider: "openai".into(),

@@ -346,6 +346,12 @@ async fn a_model_that_never_stops_is_bounded_by_max_tokens_and_the_run_fails_say
     assert_eq!(requests.len(), 3, "one answer and two repairs");
     assert!(requests.iter().all(|r| r["max_tokens"] == json!(64)));
     assert!(run.total_ms < 60_000);
+    // The unusable answers were paid for all the same: the run counts their tokens.
+    assert!(
+        run.tokens_out >= 3 * 64,
+        "tokens of a failed stage: {}",
+        run.tokens_out
+    );
     mesh.shutdown().await;
 }
 

@@ -96,10 +96,10 @@ pub trait AIAgent: Send + Sync + 'static {
     }
 
     fn refuse(&self, operation: &str) -> BoxFuture<'static, AgentResponse> {
-        let response = AgentResponse::Failed {
-            agent: self.agent_type(),
-            reason: format!("the {} does not {operation}", self.name()),
-        };
+        let response = AgentResponse::failed(
+            self.agent_type(),
+            format!("the {} does not {operation}", self.name()),
+        );
         Box::pin(std::future::ready(response))
     }
 }
@@ -150,10 +150,7 @@ impl AIAgent for Interpreter {
                     },
                     Interpretation::NoMatch(no) => AgentResponse::NoMatch(no),
                 },
-                Err(error) => AgentResponse::Failed {
-                    agent: AgentType::RequirementInterpreter,
-                    reason: error.to_string(),
-                },
+                Err(error) => error.into_response(AgentType::RequirementInterpreter),
             }
         })
     }
@@ -185,10 +182,7 @@ impl AIAgent for Generator {
                     tokens_in: costed.usage.input_tokens,
                     tokens_out: costed.usage.output_tokens,
                 },
-                Err(error) => AgentResponse::Failed {
-                    agent: AgentType::CodeGenerator,
-                    reason: error.to_string(),
-                },
+                Err(error) => error.into_response(AgentType::CodeGenerator),
             }
         })
     }
@@ -229,10 +223,7 @@ impl AIAgent for Tester {
                         match checks::acceptance_tests(&requirement, kitchen.ingredients()) {
                             Ok(tests) => tests,
                             Err(reason) => {
-                                return AgentResponse::Failed {
-                                    agent: AgentType::TestGenerator,
-                                    reason,
-                                };
+                                return AgentResponse::failed(AgentType::TestGenerator, reason);
                             }
                         };
                     // A model-written function also gets tests written from its requirement alone.
@@ -245,10 +236,7 @@ impl AIAgent for Tester {
                                 tests.extend(written.value);
                             }
                             Err(error) => {
-                                return AgentResponse::Failed {
-                                    agent: AgentType::TestGenerator,
-                                    reason: error.to_string(),
-                                };
+                                return error.into_response(AgentType::TestGenerator);
                             }
                         }
                     }
@@ -265,10 +253,10 @@ impl AIAgent for Tester {
                             .await,
                     )
                 }
-                other => AgentResponse::Failed {
-                    agent: AgentType::TestGenerator,
-                    reason: format!("the test-generator does not {}", other.name()),
-                },
+                other => AgentResponse::failed(
+                    AgentType::TestGenerator,
+                    format!("the test-generator does not {}", other.name()),
+                ),
             }
         })
     }
@@ -292,10 +280,8 @@ impl AIAgent for Deployer {
         let kitchen = self.0.kitchen.clone();
         let node = kitchen.node().clone();
         Box::pin(async move {
-            let failed = |reason: String| AgentResponse::Failed {
-                agent: AgentType::DeploymentManager,
-                reason,
-            };
+            let failed =
+                |reason: String| AgentResponse::failed(AgentType::DeploymentManager, reason);
             let package = match checks::package_of(&code) {
                 Ok(package) => package,
                 Err(reason) => return failed(reason),

@@ -383,5 +383,22 @@ pub enum AgentResponse {
     Failed {
         agent: AgentType,
         reason: String,
+        /// Model tokens spent before it failed (a model paid for answers that were unusable).
+        #[serde(default)]
+        tokens_in: u64,
+        #[serde(default)]
+        tokens_out: u64,
     },
+}
+
+impl AgentResponse {
+    /// A failure of `agent` that cost no model tokens.
+    pub fn failed(agent: AgentType, reason: impl Into<String>) -> Self {
+        Self::Failed {
+            agent,
+            reason: reason.into(),
+            tokens_in: 0,
+            tokens_out: 0,
+        }
+    }
 }

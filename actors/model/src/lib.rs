@@ -71,7 +71,10 @@ impl ModelReply {
 pub struct Streamed {
     /// Content chunks received (one token each on the servers seen so far).
     pub chunks: u64,
+    /// Since the request was sent (the prompt's reading included).
     pub elapsed: Duration,
+    /// Since the first chunk arrived: the rate of generation is `chunks / generating`.
+    pub generating: Duration,
 }
 
 /// Told of each streamed chunk (it must be quick: it runs on the reading task).

@@ -207,21 +207,23 @@ impl OpenAiCompatible {
                             last = format!("HTTP {}: {message}", status.as_u16());
                             retry_after.unwrap_or(backoff)
                         }
-                        code @ (400 | 422) => match self.fallback(&request, shape) {
-                            // Not the server's fault, and not an attempt: ask in a simpler shape.
-                            Some(simpler) => {
-                                debug!(?shape, ?simpler, %message, "the server refused this request shape; asking more simply");
-                                shape = simpler;
-                                attempt -= 1;
-                                continue;
+                        code @ (400 | 422) if refuses_shape(&message) => {
+                            match self.fallback(&request, shape) {
+                                // Not the server's fault, and not an attempt: ask in a simpler shape.
+                                Some(simpler) => {
+                                    debug!(?shape, ?simpler, %message, "the server refused this request shape; asking more simply");
+                                    shape = simpler;
+                                    attempt -= 1;
+                                    continue;
+                                }
+                                None => {
+                                    return Err(ModelError::Rejected {
+                                        status: code,
+                                        message,
+                                    });
+                                }
                             }
-                            None => {
-                                return Err(ModelError::Rejected {
-                                    status: code,
-                                    message,
-                                });
-                            }
-                        },
+                        }
                         code => {
                             return Err(ModelError::Rejected {
                                 status: code,
@@ -297,6 +299,8 @@ async fn read_stream(
 ) -> Result<ModelReply, ModelError> {
     let mut stream = StreamedReply::default();
     let mut pending: Vec<u8> = Vec::new();
+    // Generation starts with the first content chunk; before it the server reads the prompt.
+    let mut first_chunk: Option<Instant> = None;
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -332,9 +336,11 @@ async fn read_stream(
             if stream.chunks != before
                 && let Some(progress) = progress
             {
+                let first = *first_chunk.get_or_insert_with(Instant::now);
                 progress(Streamed {
                     chunks: stream.chunks,
                     elapsed: started.elapsed(),
+                    generating: first.elapsed(),
                 });
             }
         }
@@ -420,6 +426,22 @@ fn usage_of(usage: &Value) -> Usage {
         input_tokens: count("prompt_tokens"),
         output_tokens: count("completion_tokens"),
     }
+}
+
+/// Whether a 400/422 says the request's *shape* is not supported (structured outputs, streaming)
+/// rather than something else about it (a prompt over the context size, a bad model name): only
+/// then is it asked again more simply, and the simpler shape remembered for the server.
+fn refuses_shape(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "response_format",
+        "json_schema",
+        "json_object",
+        "schema",
+        "stream",
+    ]
+    .iter()
+    .any(|feature| message.contains(feature))
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from these APIs and is ignored).
@@ -788,7 +810,11 @@ mod tests {
             let refused = request["stream"] == json!(true)
                 || request["response_format"]["type"] == json!("json_schema");
             if refused {
-                (StatusCode::BAD_REQUEST, "unsupported parameter").into_response()
+                (
+                    StatusCode::BAD_REQUEST,
+                    "unsupported parameter: stream or response_format",
+                )
+                    .into_response()
             } else {
                 (StatusCode::OK, GOOD).into_response()
             }
@@ -824,8 +850,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prompt_over_the_context_size_is_rejected_without_downgrading_the_server() {
+        let (url, seen) = server_with(|request| {
+            if request["messages"][0]["content"] == json!("too long") {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request exceeds the available context size",
+                )
+                    .into_response()
+            } else {
+                sse(&["{}"], "stop")
+            }
+        })
+        .await;
+        let client = provider(url);
+        let progress: ProgressSink = Arc::new(|_| {});
+        let mut long = json_ask();
+        long.messages[0].content = "too long".into();
+        let error = client
+            .complete_streaming(long, Duration::from_secs(5), progress.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ModelError::Rejected { status: 400, .. }),
+            "{error}"
+        );
+        assert_eq!(
+            seen.lock().expect("seen").len(),
+            1,
+            "asked once, not in simpler shapes"
+        );
+        // The next request still streams and asks for structured output.
+        client
+            .complete_streaming(json_ask(), Duration::from_secs(5), progress)
+            .await
+            .expect("reply");
+        let last = seen
+            .lock()
+            .expect("seen")
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(last["stream"], json!(true));
+        assert_eq!(last["response_format"]["type"], json!("json_schema"));
+    }
+
+    #[tokio::test]
     async fn a_server_that_refuses_every_shape_is_a_rejected_request() {
-        let (url, seen) = server_with(|_| (StatusCode::BAD_REQUEST, "no").into_response()).await;
+        let (url, seen) = server_with(|_| {
+            (StatusCode::BAD_REQUEST, "unsupported response_format").into_response()
+        })
+        .await;
         let error = provider(url)
             .complete(json_ask(), Duration::from_secs(5))
             .await

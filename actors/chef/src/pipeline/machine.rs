@@ -283,6 +283,16 @@ impl Cooking {
         node: &str,
     ) -> StageEvent {
         let current = std::mem::replace(&mut self.stage, Stage::Done);
+        // What an agent spent before it failed is spent all the same.
+        if let AgentResponse::Failed {
+            tokens_in,
+            tokens_out,
+            ..
+        } = &response
+        {
+            self.run.tokens_in += tokens_in;
+            self.run.tokens_out += tokens_out;
+        }
         let (ok, detail) = match current {
             Stage::Interpret => self.interpreted(response),
             Stage::WriteTests => self.tests_written(response),
@@ -689,7 +699,7 @@ pub fn failure_of(validation: &ValidationResult, tests: Option<&TestResult>) -> 
 /// A response the pipeline did not expect, in words.
 pub fn describe(response: &AgentResponse) -> String {
     match response {
-        AgentResponse::Failed { agent, reason } => format!("{}: {reason}", agent.as_str()),
+        AgentResponse::Failed { agent, reason, .. } => format!("{}: {reason}", agent.as_str()),
         other => format!(
             "unexpected answer: {}",
             serde_json::to_string(other).unwrap_or_else(|e| format!("(unprintable: {e})"))
@@ -1128,10 +1138,7 @@ mod tests {
         let event = answer(
             &mut c,
             AgentType::DeploymentManager,
-            AgentResponse::Failed {
-                agent: AgentType::DeploymentManager,
-                reason: "publishing failed: conflict".into(),
-            },
+            AgentResponse::failed(AgentType::DeploymentManager, "publishing failed: conflict"),
         );
         assert_eq!(event.status, "failed");
         assert_eq!(

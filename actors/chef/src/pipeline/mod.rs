@@ -131,6 +131,7 @@ pub struct StageEvent {
 pub struct Progress {
     /// Tokens (or streamed chunks, when the server does not count) received so far.
     pub tokens: u64,
+    /// Tokens per second since the first token (the prompt's reading left out).
     pub tokens_per_s: f64,
     pub elapsed_ms: u64,
 }
@@ -231,14 +232,12 @@ async fn ask_actor(
     cx: RunContext,
     message: AgentMessage,
 ) -> AgentResponse {
-    let failed = |reason: String| AgentResponse::Failed {
-        agent: role,
-        reason,
-    };
+    let failed = |reason: String| AgentResponse::failed(role, reason);
     let Some(actor) = agents.get(role) else {
         return failed(format!("no {} agent", role.as_str()));
     };
     let timeout = agent_timeout(&cx.bounds);
+    let bounds = cx.bounds.clone();
     match actor
         .call(
             |reply| AgentMsg::Communicate(cx, message, reply),
@@ -247,6 +246,10 @@ async fn ask_actor(
         .await
     {
         Ok(ractor::rpc::CallResult::Success(response)) => response,
+        Ok(_) if bounds.remaining().is_zero() => failed(format!(
+            "the run's deadline passed while the {} worked; give it longer with --deadline",
+            role.as_str()
+        )),
         Ok(_) => failed(format!(
             "the {} did not answer within {timeout:?}",
             role.as_str()
@@ -359,10 +362,7 @@ impl Chef {
         message: AgentMessage,
         placement: &BTreeMap<AgentType, String>,
     ) -> (AgentResponse, String) {
-        let failed = |reason: String| AgentResponse::Failed {
-            agent: role,
-            reason,
-        };
+        let failed = |reason: String| AgentResponse::failed(role, reason);
         let here = self.kitchen.node().settings().name.clone();
         match placement.get(&role).filter(|name| **name != here) {
             None => {
@@ -593,7 +593,9 @@ impl Chef {
             Arc::new(move |streamed: klf_model::Streamed| {
                 let stage = asking.lock().map(|s| s.clone()).unwrap_or_default();
                 let elapsed_ms = u64::try_from(streamed.elapsed.as_millis()).unwrap_or(u64::MAX);
-                let seconds = streamed.elapsed.as_secs_f64();
+                // The rate of generation: from the first token, not from the request (reading a
+                // long prompt can take longer than writing the answer).
+                let seconds = streamed.generating.as_secs_f64();
                 let _ = sender.send(StageEvent {
                     stage,
                     status: "progress".into(),

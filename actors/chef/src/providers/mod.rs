@@ -43,6 +43,59 @@ pub enum ProviderError {
     /// The provider cannot be set up as asked; the message says what to do.
     #[error("provider {provider}: {message}")]
     Setup { provider: String, message: String },
+    /// One of the above, after the model had already answered: what it cost is still spent.
+    #[error("{error}")]
+    Spent {
+        error: Box<ProviderError>,
+        usage: Usage,
+    },
+}
+
+impl ProviderError {
+    /// Tokens the model was paid before the failure.
+    pub fn usage(&self) -> Usage {
+        match self {
+            Self::Spent { usage, .. } => *usage,
+            _ => Usage::default(),
+        }
+    }
+
+    /// This error with `usage` spent (kept as it is when nothing was).
+    pub fn spent(self, usage: Usage) -> Self {
+        if usage == Usage::default() {
+            return self;
+        }
+        match self {
+            Self::Spent {
+                error,
+                usage: before,
+            } => Self::Spent {
+                error,
+                usage: Usage {
+                    input_tokens: before.input_tokens + usage.input_tokens,
+                    output_tokens: before.output_tokens + usage.output_tokens,
+                },
+            },
+            error => Self::Spent {
+                error: Box::new(error),
+                usage,
+            },
+        }
+    }
+
+    /// The agent's answer for this failure, with the tokens it cost.
+    pub fn into_response(
+        self,
+        agent: crate::messages::AgentType,
+    ) -> crate::messages::AgentResponse {
+        let usage = self.usage();
+        crate::messages::AgentResponse::Failed {
+            agent,
+            reason: self.to_string(),
+            tokens_in: usage.input_tokens,
+            tokens_out: usage.output_tokens,
+        }
+    }
 }
 
 /// What the interpreter concluded.

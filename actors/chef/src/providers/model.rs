@@ -149,13 +149,15 @@ impl Conversation {
             let left = cx.bounds.remaining();
             if left.is_zero() {
                 return Err(ProviderError::Model(format!(
-                    "the run's deadline passed before the {stage} exchange could finish{}",
+                    "the run's deadline passed before the {stage} exchange could finish{}; give \
+                     it longer with --deadline",
                     if last.is_empty() {
                         String::new()
                     } else {
                         format!(" (last problem: {last})")
                     }
-                )));
+                ))
+                .spent(self.usage));
             }
             let request = ModelRequest {
                 messages: self.messages.clone(),
@@ -174,14 +176,15 @@ impl Conversation {
                 None => model.complete(request, timeout).await,
             }
             .map_err(|e| {
-                if cx.bounds.remaining().is_zero() {
+                let error = if cx.bounds.remaining().is_zero() {
                     ProviderError::Model(format!(
                         "the run's deadline passed during the {stage} exchange ({e}); give it \
                          longer with --deadline"
                     ))
                 } else {
                     ProviderError::Model(e.to_string())
-                }
+                };
+                error.spent(self.usage)
             })?;
             self.usage.input_tokens += reply.usage.input_tokens;
             self.usage.output_tokens += reply.usage.output_tokens;
@@ -215,7 +218,8 @@ impl Conversation {
         Err(ProviderError::Unusable(format!(
             "after {} answers ({MAX_REPAIRS} repairs), still: {last}",
             MAX_REPAIRS + 1
-        )))
+        ))
+        .spent(self.usage))
     }
 
     fn costed<T>(self, value: T) -> Costed<T> {
