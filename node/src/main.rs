@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     // The command runs on a spawned task, not the main thread: replies then avoid a cross-thread
-    // wake-up on every hop (see dependency notes).
+    // wake-up on every hop (measured in BENCHMARKS.md).
     let result = runtime.block_on(async { tokio::spawn(cli::run(cli)).await });
     let code = match result {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,

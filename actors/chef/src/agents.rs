@@ -1,5 +1,5 @@
-//! The Chef's agents: one ractor actor per seed role, each implementing the seed's `AIAgent`
-//! interface (interpret, generate, validate, test, communicate) for its own role and refusing the
+//! The Chef's agents: one ractor actor per role of the product model (docs/product.md),
+//! each implementing its `AIAgent` interface (interpret, generate, validate, test, communicate) for its own role and refusing the
 //! others. The pipeline talks to them only through [`AgentMessage`]s, so an agent on another node
 //! is reached the same way, in a KLF `Agent` frame.
 
@@ -28,7 +28,7 @@ pub struct RunContext {
     pub progress: Option<klf_model::ProgressSink>,
 }
 
-/// The seed's `AIAgent` interface. An agent implements the operations of its role; the default
+/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations of its role; the default
 /// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
 pub trait AIAgent: Send + Sync + 'static {
     fn id(&self) -> String;

@@ -459,7 +459,7 @@ impl Chef {
         Ok(run)
     }
 
-    /// Writes the run into this node's ledger (cost and value, design §14).
+    /// Writes the run into this node's ledger (cost and value, docs/roi.md).
     fn record(&self, run: &ChefRun) {
         use crate::ledger::{Amount, RunOutcome as Outcome, RunRecord, StageRecord};
         let (outcome, function, version) = match &run.outcome {
