@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use klf_actors::chef::kitchen::{Kitchen, KitchenOptions};
+use klf_actors::functions::http::Cidr;
 use klf_actors::model::ModelConfig;
 use klf_actors::node::{DataDir, Node, RunOptions, join_mesh};
 use klf_actors::router::MAX_INPUT_BYTES;
@@ -48,6 +49,17 @@ pub struct UpArgs {
     /// Chef requests) have their own fixed limit of 16 MiB, the largest KLF frame.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_INPUT_BYTES, value_parser = parse_max_input)]
     pub max_input: usize,
+    /// An address block functions may reach with ctx.http although it is loopback, private,
+    /// link-local, multicast or cloud metadata (repeatable; for example 10.0.0.0/8 for private
+    /// APIs, 127.0.0.1/32 for local test servers). Only the operator can open these: a manifest
+    /// cannot. Also KLF_HTTP_ALLOW=CIDR,CIDR.
+    #[arg(long = "http-allow", value_name = "CIDR", env = "KLF_HTTP_ALLOW", value_delimiter = ',', value_parser = parse_cidr)]
+    pub http_allow: Vec<Cidr>,
+}
+
+/// `--http-allow`: a CIDR block (or one address).
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    Cidr::parse(text)
 }
 
 /// `--max-input`: a byte count from 1 to the router's [`MAX_INPUT_BYTES`].
@@ -154,8 +166,13 @@ pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
         local_api: Some(api_bound.to_string()),
         advertise,
         model: ModelConfig::from_env(),
+        http_allow: args.http_allow.clone(),
         ..RunOptions::loopback()
     };
+    if !options.http_allow.is_empty() {
+        let blocks: Vec<String> = options.http_allow.iter().map(ToString::to_string).collect();
+        info!(allow = %blocks.join(","), "ctx.http may reach these non-public address blocks");
+    }
     match &options.model {
         Some(model) => {
             info!(model = %model.model, base_url = %model.base_url, "ctx.model provider")

@@ -2,6 +2,7 @@
 //! the host capabilities), native built-ins, and the static analysis every deploy path runs.
 
 pub mod analysis;
+pub mod http;
 pub mod native;
 pub mod package;
 pub mod sandbox;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// Host capabilities a manifest may grant. `config` and `now` are always available.
-pub const CAPABILITIES: &[&str] = &["call", "kv", "log", "crypto", "secret", "model", "schedule"];
+pub const CAPABILITIES: &[&str] = &[
+    "call", "kv", "log", "crypto", "secret", "model", "schedule", "http",
+];
 
 /// Largest entry module accepted.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
@@ -120,6 +122,11 @@ pub struct Manifest {
     pub config: serde_json::Value,
     /// Declared value of one successful call, for ROI.
     pub value_per_call: f64,
+    /// `[http]`: where `ctx.http.fetch` may go, and its limits. Not part of the encoded manifest
+    /// (catalog records and artifacts keep the layout older nodes read): it is parsed again from
+    /// the package's `klf.toml` text when the artifact is unpacked ([`Package::restore_http`]).
+    #[serde(skip)]
+    pub http: crate::http::HttpGrant,
 }
 
 /// The raw file, every field optional so that validation can name what is missing.
@@ -139,6 +146,7 @@ struct RawManifest {
     limits: Option<toml::Value>,
     config: Option<toml::Value>,
     value: Option<toml::Value>,
+    http: Option<toml::Value>,
 }
 
 /// Whether `name` is a valid secret name: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or
@@ -493,6 +501,20 @@ impl Manifest {
                 ));
             }
         };
+        let http = http_grant(&f, raw.http.as_ref())?;
+        let grants_http = capabilities.iter().any(|c| c == "http");
+        if grants_http && http.allow.is_empty() {
+            return Err(f.invalid(
+                "http.allow",
+                "grants \"http\" but allows no URL; list them as allow = [\"https://api.example.com/v1/*\"]",
+            ));
+        }
+        if !grants_http && raw.http.is_some() {
+            return Err(f.invalid(
+                "capabilities",
+                "has an [http] table but does not grant \"http\"",
+            ));
+        }
         Ok(Self {
             name,
             version,
@@ -506,6 +528,7 @@ impl Manifest {
             limits,
             config,
             value_per_call,
+            http,
         })
     }
 
@@ -513,6 +536,83 @@ impl Manifest {
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+}
+
+/// The `[http]` table: `allow` (rules, see [`crate::http::AllowRule`]) and the limits.
+fn http_grant(
+    f: &Fields<'_>,
+    value: Option<&toml::Value>,
+) -> Result<crate::http::HttpGrant, PackageError> {
+    use crate::http::{self, AllowRule, HttpGrant};
+    let d = HttpGrant::default();
+    let table = match value {
+        None => return Ok(d),
+        Some(toml::Value::Table(table)) => table,
+        Some(other) => {
+            return Err(f.invalid(
+                "http",
+                format!("expected a table, found {}", other.type_str()),
+            ));
+        }
+    };
+    const KNOWN: [&str; 5] = [
+        "allow",
+        "max_request_bytes",
+        "max_response_bytes",
+        "concurrency",
+        "per_second",
+    ];
+    if let Some(unknown) = table.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(f.invalid(
+            &format!("http.{unknown}"),
+            format!("unknown key (known: {})", KNOWN.join(", ")),
+        ));
+    }
+    let allow = match table.get("allow") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => {
+            let mut rules = Vec::new();
+            for (index, item) in items.iter().enumerate() {
+                let field = format!("http.allow[{index}]");
+                let text = f.string(&field, item)?;
+                rules.push(AllowRule::parse(&text).map_err(|m| f.invalid(&field, m))?);
+            }
+            rules
+        }
+        Some(other) => {
+            return Err(f.invalid(
+                "http.allow",
+                format!("expected an array of URL rules, found {}", other.type_str()),
+            ));
+        }
+    };
+    Ok(HttpGrant {
+        allow,
+        max_request_bytes: f.bounded(
+            "http.max_request_bytes",
+            table.get("max_request_bytes"),
+            d.max_request_bytes,
+            http::MAX_MAX_REQUEST_BYTES,
+        )?,
+        max_response_bytes: f.bounded(
+            "http.max_response_bytes",
+            table.get("max_response_bytes"),
+            d.max_response_bytes,
+            http::MAX_MAX_RESPONSE_BYTES,
+        )?,
+        concurrency: f.bounded(
+            "http.concurrency",
+            table.get("concurrency"),
+            d.concurrency,
+            http::MAX_CONCURRENCY,
+        )?,
+        per_second: f.bounded(
+            "http.per_second",
+            table.get("per_second"),
+            d.per_second,
+            http::MAX_PER_SECOND,
+        )?,
+    })
 }
 
 fn is_plain_relative(path: &str) -> bool {
@@ -559,6 +659,13 @@ pub struct Package {
 }
 
 impl Package {
+    /// Sets `manifest.http` from the manifest text: what unpacking an artifact does, since the
+    /// encoded manifest leaves `[http]` out (see [`Manifest::http`]).
+    pub fn restore_http(&mut self) -> Result<(), PackageError> {
+        self.manifest.http = Manifest::parse(&self.manifest_text, "klf.toml")?.http;
+        Ok(())
+    }
+
     /// Loads the package in `dir`, validating the manifest, the entry file and the examples.
     pub fn load(dir: &Path) -> Result<Self, PackageError> {
         let manifest_path = dir.join("klf.toml");
@@ -840,6 +947,54 @@ per_call = 0.001
 
     fn error_of(text: &str) -> String {
         Manifest::parse(text, "klf.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_http_table_grants_urls_and_limits_and_survives_an_artifact() {
+        let head = "name = \"feed\"\nversion = \"1.0.0\"\ntype = \"t\"\n";
+        let text = format!(
+            "{head}capabilities = [\"http\"]\n[http]\nallow = [\"https://api.example.com/v1/*\"]\n\
+             max_response_bytes = 2048\nper_second = 5\n"
+        );
+        let m = Manifest::parse(&text, "klf.toml").unwrap();
+        assert_eq!(m.http.allow[0].host, "api.example.com");
+        assert_eq!(m.http.max_response_bytes, 2048);
+        assert_eq!(m.http.per_second, 5);
+        assert_eq!(m.http.concurrency, crate::http::DEFAULT_CONCURRENCY);
+        // The encoded manifest leaves [http] out; restore_http reads it back from the text.
+        let package =
+            Package::from_parts(text.clone(), "export default 1;".into(), Vec::new()).unwrap();
+        let bytes = serde_json::to_vec(&package).unwrap();
+        let mut decoded: Package = serde_json::from_slice(&bytes).unwrap();
+        assert!(decoded.manifest.http.allow.is_empty());
+        decoded.restore_http().unwrap();
+        assert_eq!(decoded.manifest.http, m.http);
+
+        for (body, expected) in [
+            (
+                "capabilities = [\"http\"]\n",
+                "field `http.allow`: grants \"http\" but allows no URL",
+            ),
+            (
+                "[http]\nallow = [\"https://x.com/\"]\n",
+                "field `capabilities`: has an [http] table",
+            ),
+            (
+                "capabilities = [\"http\"]\n[http]\nallow = [\"x.com\"]\n",
+                "field `http.allow[0]`: \"x.com\" must start with",
+            ),
+            (
+                "capabilities = [\"http\"]\n[http]\nallow = [\"https://x.com/\"]\nretries = 1\n",
+                "field `http.retries`: unknown key",
+            ),
+            (
+                "capabilities = [\"http\"]\n[http]\nallow = [\"https://x.com/\"]\nconcurrency = 0\n",
+                "field `http.concurrency`: 0 is out of range",
+            ),
+        ] {
+            let error = error_of(&format!("{head}{body}"));
+            assert!(error.contains(expected), "{body}: {error}");
+        }
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum NodeError {
     /// The model endpoint configured for `ctx.model` is unusable.
     #[error("{0}")]
     Model(#[source] ModelError),
+    /// The HTTP client behind `ctx.http` cannot be built.
+    #[error("{0}")]
+    Http(#[source] klf_functions::http::client::ClientError),
     /// An actor did not answer as it should (the message says how).
     #[error("actor failed: {0}")]
     Actor(String),
@@ -131,6 +134,9 @@ pub struct RunOptions {
     pub anti_entropy_every: Duration,
     /// The OpenAI-compatible endpoint behind `ctx.model`; `None` leaves the node without one.
     pub model: Option<ModelConfig>,
+    /// Address blocks `ctx.http.fetch` may reach although they are loopback, private,
+    /// link-local… (`klf up --http-allow`); only the operator opens them, never a manifest.
+    pub http_allow: Vec<klf_functions::http::Cidr>,
 }
 
 impl RunOptions {
@@ -145,6 +151,7 @@ impl RunOptions {
             limits: Limits::default(),
             anti_entropy_every: Duration::from_secs(2),
             model: None,
+            http_allow: Vec::new(),
         }
     }
 }
@@ -388,6 +395,12 @@ impl Node {
                     ) as Arc<dyn ModelProvider>),
                     None => None,
                 },
+                http: Some(Arc::new(
+                    klf_functions::http::HttpClient::new(klf_functions::http::AddressPolicy::new(
+                        options.http_allow.clone(),
+                    ))
+                    .map_err(NodeError::Http)?,
+                )),
             },
         });
         let (placer, _) = Actor::spawn(

@@ -33,6 +33,8 @@ pub enum ArtifactError {
     Malformed(#[source] ProtoError),
     #[error("the package cannot be encoded as an artifact: {0}")]
     Encode(#[source] ProtoError),
+    #[error("the artifact's klf.toml no longer parses: {0}")]
+    Manifest(#[source] klf_functions::package::PackageError),
 }
 
 /// The package as artifact bytes (the same encoding every node uses, so the hash is stable).
@@ -42,7 +44,9 @@ pub fn pack(package: &Package) -> Result<Vec<u8>, ArtifactError> {
 
 /// The package inside artifact bytes.
 pub fn unpack(bytes: &[u8]) -> Result<Package, ArtifactError> {
-    klf_proto::decode_value(bytes).map_err(ArtifactError::Malformed)
+    let mut package: Package = klf_proto::decode_value(bytes).map_err(ArtifactError::Malformed)?;
+    package.restore_http().map_err(ArtifactError::Manifest)?;
+    Ok(package)
 }
 
 pub fn hash(bytes: &[u8]) -> [u8; 32] {

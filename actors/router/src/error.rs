@@ -147,7 +147,8 @@ impl From<SandboxError> for InvokeError {
             | SandboxError::ModelUnavailable(_)
             | SandboxError::Model(_)
             | SandboxError::ModelFailure(_)
-            | SandboxError::Schedule(_) => InvokeErrorKind::HostError,
+            | SandboxError::Schedule(_)
+            | SandboxError::Http(_) => InvokeErrorKind::HostError,
             SandboxError::Internal(_) | SandboxError::InternalFailure { .. } => {
                 InvokeErrorKind::Internal
             }

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::AbortHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::{InvokeRequest, Router, RouterInner};
+use klf_functions::http::{HttpClient, HttpRequest, HttpResponse};
 use klf_functions::sandbox::{
     CallMeta, Cause, Host, LogLevel, SandboxError, ScheduleInfo, ScheduleRequest,
 };
@@ -38,6 +39,9 @@ pub struct HostServices {
     pub secrets_dir: PathBuf,
     /// The model provider behind `ctx.model`, if the node has one.
     pub model: Option<Arc<dyn ModelProvider>>,
+    /// The client behind `ctx.http.fetch` (with the operator's address allowances); `None`: the
+    /// node reaches no network for functions.
+    pub http: Option<Arc<HttpClient>>,
 }
 
 /// The host of one instance: it knows which function it serves, so `kv` is that function's own
@@ -280,6 +284,51 @@ impl Host for NodeHost {
                 "model call"
             );
             Ok(reply)
+        })
+    }
+
+    fn http(
+        &self,
+        request: HttpRequest,
+        meta: CallMeta,
+    ) -> BoxFuture<'static, Result<HttpResponse, SandboxError>> {
+        let client = self.services.http.clone();
+        let function = self.function.clone();
+        Box::pin(async move {
+            let Some(client) = client else {
+                return Err(SandboxError::Http(
+                    "this node has no HTTP client for functions".into(),
+                ));
+            };
+            let span = tracing::info_span!(
+                target: super::trace::TARGET,
+                "http.request",
+                otel.kind = "client",
+                function = %function,
+                http.request.method = tracing::field::Empty,
+                url.full = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                error.kind = tracing::field::Empty,
+            );
+            super::trace::adopt(&span, meta.trace_parent.as_deref());
+            let result = client
+                .fetch(&function, request, &span)
+                .instrument(span.clone())
+                .await;
+            match &result {
+                Ok(response) => debug!(
+                    target: "klf::http",
+                    %function,
+                    url = %response.url,
+                    status = response.status,
+                    "http request"
+                ),
+                Err(e) => {
+                    span.record("error.kind", e.kind());
+                    debug!(target: "klf::http", %function, "http request failed: {e}");
+                }
+            }
+            result
         })
     }
 

@@ -81,6 +81,7 @@ pub fn function_code(m: &Manifest, source: &str) -> FunctionCode {
         dependencies: m.dependencies.keys().cloned().collect(),
         capabilities: m.capabilities.clone(),
         secrets: m.secrets.clone(),
+        http: m.http.clone(),
     }
 }
 
@@ -176,7 +177,7 @@ impl Instances {
             None => {
                 let instance = Arc::new(
                     Instance::start(
-                        function_code(&release.manifest, &package.source),
+                        function_code(&package.manifest, &package.source),
                         sandbox_limits(&release.manifest),
                         (self.host_factory)(release),
                     )

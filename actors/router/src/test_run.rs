@@ -86,7 +86,7 @@ impl Router {
                     .map_err(|_| internal("the registry did not answer"))?
                     .map_err(|e| internal(e.to_string()).caused_by(e))?;
                 let instance = Instance::start(
-                    function_code(&release.manifest, &package.source),
+                    function_code(&package.manifest, &package.source),
                     sandbox_limits(&release.manifest),
                     inner.instances.host_for(&release),
                 )

@@ -120,6 +120,22 @@ function makeCtx(config, callId) {
         return decode(unwrap(await native.model(callId, encode(request ?? {}))));
       },
     }),
+    // Resolves to {status, ok, headers, body, json?, url}; refused or failed requests throw.
+    http: Object.freeze({
+      async fetch(url, options) {
+        const request = { ...(options ?? {}), url: String(url) };
+        return decode(unwrap(await native.http(callId, encode(request))));
+      },
+    }),
+    // Waits `ms` (never past the call's deadline: that throws Timeout at once).
+    async sleep(ms) {
+      unwrap(await native.sleep(callId, Number(ms)));
+    },
+    // `callback()` after `ms`, as a Promise of its result.
+    async setTimeout(callback, ms) {
+      unwrap(await native.sleep(callId, Number(ms)));
+      return callback();
+    },
   });
 }
 

@@ -40,6 +40,7 @@ fn code(body: &str, capabilities: &[&str], secrets: &[&str]) -> FunctionCode {
         dependencies: vec!["report".into()],
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         secrets: secrets.iter().map(|c| c.to_string()).collect(),
+        http: Default::default(),
     }
 }
 

@@ -53,6 +53,8 @@ mod natives;
 #[cfg(test)]
 mod capability_tests;
 #[cfg(test)]
+mod http_tests;
+#[cfg(test)]
 mod library_tests;
 #[cfg(any(test, feature = "test-host"))]
 pub mod test_host;
@@ -116,10 +118,12 @@ pub struct FunctionCode {
     /// Names of the functions this one may `ctx.call` (the router enforces version ranges).
     pub dependencies: Vec<String>,
     /// Granted host capabilities: `call`, `kv`, `log`, `crypto`, `secret`, `model`,
-    /// `schedule`. `now` and `config` are always available.
+    /// `schedule`, `http`. `now` and `config` are always available.
     pub capabilities: Vec<String>,
     /// Names of the node secrets `ctx.secret` may read (the manifest's `secrets`).
     pub secrets: Vec<String>,
+    /// The manifest's `[http]`: where `ctx.http.fetch` may go (with the `http` capability).
+    pub http: crate::http::HttpGrant,
 }
 
 impl FunctionCode {
@@ -240,6 +244,21 @@ pub trait Host: Send + Sync + 'static {
         })
     }
 
+    /// Sends an HTTP request for `ctx.http.fetch` (the grant and the first URL already checked;
+    /// the host checks every hop and address again); bounded by `meta.deadline`.
+    fn http(
+        &self,
+        request: crate::http::HttpRequest,
+        meta: CallMeta,
+    ) -> BoxFuture<'static, Result<crate::http::HttpResponse, SandboxError>> {
+        let _ = (request, meta);
+        Box::pin(async {
+            Err(SandboxError::Http(
+                "this host cannot reach the network".into(),
+            ))
+        })
+    }
+
     /// Starts a schedule (target already checked against the manifest); returns its id.
     fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {
         let _ = request;
@@ -310,6 +329,9 @@ pub enum SandboxError {
     /// `ctx.schedule` refused the request (bad interval, too many schedules).
     #[error("schedule: {0}")]
     Schedule(String),
+    /// A `ctx.http.fetch` request failed: bad arguments, a limit, no answer.
+    #[error("http: {0}")]
+    Http(String),
     /// The sandbox itself failed (the engine could not be created, a task panicked). Not the
     /// function's fault; worth a bug report.
     #[error("sandbox failure: {0}")]
@@ -428,6 +450,7 @@ impl SandboxError {
             Self::ModelUnavailable(_) => "ModelUnavailable",
             Self::Model(_) => "ModelError",
             Self::Schedule(_) => "ScheduleError",
+            Self::Http(_) => "HttpError",
             Self::Internal(_) | Self::InternalFailure { .. } => "InternalError",
             Self::HostFailure { .. } => "HostError",
             Self::ModelFailure(_) => "ModelError",

@@ -1,6 +1,6 @@
 //! The natives: the host capabilities as `klf:base` reaches them (`ctx.call`, `ctx.kv`,
-//! `ctx.log`, `ctx.now`, `ctx.crypto`, `ctx.secret`, `ctx.model`, `ctx.schedule`), each checked
-//! here against what the manifest grants.
+//! `ctx.log`, `ctx.now`, `ctx.sleep`, `ctx.crypto`, `ctx.secret`, `ctx.model`, `ctx.schedule`,
+//! `ctx.http`), each checked here against what the manifest grants.
 //!
 //! A native never throws for a refused or failed request: it answers `{id, kind, message}`, which
 //! `klf:base` throws as a `HostError`. The error itself stays here under that id, so that if it
@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rquickjs::{Ctx, Function, IntoJs, Object, Value};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::crypto;
 use super::engine::{EngineState, clear_exception, timeout};
 use super::{CallMeta, FunctionCode, LogLevel, SandboxError, ScheduleRequest};
+use crate::http::{HttpGrant, HttpHeader, HttpRequest, HttpResponse, policy};
 use klf_model::{Message, ModelRequest};
 
 /// Longest message a function may log at once.
@@ -38,6 +40,12 @@ pub(super) struct Grants {
     secret: bool,
     model: bool,
     schedule: bool,
+    /// `[http]` when `http` is granted.
+    http: Option<Arc<HttpGrant>>,
+    /// Requests the instance may have in flight (`[http] concurrency`).
+    http_slots: Arc<Semaphore>,
+    /// Requests the function may start per second (`[http] per_second`).
+    http_rate: Mutex<RateBucket>,
     /// The function's own name: `ctx.schedule` may target it.
     name: String,
     dependencies: HashSet<String>,
@@ -59,6 +67,7 @@ impl Grants {
                     | "secret"
                     | "model"
                     | "schedule"
+                    | "http"
             ) {
                 debug!(function = %code.id(), capability, "no such capability in this sandbox");
             }
@@ -71,6 +80,11 @@ impl Grants {
             secret: granted("secret"),
             model: granted("model"),
             schedule: granted("schedule"),
+            http: granted("http").then(|| Arc::new(code.http.clone())),
+            http_slots: Arc::new(Semaphore::new(
+                usize::try_from(code.http.concurrency).unwrap_or(usize::MAX),
+            )),
+            http_rate: Mutex::new(RateBucket::new(code.http.per_second)),
             name: code.name.clone(),
             dependencies: code.dependencies.iter().cloned().collect(),
             secrets: code.secrets.iter().cloned().collect(),
@@ -554,6 +568,233 @@ fn model_request(text: &str) -> Result<ModelRequest, String> {
     })
 }
 
+/// A token bucket of `per_second` tokens, refilled continuously: the requests per second a
+/// function may start.
+pub(super) struct RateBucket {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateBucket {
+    fn new(per_second: u64) -> Self {
+        Self {
+            per_second: per_second as f64,
+            tokens: per_second as f64,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Largest `timeoutMs` or `ctx.sleep` accepted (the call's deadline is the real bound).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl EngineState {
+    /// `{url, method?, headers?, body?, json?, timeoutMs?}` → a checked [`HttpRequest`] and the
+    /// time it may take.
+    fn http_request(
+        &self,
+        grant: &Arc<HttpGrant>,
+        text: &str,
+    ) -> Result<(HttpRequest, Option<Duration>), SandboxError> {
+        use serde_json::Value;
+        let bad = |message: String| SandboxError::Http(format!("fetch: {message}"));
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("bad options: {e}")))?;
+        let url_text = value
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("the URL must be a string".into()))?;
+        let url = reqwest::Url::parse(url_text)
+            .map_err(|e| bad(format!("{url_text:?} is not an absolute URL: {e}")))?;
+        policy::check_url(&grant.allow, &url).map_err(|detail| SandboxError::CapabilityDenied {
+            capability: "http".into(),
+            detail,
+        })?;
+        let method = match value.get("method") {
+            None | Some(Value::Null) => reqwest::Method::GET,
+            Some(Value::String(m)) => {
+                reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| bad(format!("{m:?} is not an HTTP method")))?
+            }
+            Some(_) => return Err(bad("method must be a string".into())),
+        };
+        let mut headers = Vec::new();
+        match value.get("headers") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (name, header) in map {
+                    match header {
+                        Value::String(text) => headers.push(HttpHeader {
+                            name: name.clone(),
+                            value: text.clone(),
+                            secret: false,
+                        }),
+                        Value::Object(by_name) => {
+                            let secret = by_name.get("secret").and_then(Value::as_str).ok_or_else(
+                                || {
+                                    bad(format!(
+                                        "header {name:?} must be a string or {{secret: \"NAME\"}}"
+                                    ))
+                                },
+                            )?;
+                            let prefix = by_name
+                                .get("prefix")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            let value = self.secret_value(secret)?;
+                            headers.push(HttpHeader {
+                                name: name.clone(),
+                                value: format!("{prefix}{value}"),
+                                secret: true,
+                            });
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "header {name:?} must be a string or {{secret: \"NAME\"}}"
+                            )));
+                        }
+                    }
+                }
+            }
+            Some(_) => return Err(bad("headers must be an object of name: value".into())),
+        }
+        let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        let body = match (value.get("json"), value.get("body")) {
+            (Some(json), _) if !json.is_null() => {
+                if !has("content-type") {
+                    headers.push(HttpHeader {
+                        name: "content-type".into(),
+                        value: "application/json".into(),
+                        secret: false,
+                    });
+                }
+                Some(json.to_string().into_bytes())
+            }
+            (_, None | Some(Value::Null)) => None,
+            (_, Some(Value::String(text))) => Some(text.clone().into_bytes()),
+            (_, Some(_)) => {
+                return Err(bad(
+                    "body must be a string (or give `json` for a JSON body)".into(),
+                ));
+            }
+        };
+        let timeout = match value.get("timeoutMs") {
+            None | Some(Value::Null) => None,
+            Some(ms) => Some(wait_of(Some(ms), "timeoutMs").map_err(bad)?),
+        };
+        Ok((
+            HttpRequest {
+                method,
+                url,
+                headers,
+                body,
+                grant: grant.clone(),
+            },
+            timeout,
+        ))
+    }
+
+    /// Checks a `ctx.http.fetch` request and starts it on its own task, bounded by the call's
+    /// deadline (and `timeoutMs`), after a slot of `[http] concurrency` is free.
+    fn start_http(&self, call_id: u64, request: &str) -> Result<HostTask, SandboxError> {
+        let Some(grant) = &self.grants.http else {
+            return Err(denied("http", "ctx.http.fetch"));
+        };
+        let (request, timeout) = self.http_request(grant, request)?;
+        let now = Instant::now();
+        let allowed = self
+            .grants
+            .http_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(now);
+        if !allowed {
+            return Err(SandboxError::Http(format!(
+                "{} reached its rate of {} requests per second ([http] per_second in klf.toml); \
+                 retry later",
+                self.function_id, grant.per_second
+            )));
+        }
+        let mut meta = self.calls.meta_for(call_id);
+        if let Some(timeout) = timeout {
+            meta.deadline = meta.deadline.min(now + timeout);
+        }
+        let host = self.host.clone();
+        let slots = self.grants.http_slots.clone();
+        Ok(spawn_bounded(meta, move |meta| async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|e| SandboxError::internal_failure("http slots", e))?;
+            let response = host.http(request, meta).await?;
+            Ok(response_json(response))
+        }))
+    }
+
+    /// `ctx.sleep(ms)`: resolves after `ms`; one that would end after the call's deadline fails
+    /// at once with `Timeout`.
+    fn start_sleep(&self, call_id: u64, ms: f64) -> Result<HostTask, SandboxError> {
+        let wait = wait_of(Some(&serde_json::Value::from(ms)), "ctx.sleep's delay")
+            .map_err(SandboxError::Host)?;
+        let meta = self.calls.meta_for(call_id);
+        let now = Instant::now();
+        if now + wait > meta.deadline {
+            return Err(SandboxError::Timeout {
+                after: meta.deadline.saturating_duration_since(now),
+            });
+        }
+        Ok(spawn_bounded(meta, move |_| async move {
+            tokio::time::sleep(wait).await;
+            Ok(serde_json::Value::Null)
+        }))
+    }
+}
+
+fn wait_of(value: Option<&serde_json::Value>, what: &str) -> Result<Duration, String> {
+    let ms = value
+        .and_then(serde_json::Value::as_f64)
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .ok_or_else(|| format!("{what} must be a non-negative number of milliseconds"))?;
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .ok()
+        .filter(|wait| *wait <= MAX_WAIT)
+        .ok_or_else(|| format!("{what} of {ms} ms is longer than a day"))
+}
+
+/// `{status, ok, headers, body, json?, url}`: `json` when the answer says it is JSON and parses.
+fn response_json(response: HttpResponse) -> serde_json::Value {
+    let body = String::from_utf8_lossy(&response.body).into_owned();
+    let is_json = response
+        .headers
+        .get("content-type")
+        .is_some_and(|t| t.contains("json"));
+    let mut out = serde_json::json!({
+        "status": response.status,
+        "ok": (200..300).contains(&response.status),
+        "headers": response.headers,
+        "url": response.url,
+    });
+    if is_json && let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
+        out["json"] = json;
+    }
+    out["body"] = serde_json::Value::String(body);
+    out
+}
+
 /// What a host request started from JavaScript resolves to.
 type HostTask = JoinHandle<Result<serde_json::Value, SandboxError>>;
 
@@ -649,6 +890,18 @@ pub(super) fn install_natives<'js>(
         promise_of(&ctx, settle(s.clone(), "model call", started))
     };
     natives.set("model", Function::new(ctx.clone(), model)?)?;
+    let s = state.clone();
+    let http = move |ctx: Ctx<'js>, call_id: f64, request: String| {
+        let started = s.start_http(call_id as u64, &request);
+        promise_of(&ctx, settle(s.clone(), "HTTP request", started))
+    };
+    natives.set("http", Function::new(ctx.clone(), http)?)?;
+    let s = state.clone();
+    let sleep = move |ctx: Ctx<'js>, call_id: f64, ms: f64| {
+        let started = s.start_sleep(call_id as u64, ms);
+        promise_of(&ctx, settle(s.clone(), "sleep", started))
+    };
+    natives.set("sleep", Function::new(ctx.clone(), sleep)?)?;
     let s = state.clone();
     natives.set(
         "crypto",

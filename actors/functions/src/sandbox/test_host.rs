@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{CallMeta, Host, LogLevel, MemoryKv, SandboxError, ScheduleInfo, ScheduleRequest};
+use crate::http::{HttpClient, HttpRequest, HttpResponse};
 use klf_model::{ModelReply, ModelRequest, Usage};
 
 /// How the host answers `ctx.call(target, input)`; asked when the call is made.
@@ -150,6 +151,7 @@ pub struct FakeHost {
     call_gate: Option<Gate>,
     call_delay: Option<Duration>,
     model: Option<ModelHandler>,
+    http: Option<Arc<HttpClient>>,
     flight: Arc<Flight>,
     logs: Mutex<Vec<(LogLevel, String)>>,
     calls: Mutex<Vec<HostCall>>,
@@ -170,6 +172,7 @@ pub struct FakeHostBuilder {
     call_gate: Option<Gate>,
     call_delay: Option<Duration>,
     model: Option<ModelHandler>,
+    http: Option<Arc<HttpClient>>,
 }
 
 impl FakeHostBuilder {
@@ -222,6 +225,12 @@ impl FakeHostBuilder {
         self
     }
 
+    /// A real HTTP client behind `ctx.http.fetch` (without one the host cannot reach the network).
+    pub fn http(mut self, client: Arc<HttpClient>) -> Self {
+        self.http = Some(client);
+        self
+    }
+
     pub fn build(self) -> Arc<FakeHost> {
         Arc::new(FakeHost {
             node: self.node,
@@ -233,6 +242,7 @@ impl FakeHostBuilder {
             call_gate: self.call_gate,
             call_delay: self.call_delay,
             model: self.model,
+            http: self.http,
             flight: Arc::default(),
             logs: Mutex::default(),
             calls: Mutex::default(),
@@ -253,6 +263,7 @@ impl FakeHost {
             call_gate: None,
             call_delay: None,
             model: None,
+            http: None,
         }
     }
 
@@ -378,6 +389,28 @@ impl Host for FakeHost {
         };
         lock(&self.model_requests).push(request);
         Box::pin(async move { answer })
+    }
+
+    fn http(
+        &self,
+        request: HttpRequest,
+        _meta: CallMeta,
+    ) -> BoxFuture<'static, Result<HttpResponse, SandboxError>> {
+        let client = self.http.clone();
+        Box::pin(async move {
+            let Some(client) = client else {
+                return Err(SandboxError::Http(
+                    "this host cannot reach the network".into(),
+                ));
+            };
+            let span = tracing::info_span!(
+                "http.request",
+                http.request.method = tracing::field::Empty,
+                url.full = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            );
+            client.fetch("subject", request, &span).await
+        })
     }
 
     fn schedule(&self, request: ScheduleRequest) -> Result<String, SandboxError> {

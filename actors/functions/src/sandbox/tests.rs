@@ -19,6 +19,7 @@ fn code(source: &str) -> FunctionCode {
         dependencies: vec!["series-cleaner".to_string()],
         capabilities: vec!["call".to_string(), "kv".to_string(), "log".to_string()],
         secrets: Vec::new(),
+        http: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ fn code(source: String, config: Value) -> FunctionCode {
         dependencies: ["dep", "pricing", "audit"].map(String::from).to_vec(),
         capabilities: ["call", "kv", "log"].map(String::from).to_vec(),
         secrets: Vec::new(),
+        http: Default::default(),
     }
 }
 
