@@ -560,3 +560,103 @@ async fn sleep_waits_within_the_deadline() {
     .unwrap_err();
     assert!(error.to_string().contains("non-negative"), "{error}");
 }
+
+/// A `BaseConnector` to the test server, configured with `settings`.
+fn connector(server: &Server, settings: Value) -> FunctionCode {
+    let mut code = code("", grant(server), &[]);
+    code.source = "import { BaseConnector } from \"klf:base\";\n\
+                   export default class Feed extends BaseConnector {\n\
+                     async execute(input, ctx) {\n\
+                       if (input.breaker) return this.breakerState(ctx);\n\
+                       try { return await this.request(input.path, {}, ctx); }\n\
+                       catch (e) { return { error: e.name, status: e.status ?? null,\n\
+                                            attempts: e.attempts ?? null, message: e.message }; }\n\
+                     }\n\
+                   }\n"
+    .into();
+    let mut config = json!({ "http": { "baseUrl": format!("http://{}", server.addr) } });
+    if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), settings) {
+        config.extend(extra);
+    }
+    code.config = config;
+    code
+}
+
+#[tokio::test]
+async fn the_http_connector_waits_for_retry_after_and_succeeds() {
+    let server = Server::start().await;
+    let host = FakeHost::builder().http(open_client()).build();
+    let instance = Instance::start(
+        connector(&server, json!({ "retries": 2 })),
+        SandboxLimits {
+            timeout: Duration::from_secs(5),
+            ..SandboxLimits::default()
+        },
+        host,
+    )
+    .await
+    .expect("starts");
+    let started = Instant::now();
+    let output = instance
+        .execute(
+            json!({ "path": "/v1/flaky" }),
+            CallMeta::with_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(output["status"], 200, "{output}");
+    assert_eq!(output["attempts"], 2);
+    assert_eq!(output["json"], json!({ "ok": true }));
+    assert_eq!(server.seen.flaky.load(Ordering::SeqCst), 2);
+    // It waited the second the server asked for, not a 50 ms backoff.
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_http_connector_opens_its_breaker_after_repeated_failures() {
+    let server = Server::start().await;
+    let host = FakeHost::builder().http(open_client()).build();
+    let instance = Instance::start(
+        connector(
+            &server,
+            json!({ "retries": 2, "backoffMs": 10,
+                    "breaker": { "failures": 3, "resetMs": 60000 } }),
+        ),
+        SandboxLimits::default(),
+        host,
+    )
+    .await
+    .expect("starts");
+    let meta = || CallMeta::with_timeout(Duration::from_secs(5));
+    let output = instance
+        .execute(json!({ "path": "/v1/failing" }), meta())
+        .await
+        .expect("runs");
+    assert_eq!(output["error"], "UpstreamError", "{output}");
+    assert_eq!(output["status"], 500);
+    assert_eq!(output["attempts"], 3);
+    assert_eq!(server.seen.failing.load(Ordering::SeqCst), 3);
+    // Open: the next request fails at once without reaching the server.
+    let output = instance
+        .execute(json!({ "path": "/v1/failing" }), meta())
+        .await
+        .expect("runs");
+    assert_eq!(output["error"], "CircuitOpen", "{output}");
+    assert_eq!(output["status"], 503);
+    assert_eq!(server.seen.failing.load(Ordering::SeqCst), 3);
+    let state = instance
+        .execute(json!({ "breaker": true }), meta())
+        .await
+        .expect("runs");
+    assert_eq!(state["state"], "open", "{state}");
+    // A refusal is not retried and does not count as the service failing.
+    let output = instance
+        .execute(json!({ "path": "http://example.invalid/x" }), meta())
+        .await
+        .expect("runs");
+    assert_eq!(output["error"], "CircuitOpen", "{output}");
+}

@@ -974,17 +974,59 @@ function errorResponse(error) {
  * Calls another function with policy: a token-bucket rate limit and retries of failed host
  * calls. (No HTTP: the sandbox has no network capability.)
  */
+/** An external service answered with an error status (after the connector's retries). */
+export class UpstreamError extends Error {
+  constructor(message, details = {}) {
+    super(message);
+    this.name = "UpstreamError";
+    this.status = details.status;
+    this.attempts = details.attempts;
+    this.body = details.body;
+  }
+}
+
+/** The connector's circuit breaker is open: the service failed repeatedly; retry after `retryAfterMs`. */
+export class CircuitOpenError extends Error {
+  constructor(message, retryAfterMs) {
+    super(message);
+    this.name = "CircuitOpen";
+    this.status = 503;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+// `Retry-After` as milliseconds: delta-seconds or an HTTP date; null when absent or unreadable.
+function retryAfterMs(headers, now) {
+  const value = headers?.["retry-after"];
+  if (typeof value !== "string" || value.trim() === "") return null;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
+
+/**
+ * Connects to another function (`send`, settings.target) or to an external HTTP service
+ * (`request`, settings.http: `{baseUrl, headers?, timeoutMs?}` over `ctx.http`, which needs the
+ * `http` capability and an [http] allow rule): retries with jittered exponential backoff that
+ * really waits (`ctx.sleep`) and honours `Retry-After`, a circuit breaker (settings.breaker:
+ * `{failures, resetMs}`) and a token-bucket rate limit (settings.rateLimit).
+ */
 export class BaseConnector extends BaseFunction {
   static defaults = {
     target: null,
+    http: null,
     retries: 2,
     backoffMs: 50,
+    maxBackoffMs: 10000,
+    retryOn: [429, 500, 502, 503, 504],
+    breaker: { failures: 5, resetMs: 30000 },
     rateLimit: null,
     waitForToken: false,
     maxWaitMs: 100,
   };
 
   #bucket = null;
+  #breaker = { failures: 0, openUntil: 0 };
 
   /** `{result, attempts}`; the last error (with `.attempts`) when every attempt failed. */
   async send(input, target, ctx) {
@@ -997,7 +1039,7 @@ export class BaseConnector extends BaseFunction {
         : inputError("target", "a function name", to);
     }
     const retries = requireInteger(s.retries, "settings.retries", 0, configError);
-    this.#acquire(ctx);
+    await this.#acquire(ctx);
     for (let attempt = 1;; attempt++) {
       try {
         return { result: await ctx.call(to, input), attempts: attempt };
@@ -1007,14 +1049,137 @@ export class BaseConnector extends BaseFunction {
           if (error !== null && typeof error === "object") error.attempts = attempt;
           throw error;
         }
-        // There are no timers in the sandbox: the retry goes out at once. The delay it would have
-        // waited is logged, so the policy stays visible.
+        const wait = this.#backoff(attempt, null);
         ctx.log?.debug?.(
-          `${to} failed (${error.message}); attempt ${attempt + 1} of ${retries + 1} (backoff ${
-            s.backoffMs * 2 ** (attempt - 1)
-          } ms not applied)`,
+          `${to} failed (${error.message}); attempt ${attempt + 1} of ${retries + 1} in ${wait} ms`,
         );
+        await this.#wait(ctx, wait);
       }
+    }
+  }
+
+  /**
+   * An HTTP request to settings.http.baseUrl + `path` (or an absolute URL) through `ctx.http`:
+   * `options` as `ctx.http.fetch` takes them (method, headers, body, json, timeoutMs). Retries
+   * statuses in settings.retryOn and network failures, waiting `Retry-After` when the service
+   * sends it, else a jittered exponential backoff; the breaker opens after settings.breaker.failures
+   * failed attempts in a row. `{status, headers, body, json?, attempts}`; an error status at the
+   * end throws `UpstreamError` (`status`, `attempts`), an open breaker `CircuitOpen`.
+   */
+  async request(path, options, ctx) {
+    ctx = ctxOf(this, ctx);
+    const s = this.settings;
+    const http = s.http;
+    requireObject(http, "settings.http", configError);
+    const url = /^https?:\/\//.test(String(path ?? ""))
+      ? String(path)
+      : `${requireString(http.baseUrl, "settings.http.baseUrl", configError)}${path ?? ""}`;
+    const retries = requireInteger(s.retries, "settings.retries", 0, configError);
+    const retryOn = Array.isArray(s.retryOn) ? s.retryOn : [];
+    const request = {
+      ...(options ?? {}),
+      headers: { ...(http.headers ?? {}), ...(options?.headers ?? {}) },
+    };
+    if (request.timeoutMs === undefined && http.timeoutMs !== undefined) {
+      request.timeoutMs = http.timeoutMs;
+    }
+    this.#checkBreaker(ctx);
+    await this.#acquire(ctx);
+    for (let attempt = 1;; attempt++) {
+      let response = null;
+      let failure = null;
+      try {
+        response = await ctx.http.fetch(url, request);
+      } catch (error) {
+        // Refusals and bad requests are the caller's to fix; a retry would be refused again.
+        if (!(error instanceof HostError) || ["CapabilityDenied", "SecretError"].includes(error.name)) {
+          throw error;
+        }
+        failure = error;
+      }
+      if (response !== null && !retryOn.includes(response.status)) {
+        if (response.status < 500) this.#breaker.failures = 0;
+        if (response.status >= 400) {
+          if (response.status >= 500) this.#failed(ctx);
+          throw new UpstreamError(`${url} answered ${response.status}`, {
+            status: response.status,
+            attempts: attempt,
+            body: response.body,
+          });
+        }
+        return { ...response, attempts: attempt };
+      }
+      this.#failed(ctx);
+      const breakerOpen = this.#breaker.openUntil > ctx.now();
+      if (attempt > retries || breakerOpen) {
+        if (failure !== null) {
+          failure.attempts = attempt;
+          throw failure;
+        }
+        throw new UpstreamError(`${url} answered ${response.status} after ${attempt} attempts`, {
+          status: response.status,
+          attempts: attempt,
+          body: response.body,
+        });
+      }
+      const wait = this.#backoff(attempt, response && retryAfterMs(response.headers, ctx.now()));
+      ctx.log?.debug?.(
+        `${url} ${failure ? `failed (${failure.message})` : `answered ${response.status}`}; ` +
+          `attempt ${attempt + 1} of ${retries + 1} in ${wait} ms`,
+      );
+      await this.#wait(ctx, wait);
+    }
+  }
+
+  /** `closed`, `open` (with `retryAfterMs`) or `half-open`, and the failures in a row. */
+  breakerState(ctx) {
+    const now = ctxOf(this, ctx).now();
+    const b = this.#breaker;
+    if (b.openUntil > now) return { state: "open", failures: b.failures, retryAfterMs: b.openUntil - now };
+    return { state: b.openUntil > 0 ? "half-open" : "closed", failures: b.failures };
+  }
+
+  // The wait before attempt `attempt + 1`: Retry-After when given (capped by maxBackoffMs), else
+  // backoffMs · 2^(attempt-1) with "equal jitter" (half fixed, half random).
+  #backoff(attempt, retryAfter) {
+    const s = this.settings;
+    const cap = requireNumber(s.maxBackoffMs, "settings.maxBackoffMs", configError);
+    if (retryAfter !== null && retryAfter !== undefined) return Math.min(cap, retryAfter);
+    const base = Math.min(cap, requireNumber(s.backoffMs, "settings.backoffMs", configError) * 2 ** (attempt - 1));
+    return Math.round(base / 2 + Math.random() * (base / 2));
+  }
+
+  async #wait(ctx, ms) {
+    if (ms > 0 && typeof ctx.sleep === "function") await ctx.sleep(ms);
+  }
+
+  #failed(ctx) {
+    const b = this.#breaker;
+    b.failures += 1;
+    const limit = this.settings.breaker;
+    if (limit === null || limit === undefined) return;
+    const failures = requireInteger(limit.failures, "settings.breaker.failures", 1, configError);
+    if (b.failures >= failures) {
+      const resetMs = requireNumber(limit.resetMs, "settings.breaker.resetMs", configError);
+      b.openUntil = ctx.now() + resetMs;
+      ctx.log?.warn?.(`circuit breaker open for ${resetMs} ms after ${b.failures} failures in a row`);
+    }
+  }
+
+  #checkBreaker(ctx) {
+    const b = this.#breaker;
+    const now = ctx.now();
+    if (b.openUntil > now) {
+      throw new CircuitOpenError(
+        `circuit breaker open after ${b.failures} failures in a row; retry after ${b.openUntil - now} ms`,
+        b.openUntil - now,
+      );
+    }
+    // Half-open: one more failure opens it again at once.
+    if (b.openUntil > 0) {
+      const limit = this.settings.breaker;
+      b.failures = Math.max(0, (limit?.failures ?? 1) - 1);
+      b.openUntil = 0;
     }
   }
 
@@ -1026,6 +1191,11 @@ export class BaseConnector extends BaseFunction {
   }
 
   async execute(input, ctx) {
+    if (this.settings.http !== null && this.settings.http !== undefined && this.settings.target === null) {
+      requireObject(input, "input");
+      const { path, ...options } = input;
+      return this.request(path ?? "", options, ctx);
+    }
     return this.send(input, undefined, ctx);
   }
 
@@ -1053,8 +1223,8 @@ export class BaseConnector extends BaseFunction {
     return bucket;
   }
 
-  // Takes a token, waits (spinning on the clock) up to maxWaitMs when waitForToken, or throws.
-  #acquire(ctx) {
+  // Takes a token, waits (ctx.sleep) up to maxWaitMs when waitForToken, or throws.
+  async #acquire(ctx) {
     const limit = this.#limit();
     if (limit === null) return;
     const bucket = this.#refill(limit, ctx.now());
@@ -1065,10 +1235,7 @@ export class BaseConnector extends BaseFunction {
     const waitMs = Math.ceil(((1 - bucket.tokens) * 1000) / limit.perSecond);
     const maxWait = requireNumber(this.settings.maxWaitMs, "settings.maxWaitMs", configError);
     if (this.settings.waitForToken === true && waitMs <= maxWait) {
-      const until = ctx.now() + waitMs;
-      while (ctx.now() < until) {
-        // No timers in the sandbox: the wait holds the instance (bounded by maxWaitMs).
-      }
+      await this.#wait(ctx, waitMs);
       this.#refill(limit, ctx.now()).tokens -= 1;
       return;
     }
