@@ -171,6 +171,7 @@ mod tests {
                     errors: 1,
                     cpu_us: 2_000_000,
                     p99_us: 1500,
+                    ..Default::default()
                 },
                 value_per_call: 0.01,
                 memory_mb: 32,

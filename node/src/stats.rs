@@ -114,6 +114,7 @@ mod tests {
             cpu_us: 2_500_000,
             recent_calls: 12,
             recent_errors: 9,
+            ..Default::default()
         }];
         let text = table(&stats);
         let line = text.lines().nth(1).unwrap();

@@ -533,6 +533,7 @@ mod tests {
             cpu_us: 0,
             recent_calls: recent.0,
             recent_errors: recent.1,
+            ..Default::default()
         }
     }
 

@@ -122,6 +122,9 @@ pub fn usage_by_function(stats: &[FunctionStats]) -> UsageByFunction {
                 errors: s.errors,
                 cpu_us: s.cpu_us,
                 p99_us: s.p99_us,
+                model_tokens_in: s.model_tokens_in,
+                model_tokens_out: s.model_tokens_out,
+                http_requests: s.http_requests,
             });
     }
     usage
@@ -143,6 +146,7 @@ mod tests {
             cpu_us: calls * 100,
             recent_calls: 0,
             recent_errors: 0,
+            ..Default::default()
         }
     }
 
@@ -159,7 +163,8 @@ mod tests {
                 calls: 15,
                 errors: 1,
                 cpu_us: 1500,
-                p99_us: 900
+                p99_us: 900,
+                ..Default::default()
             })
         );
         assert_eq!(usage.get("b").map(UsageInputs::served), Some(0));

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
+use super::stats::External;
 use super::{InvokeRequest, Router, RouterInner};
 use klf_functions::http::{HttpClient, HttpRequest, HttpResponse};
 use klf_functions::sandbox::{
@@ -49,6 +50,8 @@ pub struct HostServices {
 pub struct NodeHost {
     router: Weak<RouterInner>,
     function: String,
+    /// The version served, under which external use is recorded in the stats book.
+    version: semver::Version,
     dependencies: BTreeMap<String, semver::VersionReq>,
     /// Weak: the store belongs to the node; an instance outliving it gets an error, not the file.
     store: Weak<Store>,
@@ -111,6 +114,7 @@ impl NodeHost {
         Self {
             router,
             function: release.manifest.name.clone(),
+            version: release.manifest.version.clone(),
             dependencies: release.manifest.dependencies.clone(),
             store,
             services,
@@ -266,6 +270,7 @@ impl Host for NodeHost {
         let provider = self.services.model.clone();
         let node = self.services.node_name.clone();
         let function = self.function.clone();
+        let (router, version) = (self.router.clone(), self.version.clone());
         Box::pin(async move {
             let Some(provider) = provider else {
                 return Err(SandboxError::ModelUnavailable(unavailable_message(&node)));
@@ -283,6 +288,17 @@ impl Host for NodeHost {
                 gen_ai.usage.output_tokens = reply.usage.output_tokens,
                 "model call"
             );
+            if let Some(router) = router.upgrade() {
+                router.stats.record_external(
+                    &function,
+                    &version,
+                    External {
+                        model_tokens_in: reply.usage.input_tokens,
+                        model_tokens_out: reply.usage.output_tokens,
+                        http_requests: 0,
+                    },
+                );
+            }
             Ok(reply)
         })
     }
@@ -294,6 +310,7 @@ impl Host for NodeHost {
     ) -> BoxFuture<'static, Result<HttpResponse, SandboxError>> {
         let client = self.services.http.clone();
         let function = self.function.clone();
+        let (router, version) = (self.router.clone(), self.version.clone());
         Box::pin(async move {
             let Some(client) = client else {
                 return Err(SandboxError::Http(
@@ -315,6 +332,18 @@ impl Host for NodeHost {
                 .fetch(&function, request, &span)
                 .instrument(span.clone())
                 .await;
+            if result.is_ok()
+                && let Some(router) = router.upgrade()
+            {
+                router.stats.record_external(
+                    &function,
+                    &version,
+                    External {
+                        http_requests: 1,
+                        ..External::default()
+                    },
+                );
+            }
             match &result {
                 Ok(response) => debug!(
                     target: "klf::http",
@@ -365,6 +394,7 @@ impl Host for NodeHost {
         let route = NodeHost {
             router: self.router.clone(),
             function: self.function.clone(),
+            version: self.version.clone(),
             dependencies: self.dependencies.clone(),
             store: self.store.clone(),
             services: self.services.clone(),

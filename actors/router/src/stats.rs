@@ -28,7 +28,7 @@ const BUCKETS: usize = (40 - SUB_BITS as usize + 1) * SUB + SUB;
 pub const STATS_KIND: &str = "stats";
 
 /// What one `function@version` has done on this node (or, merged, in the mesh).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct FunctionStats {
     pub function: String,
     pub version: String,
@@ -44,6 +44,15 @@ pub struct FunctionStats {
     /// Calls and errors in the last [`WINDOW`] (for the Monitor).
     pub recent_calls: u64,
     pub recent_errors: u64,
+    /// Tokens the function's `ctx.model` requests used (prompt, completion), as the provider
+    /// reported them.
+    #[serde(default)]
+    pub model_tokens_in: u64,
+    #[serde(default)]
+    pub model_tokens_out: u64,
+    /// `ctx.http.fetch` requests that got an answer.
+    #[serde(default)]
+    pub http_requests: u64,
 }
 
 impl FunctionStats {
@@ -117,6 +126,9 @@ pub fn merge(snapshots: impl IntoIterator<Item = StatsSnapshot>) -> Vec<Function
                         cpu_us: 0,
                         recent_calls: 0,
                         recent_errors: 0,
+                        model_tokens_in: 0,
+                        model_tokens_out: 0,
+                        http_requests: 0,
                         ..s.clone()
                     },
                     vec![0; BUCKETS],
@@ -127,6 +139,9 @@ pub fn merge(snapshots: impl IntoIterator<Item = StatsSnapshot>) -> Vec<Function
         total.cpu_us += s.cpu_us;
         total.recent_calls += s.recent_calls;
         total.recent_errors += s.recent_errors;
+        total.model_tokens_in += s.model_tokens_in;
+        total.model_tokens_out += s.model_tokens_out;
+        total.http_requests += s.http_requests;
         for (kind, n) in s.error_kinds {
             *total.error_kinds.entry(kind).or_default() += n;
         }
@@ -197,6 +212,9 @@ struct Entry {
     errors: AtomicU64,
     cpu_us: AtomicU64,
     latency_us_sum: AtomicU64,
+    model_tokens_in: AtomicU64,
+    model_tokens_out: AtomicU64,
+    http_requests: AtomicU64,
     latency: Box<[AtomicU64]>,
     window: [Slot; SLOTS],
     /// Only touched on errors.
@@ -248,6 +266,9 @@ impl Entry {
             errors: AtomicU64::new(0),
             cpu_us: AtomicU64::new(0),
             latency_us_sum: AtomicU64::new(0),
+            model_tokens_in: AtomicU64::new(0),
+            model_tokens_out: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             window: Default::default(),
             error_kinds: Mutex::new(BTreeMap::new()),
@@ -266,6 +287,14 @@ impl Default for StatsBook {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a function used outside the mesh, for [`StatsBook::record_external`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct External {
+    pub model_tokens_in: u64,
+    pub model_tokens_out: u64,
+    pub http_requests: u64,
 }
 
 /// The outcome of one served call, as the book records it.
@@ -320,6 +349,22 @@ impl StatsBook {
         });
     }
 
+    /// Records what a call of `function@version` used outside the mesh: model tokens and
+    /// answered HTTP requests (external API costs in ROI).
+    pub fn record_external(&self, function: &str, version: &semver::Version, external: External) {
+        self.with_entry(function, version, |entry| {
+            entry
+                .model_tokens_in
+                .fetch_add(external.model_tokens_in, Ordering::Relaxed);
+            entry
+                .model_tokens_out
+                .fetch_add(external.model_tokens_out, Ordering::Relaxed);
+            entry
+                .http_requests
+                .fetch_add(external.http_requests, Ordering::Relaxed);
+        });
+    }
+
     /// Every `function@version` served here, with its latency histogram.
     pub fn snapshots(&self) -> Vec<StatsSnapshot> {
         let now = self.second();
@@ -360,6 +405,9 @@ impl StatsBook {
                         cpu_us: entry.cpu_us.load(Ordering::Relaxed),
                         recent_calls,
                         recent_errors: recent_errors.min(recent_calls),
+                        model_tokens_in: entry.model_tokens_in.load(Ordering::Relaxed),
+                        model_tokens_out: entry.model_tokens_out.load(Ordering::Relaxed),
+                        http_requests: entry.http_requests.load(Ordering::Relaxed),
                     },
                     latency: buckets
                         .iter()

@@ -8,6 +8,9 @@
 //!   GB-month of memory;
 //! - `storage`: artifact bytes × the months since each was published × price per GB-month;
 //! - `model`: tokens × price, as each run recorded it;
+//! - `function_model`: the tokens deployed functions' own `ctx.model` requests used × the
+//!   token prices of the rates;
+//! - `http`: the `ctx.http` requests deployed functions made (counted, not priced);
 //! - `maintenance`: (repair rounds + repairs + rollbacks + redeploys) × hours per event × hourly rate.
 //!
 //! Value lines (USD):
@@ -39,6 +42,14 @@ pub struct UsageInputs {
     pub cpu_us: u64,
     /// 99th percentile latency of the calls served, in microseconds (0 when no calls).
     pub p99_us: u64,
+    /// Tokens the function's own `ctx.model` requests used (prompt, completion).
+    #[serde(default)]
+    pub model_tokens_in: u64,
+    #[serde(default)]
+    pub model_tokens_out: u64,
+    /// `ctx.http.fetch` requests that got an answer.
+    #[serde(default)]
+    pub http_requests: u64,
 }
 
 impl UsageInputs {
@@ -48,6 +59,9 @@ impl UsageInputs {
         self.errors += other.errors;
         self.cpu_us += other.cpu_us;
         self.p99_us = self.p99_us.max(other.p99_us);
+        self.model_tokens_in += other.model_tokens_in;
+        self.model_tokens_out += other.model_tokens_out;
+        self.http_requests += other.http_requests;
     }
 
     /// Calls that succeeded.
@@ -410,6 +424,54 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
         ],
     );
 
+    // External API: what deployed functions asked of the model and of HTTP services.
+    let (in_rate, out_rate) = (
+        rates.model_input_usd_per_1k.value,
+        rates.model_output_usd_per_1k.value,
+    );
+    let function_model = Line::new(
+        "function_model",
+        "external API: function model tokens",
+        usage.model_tokens_in as f64 / 1000.0 * in_rate
+            + usage.model_tokens_out as f64 / 1000.0 * out_rate,
+        format!(
+            "{} prompt + {} completion tokens of ctx.model calls × ${in_rate} / ${out_rate} per 1k",
+            usage.model_tokens_in, usage.model_tokens_out
+        ),
+        vec![
+            Quantity::new(
+                "tokens_in",
+                usage.model_tokens_in as f64,
+                "tokens",
+                Basis::Measured,
+                "invocation statistics (provider usage)",
+            ),
+            Quantity::new(
+                "tokens_out",
+                usage.model_tokens_out as f64,
+                "tokens",
+                Basis::Measured,
+                "invocation statistics (provider usage)",
+            ),
+        ],
+    );
+    let http = Line::new(
+        "http",
+        "external API: HTTP requests",
+        0.0,
+        format!(
+            "{} ctx.http request(s) answered; no price per request is applied",
+            usage.http_requests
+        ),
+        vec![Quantity::new(
+            "requests",
+            usage.http_requests as f64,
+            "requests",
+            Basis::Measured,
+            "invocation statistics",
+        )],
+    );
+
     // Maintenance.
     let repair_rounds: u64 = all_runs.iter().map(|r| u64::from(r.repairs)).sum();
     let count = |kind: EventKind| events.iter().filter(|e| e.kind == kind).count() as u64;
@@ -590,6 +652,8 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
         compute_memory,
         storage,
         model,
+        function_model,
+        http,
         maintenance,
     ]);
     let value = Breakdown::of(vec![time_saved, invocations]);
@@ -729,6 +793,7 @@ mod tests {
                     errors: 2,
                     cpu_us: 10_000_000,
                     p99_us: 2_500,
+                    ..Default::default()
                 },
                 value_per_call: 0.5,
                 memory_mb: 512,
@@ -897,6 +962,7 @@ mod tests {
             errors: 0,
             cpu_us: 0,
             p99_us: 9_000,
+            ..Default::default()
         };
         second.artifacts = vec![];
         inputs.functions.push(second);
