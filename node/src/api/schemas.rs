@@ -66,6 +66,11 @@ pub struct FunctionStats {
     /// Calls and errors in the last 30 s.
     pub recent_calls: u64,
     pub recent_errors: u64,
+    /// Prompt and completion tokens of the function's own `ctx.model` calls.
+    pub model_tokens_in: u64,
+    pub model_tokens_out: u64,
+    /// `ctx.http` requests that got an answer.
+    pub http_requests: u64,
 }
 
 /// The outcome of running a function's own tests (`klf_actors::router::test_run::TestRun`).
