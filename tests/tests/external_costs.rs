@@ -93,6 +93,10 @@ async fn model_tokens_and_http_requests_of_a_function_are_measured_external_cost
     assert_eq!(analyst.model_tokens_in, tokens_in / 3 * analyst.calls);
     assert_eq!(analyst.model_tokens_out, tokens_out / 3 * analyst.calls);
     assert_eq!(analyst.http_requests, analyst.calls);
+    assert_eq!(
+        analyst.http_by_host.get("127.0.0.1").copied(),
+        Some(analyst.calls)
+    );
 
     let roi = mesh.kitchens[0].roi(Some("analyst")).await.expect("roi");
     let tokens = roi
@@ -120,9 +124,11 @@ async fn model_tokens_and_http_requests_of_a_function_are_measured_external_cost
     assert_eq!(http.amount.basis, Basis::Measured);
     assert_eq!(http.quantities.first().map(|q| q.value), Some(calls as f64));
     assert!(
-        http.amount
-            .note
-            .contains(&format!("{calls} ctx.http request(s)"))
+        http.amount.note.contains(&format!(
+            "{calls} ctx.http request(s) answered (127.0.0.1 {calls} × $0)"
+        )),
+        "{}",
+        http.amount.note
     );
     mesh.shutdown().await;
 }

@@ -83,7 +83,7 @@ impl Kitchen {
                         .filter(|e| &e.function == n)
                         .cloned()
                         .collect(),
-                    usage: usage.get(n).copied().unwrap_or_default(),
+                    usage: usage.get(n).cloned().unwrap_or_default(),
                     value_per_call: served.map_or(0.0, |m| m.value_per_call),
                     memory_mb: served.map_or(0, |m| m.limits.memory_mb),
                     artifacts: versions
@@ -125,6 +125,7 @@ pub fn usage_by_function(stats: &[FunctionStats]) -> UsageByFunction {
                 model_tokens_in: s.model_tokens_in,
                 model_tokens_out: s.model_tokens_out,
                 http_requests: s.http_requests,
+                http_by_host: s.http_by_host.clone(),
             });
     }
     usage

@@ -295,7 +295,6 @@ impl Host for NodeHost {
                     External {
                         model_tokens_in: reply.usage.input_tokens,
                         model_tokens_out: reply.usage.output_tokens,
-                        http_requests: 0,
                     },
                 );
             }
@@ -310,6 +309,7 @@ impl Host for NodeHost {
     ) -> BoxFuture<'static, Result<HttpResponse, SandboxError>> {
         let client = self.services.http.clone();
         let function = self.function.clone();
+        let host = request.url.host_str().unwrap_or_default().to_string();
         let (router, version) = (self.router.clone(), self.version.clone());
         Box::pin(async move {
             let Some(client) = client else {
@@ -335,14 +335,7 @@ impl Host for NodeHost {
             if result.is_ok()
                 && let Some(router) = router.upgrade()
             {
-                router.stats.record_external(
-                    &function,
-                    &version,
-                    External {
-                        http_requests: 1,
-                        ..External::default()
-                    },
-                );
+                router.stats.record_http(&function, &version, &host);
             }
             match &result {
                 Ok(response) => debug!(

@@ -53,6 +53,9 @@ pub struct FunctionStats {
     /// `ctx.http.fetch` requests that got an answer.
     #[serde(default)]
     pub http_requests: u64,
+    /// The same requests by host (for prices per request per host).
+    #[serde(default)]
+    pub http_by_host: BTreeMap<String, u64>,
 }
 
 impl FunctionStats {
@@ -129,6 +132,7 @@ pub fn merge(snapshots: impl IntoIterator<Item = StatsSnapshot>) -> Vec<Function
                         model_tokens_in: 0,
                         model_tokens_out: 0,
                         http_requests: 0,
+                        http_by_host: BTreeMap::new(),
                         ..s.clone()
                     },
                     vec![0; BUCKETS],
@@ -142,6 +146,9 @@ pub fn merge(snapshots: impl IntoIterator<Item = StatsSnapshot>) -> Vec<Function
         total.model_tokens_in += s.model_tokens_in;
         total.model_tokens_out += s.model_tokens_out;
         total.http_requests += s.http_requests;
+        for (host, n) in s.http_by_host {
+            *total.http_by_host.entry(host).or_default() += n;
+        }
         for (kind, n) in s.error_kinds {
             *total.error_kinds.entry(kind).or_default() += n;
         }
@@ -215,6 +222,8 @@ struct Entry {
     model_tokens_in: AtomicU64,
     model_tokens_out: AtomicU64,
     http_requests: AtomicU64,
+    /// Only touched on HTTP requests.
+    http_by_host: Mutex<BTreeMap<String, u64>>,
     latency: Box<[AtomicU64]>,
     window: [Slot; SLOTS],
     /// Only touched on errors.
@@ -269,6 +278,7 @@ impl Entry {
             model_tokens_in: AtomicU64::new(0),
             model_tokens_out: AtomicU64::new(0),
             http_requests: AtomicU64::new(0),
+            http_by_host: Mutex::new(BTreeMap::new()),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             window: Default::default(),
             error_kinds: Mutex::new(BTreeMap::new()),
@@ -294,7 +304,6 @@ impl Default for StatsBook {
 pub struct External {
     pub model_tokens_in: u64,
     pub model_tokens_out: u64,
-    pub http_requests: u64,
 }
 
 /// The outcome of one served call, as the book records it.
@@ -349,8 +358,7 @@ impl StatsBook {
         });
     }
 
-    /// Records what a call of `function@version` used outside the mesh: model tokens and
-    /// answered HTTP requests (external API costs in ROI).
+    /// Records the model tokens a call of `function@version` used (external API costs in ROI).
     pub fn record_external(&self, function: &str, version: &semver::Version, external: External) {
         self.with_entry(function, version, |entry| {
             entry
@@ -359,9 +367,16 @@ impl StatsBook {
             entry
                 .model_tokens_out
                 .fetch_add(external.model_tokens_out, Ordering::Relaxed);
-            entry
-                .http_requests
-                .fetch_add(external.http_requests, Ordering::Relaxed);
+        });
+    }
+
+    /// Records one answered `ctx.http` request of `function@version` to `host`.
+    pub fn record_http(&self, function: &str, version: &semver::Version, host: &str) {
+        self.with_entry(function, version, |entry| {
+            entry.http_requests.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut hosts) = entry.http_by_host.lock() {
+                *hosts.entry(host.to_string()).or_default() += 1;
+            }
         });
     }
 
@@ -408,6 +423,11 @@ impl StatsBook {
                         model_tokens_in: entry.model_tokens_in.load(Ordering::Relaxed),
                         model_tokens_out: entry.model_tokens_out.load(Ordering::Relaxed),
                         http_requests: entry.http_requests.load(Ordering::Relaxed),
+                        http_by_host: entry
+                            .http_by_host
+                            .lock()
+                            .map(|hosts| hosts.clone())
+                            .unwrap_or_default(),
                     },
                     latency: buckets
                         .iter()

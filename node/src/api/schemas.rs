@@ -71,6 +71,8 @@ pub struct FunctionStats {
     pub model_tokens_out: u64,
     /// `ctx.http` requests that got an answer.
     pub http_requests: u64,
+    /// The same requests by host.
+    pub http_by_host: BTreeMap<String, u64>,
 }
 
 /// The outcome of running a function's own tests (`klf_actors::router::test_run::TestRun`).
@@ -197,6 +199,8 @@ pub struct Rates {
     pub maintenance_event_hours: Rate,
     pub model_input_usd_per_1k: Rate,
     pub model_output_usd_per_1k: Rate,
+    /// USD per answered `ctx.http` request, by host (`[roi.http_request_usd]`).
+    pub http_request_usd: BTreeMap<String, f64>,
     /// The file the rates were read from (null when it does not exist).
     pub file: Option<String>,
 }

@@ -9,6 +9,9 @@
 //! maintenance_event_hours = 0.5      # developer hours one repair, rollback or redeploy costs
 //! model_input_usd_per_1k = 0.00015   # model price per 1000 prompt tokens
 //! model_output_usd_per_1k = 0.0006   # model price per 1000 completion tokens
+//!
+//! [roi.http_request_usd]             # USD per answered ctx.http request, by host
+//! "api.example.com" = 0.002
 //! ```
 //!
 //! A missing file (or a missing field) means the default, which [`Rates::describe_source`]
@@ -113,6 +116,10 @@ pub struct Rates {
     pub model_input_usd_per_1k: Rate,
     /// USD per 1000 completion tokens.
     pub model_output_usd_per_1k: Rate,
+    /// USD per answered `ctx.http` request, by host (`[roi.http_request_usd]`); hosts not listed
+    /// cost nothing.
+    #[serde(default)]
+    pub http_request_usd: std::collections::BTreeMap<String, f64>,
     /// The file the rates were read from (absent when it does not exist).
     pub file: Option<PathBuf>,
 }
@@ -130,6 +137,7 @@ impl Default for Rates {
             maintenance_event_hours: Rate::default_of(0.5),
             model_input_usd_per_1k: Rate::default_of(0.00015),
             model_output_usd_per_1k: Rate::default_of(0.0006),
+            http_request_usd: std::collections::BTreeMap::new(),
             file: None,
         }
     }
@@ -143,6 +151,7 @@ const FIELDS: &[&str] = &[
     "maintenance_event_hours",
     "model_input_usd_per_1k",
     "model_output_usd_per_1k",
+    "http_request_usd",
 ];
 
 impl Rates {
@@ -187,6 +196,31 @@ impl Rates {
             };
             for (field, value) in table {
                 let name = format!("roi.{field}");
+                if field == "http_request_usd" {
+                    let toml::Value::Table(hosts) = value else {
+                        return Err(field_error(
+                            &name,
+                            format!(
+                                "expected a table of \"host\" = USD per request, found {}",
+                                value.type_str()
+                            ),
+                        ));
+                    };
+                    for (host, price) in hosts {
+                        let name = format!("{name}.{host}");
+                        let number = price
+                            .as_float()
+                            .or_else(|| price.as_integer().map(|i| i as f64))
+                            .filter(|n| n.is_finite() && *n >= 0.0)
+                            .ok_or_else(|| {
+                                field_error(&name, "expected a finite, non-negative number".into())
+                            })?;
+                        rates
+                            .http_request_usd
+                            .insert(host.to_ascii_lowercase(), number);
+                    }
+                    continue;
+                }
                 let slot = match field.as_str() {
                     "hourly_rate_usd" => &mut rates.hourly_rate_usd,
                     "cpu_second_usd" => &mut rates.cpu_second_usd,
@@ -249,6 +283,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Rates, RatesError> {
         Rates::parse(text, Path::new("/data/roi.toml"))
+    }
+
+    #[test]
+    fn http_prices_are_per_host() {
+        let rates = parse("[roi.http_request_usd]\n\"API.example.com\" = 0.002\n\"b.io\" = 1\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rates.http_request_usd.get("api.example.com"), Some(&0.002));
+        assert_eq!(rates.http_request_usd.get("b.io"), Some(&1.0));
+        let error = parse("[roi.http_request_usd]\n\"a.io\" = -1\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("roi.http_request_usd.a.io"), "{error}");
+        let error = parse("[roi]\nhttp_request_usd = 3\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("expected a table"), "{error}");
     }
 
     #[test]

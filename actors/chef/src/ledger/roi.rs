@@ -34,7 +34,7 @@ const MS_PER_HOUR: f64 = 3_600_000.0;
 
 /// Invocation statistics of one function (every version added up), as the routers measure them
 /// where calls are served.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageInputs {
     pub calls: u64,
     pub errors: u64,
@@ -50,6 +50,9 @@ pub struct UsageInputs {
     /// `ctx.http.fetch` requests that got an answer.
     #[serde(default)]
     pub http_requests: u64,
+    /// The same requests by host.
+    #[serde(default)]
+    pub http_by_host: std::collections::BTreeMap<String, u64>,
 }
 
 impl UsageInputs {
@@ -62,6 +65,9 @@ impl UsageInputs {
         self.model_tokens_in += other.model_tokens_in;
         self.model_tokens_out += other.model_tokens_out;
         self.http_requests += other.http_requests;
+        for (host, n) in &other.http_by_host {
+            *self.http_by_host.entry(host.clone()).or_default() += n;
+        }
     }
 
     /// Calls that succeeded.
@@ -455,13 +461,25 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
             ),
         ],
     );
+    let mut http_cost = 0.0;
+    let mut by_host = Vec::new();
+    for (host, n) in &usage.http_by_host {
+        let price = rates.http_request_usd.get(host).copied().unwrap_or(0.0);
+        http_cost += *n as f64 * price;
+        by_host.push(format!("{host} {n} × ${price}"));
+    }
     let http = Line::new(
         "http",
         "external API: HTTP requests",
-        0.0,
+        http_cost,
         format!(
-            "{} ctx.http request(s) answered; no price per request is applied",
-            usage.http_requests
+            "{} ctx.http request(s) answered{}; priced per host by [roi.http_request_usd] (unlisted hosts $0)",
+            usage.http_requests,
+            if by_host.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by_host.join(", "))
+            }
         ),
         vec![Quantity::new(
             "requests",
@@ -750,8 +768,58 @@ mod tests {
             maintenance_event_hours: r(0.5),
             model_input_usd_per_1k: r(0.0),
             model_output_usd_per_1k: r(0.0),
+            http_request_usd: [("api.example.com".to_string(), 0.01)].into(),
             file: None,
         }
+    }
+
+    #[test]
+    fn function_tokens_and_http_requests_are_measured_external_costs() {
+        let mut rates = rates();
+        rates.model_input_usd_per_1k = Rate {
+            value: 1.0,
+            source: RateSource::Config,
+        };
+        rates.model_output_usd_per_1k = Rate {
+            value: 2.0,
+            source: RateSource::Config,
+        };
+        let inputs = RoiInputs {
+            functions: vec![FunctionInputs {
+                name: "feed".into(),
+                usage: UsageInputs {
+                    calls: 5,
+                    model_tokens_in: 2000,
+                    model_tokens_out: 500,
+                    http_requests: 7,
+                    http_by_host: [
+                        ("api.example.com".to_string(), 4),
+                        ("free.io".to_string(), 3),
+                    ]
+                    .into(),
+                    ..Default::default()
+                },
+                ..FunctionInputs::default()
+            }],
+            ..RoiInputs::default()
+        };
+        let roi = roi(Some("feed".into()), &inputs, &rates);
+        let tokens = roi.cost.line("function_model").unwrap();
+        assert!(close(tokens.amount.value, 2.0 + 1.0));
+        assert_eq!(tokens.amount.basis, Basis::Measured);
+        let http = roi.cost.line("http").unwrap();
+        assert!(close(http.amount.value, 0.04), "{http:?}");
+        assert_eq!(http.amount.basis, Basis::Measured);
+        assert!(
+            http.amount.note.contains("api.example.com 4 × $0.01"),
+            "{}",
+            http.amount.note
+        );
+        assert!(
+            http.amount.note.contains("free.io 3 × $0"),
+            "{}",
+            http.amount.note
+        );
     }
 
     fn close(a: f64, b: f64) -> bool {
