@@ -399,6 +399,43 @@ pub struct ApiTemplate {
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub connectors: Vec<Connector>,
+    /// External HTTP services a function reaches through `ctx.http` (`BaseConnector.request`).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An external HTTP endpoint: what a recipe renders into `[http] allow` and into a
+/// `BaseConnector`'s `settings.http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub name: String,
+    /// `https://api.example.com/v1`: requests go to this URL plus a path.
+    pub base_url: String,
+    /// The `[http] allow` rule (scheme, host, port, path prefix); defaults to `base_url/*`.
+    #[serde(default)]
+    pub allow: String,
+    /// A node secret sent as `Authorization: Bearer …` (by name: it never enters JavaScript).
+    pub secret: Option<String>,
+    #[serde(default = "two")]
+    pub retries: u64,
+    #[serde(default = "fifty")]
+    pub backoff_ms: u64,
+    pub timeout_ms: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+    /// Declared USD per request, for the operator's `[roi.http_request_usd]`.
+    pub price_per_request_usd: Option<f64>,
+}
+
+impl Endpoint {
+    /// The `[http] allow` rule: `allow`, or `base_url` followed by `/*`.
+    pub fn allow_rule(&self) -> String {
+        if self.allow.is_empty() {
+            format!("{}/*", self.base_url.trim_end_matches('/'))
+        } else {
+            self.allow.clone()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1223,8 +1260,61 @@ fn check_rate_limit(c: &Checker, field: &str, r: &RateLimit) -> Result<(), Ingre
 
 fn check_api(c: &Checker, a: &ApiTemplate) -> Result<(), IngredientError> {
     c.name("name", &a.name)?;
-    if a.routes.is_empty() && a.connectors.is_empty() {
-        return Err(c.fail("routes", "an API template has routes, connectors or both"));
+    if a.routes.is_empty() && a.connectors.is_empty() && a.endpoints.is_empty() {
+        return Err(c.fail(
+            "routes",
+            "an API template has routes, connectors, endpoints or several of them",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in a.endpoints.iter().enumerate() {
+        let field = format!("endpoints[{i}]");
+        c.identifier(&format!("{field}.name"), &endpoint.name)?;
+        if endpoints.contains(&endpoint.name.as_str()) {
+            return Err(c.fail(
+                format!("{field}.name"),
+                format!("duplicate endpoint {:?}", endpoint.name),
+            ));
+        }
+        endpoints.push(endpoint.name.as_str());
+        let base = klf_functions::http::AllowRule::parse(&format!(
+            "{}/*",
+            endpoint.base_url.trim_end_matches('/')
+        ))
+        .map_err(|m| c.fail(format!("{field}.base_url"), m))?;
+        let rule = klf_functions::http::AllowRule::parse(&endpoint.allow_rule())
+            .map_err(|m| c.fail(format!("{field}.allow"), m))?;
+        if (&base.scheme, &base.host, base.port) != (&rule.scheme, &rule.host, rule.port) {
+            return Err(c.fail(
+                format!("{field}.allow"),
+                format!(
+                    "{:?} does not cover base_url {:?} (another scheme, host or port)",
+                    endpoint.allow, endpoint.base_url
+                ),
+            ));
+        }
+        if let Some(secret) = &endpoint.secret
+            && !klf_functions::package::is_valid_secret_name(secret)
+        {
+            return Err(c.fail(
+                format!("{field}.secret"),
+                format!("{secret:?} is not a valid secret name"),
+            ));
+        }
+        if endpoint.retries > 10 {
+            return Err(c.fail(format!("{field}.retries"), "at most 10"));
+        }
+        if let Some(r) = &endpoint.rate_limit {
+            check_rate_limit(c, &format!("{field}.rate_limit"), r)?;
+        }
+        if let Some(price) = endpoint.price_per_request_usd
+            && !(price.is_finite() && price >= 0.0)
+        {
+            return Err(c.fail(
+                format!("{field}.price_per_request_usd"),
+                "must be a finite, non-negative number",
+            ));
+        }
     }
     if let Some(r) = &a.rate_limit {
         check_rate_limit(c, "rate_limit", r)?;
@@ -1655,6 +1745,41 @@ mod tests {
             ),
         ];
         for (text, needle) in cases {
+            let error = error_of(&text);
+            assert!(error.contains(needle), "{needle:?} not in {error:?}");
+        }
+    }
+
+    #[test]
+    fn api_endpoints_describe_external_services() {
+        let api = "kind = \"api\"\nname = \"feed\"\n[[endpoints]]\nname = \"prices\"\n\
+                   base_url = \"https://api.example.com/v1\"\nsecret = \"feed-key\"\n";
+        let (_, parsed) = parse(api, "x.toml").unwrap();
+        let Body::Api(template) = &parsed else {
+            panic!("not an api: {parsed:?}")
+        };
+        assert_eq!(
+            template.endpoints[0].allow_rule(),
+            "https://api.example.com/v1/*"
+        );
+        for (text, needle) in [
+            (
+                api.replace("https://api.example.com/v1", "api.example.com"),
+                "field `endpoints[0].base_url`",
+            ),
+            (
+                format!("{api}allow = \"https://other.com/*\"\n"),
+                "field `endpoints[0].allow`",
+            ),
+            (
+                api.replace("feed-key", "Bad Key"),
+                "field `endpoints[0].secret`",
+            ),
+            (
+                format!("{api}price_per_request_usd = -1.0\n"),
+                "field `endpoints[0].price_per_request_usd`",
+            ),
+        ] {
             let error = error_of(&text);
             assert!(error.contains(needle), "{needle:?} not in {error:?}");
         }
