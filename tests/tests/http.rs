@@ -271,3 +271,83 @@ async fn without_the_allowance_loopback_is_refused_and_the_node_keeps_serving() 
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_analysis_reads_its_series_from_a_configured_feed() {
+    use klf_actors::ingredients::render::render;
+    use klf_actors::ingredients::{Library, RenderRequest};
+    captured();
+    let bundled = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/data/market-data.json"
+    ))
+    .expect("bundled sample data");
+    let body = bundled.clone();
+    let app = Router::new().route(
+        "/v1/daily",
+        get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let rendered = render(
+        &Library::shipped(),
+        &RenderRequest {
+            recipe: "market-analysis".into(),
+            name: Some("markets".into()),
+            set: [(
+                "feed_url".to_string(),
+                json!(format!("http://{addr}/v1/daily")),
+            )]
+            .into(),
+        },
+    )
+    .expect("render");
+    let package = rendered.package().expect("package");
+    assert!(package.manifest.capabilities.iter().any(|c| c == "http"));
+    let options = RunOptions {
+        http_allow: vec![Cidr::parse("127.0.0.1/32").expect("cidr")],
+        ..RunOptions::loopback()
+    };
+    let mesh = InProcessMesh::start_with_options(1, options)
+        .await
+        .expect("mesh");
+    mesh.nodes[0]
+        .publish(package, 1, "admin")
+        .await
+        .expect("deploy");
+    let invoke = |input: Value| {
+        mesh.nodes[0].invoke(InvokeRequest::new(
+            "markets",
+            input,
+            Duration::from_secs(10),
+        ))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            invoke(json!({})).await.is_ok()
+        })
+        .await,
+        "markets never answered"
+    );
+    let from_feed = invoke(json!({})).await.expect("from the feed").output;
+    assert!(
+        from_feed["analyzed"].as_u64().unwrap_or(0) > 0,
+        "{from_feed}"
+    );
+    // The bundled sample data handed in the input: the same answer, without the feed.
+    let series: Value = serde_json::from_str(&bundled).expect("json");
+    let from_input = invoke(json!({ "series": series["series"] }))
+        .await
+        .expect("from the input")
+        .output;
+    assert_eq!(from_feed, from_input);
+    mesh.shutdown().await;
+}
