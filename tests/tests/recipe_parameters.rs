@@ -102,16 +102,6 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "market-analysis",
-            "feed_url",
-            json!("https://prices.example.com/v1/daily"),
-            None,
-            (
-                json!("ftp://prices.example.com/x"),
-                "does not have the shape",
-            ),
-        ),
-        case(
-            "market-analysis",
             "watch_above",
             json!(0.3),
             Some("Analyze market data and find opportunities, watch above {}"),
