@@ -4,4 +4,5 @@
 pub mod analysis;
 pub mod native;
 pub mod package;
+pub mod perf;
 pub mod sandbox;

@@ -128,6 +128,7 @@ fn example(name: &str, replicas: u32) -> DeployRequest {
             output_schema: package.output_schema.clone(),
         },
         replicas,
+        perf: Default::default(),
     }
 }
 
@@ -528,6 +529,52 @@ async fn every_route_answers_as_the_openapi_document_says() {
     check!(POST, rollback, "/v1/functions/hello/rollback", to_v1, 200);
     let to_v9 = Some(json_bytes(&json!({"version": "9.0.0"})));
     check!(POST, rollback, "/v1/functions/hello/rollback", to_v9, 404);
+    // A yank: moving-average still reaches the yanked series-cleaner, and the audit says so.
+    let yank = "/v1/functions/{name}/versions/{version}/yank";
+    let why = Some(json_bytes(&json!({"reason": "drops negative numbers"})));
+    let yanked = check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/1.0.0/yank",
+        why.clone(),
+        200
+    );
+    assert_eq!(parse(&yanked)["id"], "series-cleaner@1.0.0");
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/9.0.0/yank",
+        why.clone(),
+        404
+    );
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/one/yank",
+        why,
+        400
+    );
+    let blank = Some(json_bytes(&json!({"reason": " "})));
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/1.0.0/yank",
+        blank,
+        400
+    );
+    let audit = check!(
+        GET,
+        "/v1/audit/dependencies",
+        "/v1/audit/dependencies",
+        None,
+        200
+    );
+    assert_eq!(
+        parse(&audit)[0]["function"],
+        "moving-average@1.2.0",
+        "{}",
+        parse(&audit)
+    );
     let remove = "/v1/functions/{target}";
     check!(DELETE, remove, "/v1/functions/hello@2.0.0", None, 200);
     check!(DELETE, remove, "/v1/functions/hello@two", None, 400);

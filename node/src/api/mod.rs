@@ -291,6 +291,8 @@ fn routes(limits: BodyLimits) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(functions::validate))
         .routes(routes!(functions::info, functions::remove))
         .routes(routes!(functions::dependencies))
+        .routes(routes!(functions::yank))
+        .routes(routes!(functions::audit))
         .routes((schemas, paths, invoke))
         .routes(routes!(functions::test))
         .routes(routes!(stats::rollback))

@@ -26,6 +26,7 @@ use crate::kitchen::Kitchen;
 use futures_util::future::BoxFuture;
 use klf_mesh::MemberState;
 use klf_node_core::AgentEndpoint;
+use klf_node_core::validator::PerfMode;
 use klf_security::PeerIdentity;
 pub use machine::{Cooking, MAX_REPAIRS, Next, Plan, Stage};
 
@@ -81,6 +82,10 @@ pub struct ChefOptions {
     /// deploy it as a canary the Monitor promotes or rolls back.
     #[serde(default)]
     pub update: Option<String>,
+    /// What the validator's performance test does when the function is over its budget
+    /// (`--perf warn` deploys it anyway, with warnings).
+    #[serde(default)]
+    pub perf: PerfMode,
 }
 
 /// How long a run may take unless `--deadline` says otherwise.
@@ -99,6 +104,7 @@ impl Default for ChefOptions {
             fresh: false,
             create_secrets: false,
             update: None,
+            perf: PerfMode::Fail,
         }
     }
 }
@@ -573,6 +579,7 @@ impl Chef {
             token_budget: options.token_budget,
             create_secrets: options.create_secrets,
             update: options.update.clone(),
+            perf: options.perf,
         };
         let mut cooking = Cooking::new(run, plan, self.kitchen.ingredients().clone());
         let emit = |event: StageEvent| {
