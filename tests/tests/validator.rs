@@ -56,10 +56,34 @@ fn a_yank_replicates_shows_in_info_refuses_new_dependents_and_is_audited() {
     let cleaner = example("series-cleaner").to_string_lossy().into_owned();
     let average = example("moving-average").to_string_lossy().into_owned();
 
-    for dir in [&cleaner, &average] {
-        let (ok, _, stderr) = klf_run(&["fn", "deploy", dir, "--data", &d1]);
-        assert!(ok, "{stderr}");
-    }
+    let calls_of = |name: &str| -> u64 {
+        let stats = klf_json(&["fn", "stats", name, "--json", "--data", &d1]);
+        stats
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["calls"].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &cleaner, "--data", &d1]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        calls_of("series-cleaner"),
+        0,
+        "its own validation calls no one"
+    );
+    // moving-average's examples run against the deployed series-cleaner, through the router: its
+    // two examples, 50 times each (and the load step), are calls series-cleaner served.
+    let deployed = klf_json(&["fn", "deploy", &average, "--data", &d1, "--json"]);
+    assert_eq!(deployed["perf"]["runs"], 100, "{deployed}");
+    assert_eq!(
+        deployed["perf"]["over_budget"],
+        serde_json::json!([]),
+        "{deployed}"
+    );
+    let served = calls_of("series-cleaner");
+    assert!(
+        served >= 100,
+        "series-cleaner served {served} validation calls"
+    );
     let audit = klf_json(&["fn", "audit", "--json", "--data", &d1]);
     assert_eq!(audit, serde_json::json!([]));
 
