@@ -301,3 +301,52 @@ fn a_function_over_its_latency_budget_fails_validation_with_the_measured_p99() {
         "{stdout}"
     );
 }
+
+/// The Chef's deployment manager calls `Node::validate_package` and then `Node::publish`: both
+/// refuse a dependency whose only match is yanked, with the reason, on every node of the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chefs_deploy_path_refuses_a_dependency_whose_only_match_is_yanked() {
+    use klf_actors::node::validator::PerfOptions;
+    use klf_tests::{InProcessMesh, example_package, wait_until};
+
+    let mesh = InProcessMesh::start(2).await.expect("mesh");
+    assert!(
+        mesh.wait_all_alive(&[0, 1], 2, Duration::from_secs(10))
+            .await
+    );
+    let (n0, n1) = (&mesh.nodes[0], &mesh.nodes[1]);
+    n0.publish(example_package("series-cleaner"), 1, "admin")
+        .await
+        .expect("series-cleaner");
+    n0.yank(
+        "series-cleaner",
+        semver::Version::new(1, 0, 0),
+        "drops negative numbers",
+        "admin",
+    )
+    .await
+    .expect("yank");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            n1.catalog()
+                .yank("series-cleaner", &semver::Version::new(1, 0, 0))
+                .is_some()
+        })
+        .await,
+        "the yank reaches the other node"
+    );
+    let reason = "moving-average@1.2.0 needs series-cleaner ^1, but every matching version is \
+                  yanked: 1.0.0 (drops negative numbers)";
+    let refused = n1
+        .validate_package(&example_package("moving-average"), PerfOptions::default())
+        .await
+        .expect_err("validation refuses");
+    assert!(refused.to_string().contains(reason), "{refused}");
+    let refused = n1
+        .publish(example_package("moving-average"), 1, "chef")
+        .await
+        .expect_err("publish refuses");
+    assert!(refused.to_string().contains(reason), "{refused}");
+    assert!(n1.catalog().versions("moving-average").is_empty());
+    mesh.shutdown().await;
+}
