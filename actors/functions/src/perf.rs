@@ -24,6 +24,9 @@ const LOAD_CALLS_PER_SLOT: usize = 2;
 const MIN_LOAD_CALLS: usize = 16;
 /// A load step stops issuing calls after this long, so a slow function cannot make it long.
 const LOAD_STEP_CAP: Duration = Duration::from_secs(2);
+/// The timed runs stop after this long (the figures then count the runs made), so a slow function
+/// cannot hold a deploy for `runs` × its timeout.
+const RUNS_CAP: Duration = Duration::from_secs(60);
 
 /// What the figures must stay within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,8 +130,9 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs `examples` on `instance` `runs` times each, then the load steps; `timeout` bounds each
-/// call. Failed calls are recorded (the first failure of each example), not retried.
+/// Runs `examples` on `instance` `runs` times each (within a minute in all), then the load steps;
+/// `timeout` bounds each call. Failed calls are recorded (the first failure of each example), not
+/// retried.
 pub async fn measure(
     instance: Arc<Instance>,
     examples: &[(String, Value)],
@@ -140,8 +144,11 @@ pub async fn measure(
     let mut peak_memory = instance.heap_bytes() as u64;
     let mut max_output = 0u64;
     let mut failures: Vec<(String, String)> = Vec::new();
-    for (name, input) in examples {
+    'examples: for (name, input) in examples {
         for _ in 0..runs {
+            if started.elapsed() > RUNS_CAP {
+                break 'examples;
+            }
             let begun = Instant::now();
             let outcome = instance
                 .execute(input.clone(), CallMeta::with_timeout(timeout))
