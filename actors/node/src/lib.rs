@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 mod ops;
+pub use ops::GatheredSpans;
 pub mod secrets;
 
 use std::net::SocketAddr;
@@ -407,6 +408,7 @@ impl Node {
         let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
         let ops = ops::NodeOps {
             me: settings.node_id.clone(),
+            me_name: settings.name.clone(),
             router: router.clone(),
             registry: registry.clone(),
             membership: membership.clone(),
