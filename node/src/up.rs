@@ -49,8 +49,8 @@ pub struct UpArgs {
     /// Chef requests) have their own fixed limit of 16 MiB, the largest KLF frame.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_INPUT_BYTES, value_parser = parse_max_input)]
     pub max_input: usize,
-    /// Spans of recent calls this node keeps for `klf trace` (about 330 bytes each: the default
-    /// 4096 take about 1.3 MiB). 0 keeps none, and calls then build no spans unless
+    /// Spans of recent calls this node keeps for `klf trace` (about 390 bytes each: the default
+    /// 4096 take about 1.6 MiB). 0 keeps none, and calls then build no spans unless
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
     #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_TRACE_BUFFER, env = "KLF_TRACE_BUFFER")]
     pub trace_buffer: usize,

@@ -22,7 +22,8 @@ pub const TRACES_KIND: &str = "klf.traces";
 /// The span attribute naming the node that recorded a span (its node id).
 pub const NODE_ATTRIBUTE: &str = "klf.node";
 
-/// Spans a node keeps by default (about 1.3 MiB; see [`SpanRing::approx_bytes`]).
+/// Spans a node keeps by default: about 1.6 MiB (a typical call span takes about 390 bytes, see
+/// [`SpanRing::approx_bytes`] and its test).
 pub const DEFAULT_CAPACITY: usize = 4096;
 
 /// One ended span, as `klf trace` shows it.
@@ -436,6 +437,30 @@ mod tests {
         assert_eq!(ids, ["2", "3", "4"]);
         assert_eq!(ring.len(), 3);
         assert!(ring.approx_bytes() >= 3 * std::mem::size_of::<RecordedSpan>());
+    }
+
+    #[test]
+    fn a_typical_call_span_takes_under_half_a_kibibyte() {
+        // As the router records them: 16-hex node ids, two remaining attributes.
+        let mut typical = span(
+            &"a".repeat(32),
+            &"b".repeat(16),
+            Some(&"c".repeat(16)),
+            1,
+            1,
+        );
+        typical.node = "d".repeat(16);
+        typical.function = Some("moving-average".into());
+        typical.attributes = BTreeMap::from([
+            ("call_depth".to_string(), "1".to_string()),
+            ("node".to_string(), "e".repeat(16)),
+        ]);
+        let ring = SpanRing::new(DEFAULT_CAPACITY);
+        for _ in 0..100 {
+            ring.push(typical.clone());
+        }
+        let each = ring.approx_bytes() / 100;
+        assert!((300..512).contains(&each), "{each} bytes a span");
     }
 
     #[test]
