@@ -26,10 +26,15 @@ pub struct RunContext {
     pub bounds: Bounds,
     /// Where a streaming model exchange reports progress (agents on the pipeline's own node).
     pub progress: Option<klf_model::ProgressSink>,
+    /// The W3C `traceparent` of the stage's span: the agent's model exchanges are its children.
+    pub trace_parent: Option<String>,
+    /// The name of the node the agent runs on (recorded on its spans).
+    pub node: String,
 }
 
-/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations of its role; the default
-/// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
+/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations
+/// of its role; the default bodies refuse, naming the agent, so a misrouted message is an error
+/// rather than a silent no-op.
 pub trait AIAgent: Send + Sync + 'static {
     fn id(&self) -> String;
     fn name(&self) -> &'static str {
