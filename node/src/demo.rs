@@ -1,6 +1,6 @@
 //! `klf demo`: three local nodes in this process, joined by tokens as separate machines would be.
 //!
-//! It shows the nodes forming a mesh over QUIC with mutual TLS; the Chef turning the seed's request,
+//! It shows the nodes forming a mesh over QUIC with mutual TLS; the Chef turning the product model's example request (docs/product.md),
 //! "Analyze market data and find opportunities", into a function built from BaseDataProcessor,
 //! BaseModelProcessor and BasePredictor, validated, tested and deployed with 2 replicas; the third
 //! node calling it on bundled sample market data; the run's stages and ROI; a function deployed by
@@ -120,7 +120,7 @@ pub async fn run() -> anyhow::Result<()> {
 /// The bundled sample: 20 trading days of six symbols.
 const MARKET_DATA: &str = include_str!("../../examples/data/market-data.json");
 
-/// The Chef builds the seed's example on node0; node2 calls it.
+/// The Chef builds the product model's example (docs/product.md) on node0; node2 calls it.
 async fn market_analysis(mesh: &LocalMesh) -> anyhow::Result<()> {
     let request = "Analyze market data and find opportunities";
     let mut chefs = Vec::new();

@@ -68,6 +68,9 @@ pub enum FnCommand {
         /// How long to wait, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// Print the call's trace id on stderr (`trace ID`), for `klf trace ID`.
+        #[arg(long)]
+        trace: bool,
         #[command(flatten)]
         client: ClientOptions,
     },
@@ -261,6 +264,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             input,
             input_file,
             timeout_ms,
+            trace,
             client,
         } => {
             let text = match (input, input_file) {
@@ -274,16 +278,18 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             let api = ApiClient::from_options(&client)?.with_timeout(
                 std::time::Duration::from_millis(timeout_ms) + std::time::Duration::from_secs(5),
             );
-            let output: Value = api
-                .post_json(
-                    &format!(
-                        "/v1/functions/{}/invoke?timeout_ms={timeout_ms}",
-                        urlencode(&target)
-                    ),
-                    &input,
-                )
-                .await?;
-            println!("{}", serde_json::to_string(&output)?);
+            let path = format!(
+                "/v1/functions/{}/invoke?timeout_ms={timeout_ms}",
+                urlencode(&target)
+            );
+            let (output, trace_id) = api.post_json_traced::<Value>(&path, &input).await;
+            if trace {
+                match trace_id {
+                    Some(id) => eprintln!("trace {id}"),
+                    None => eprintln!("trace: the node sent no trace id"),
+                }
+            }
+            println!("{}", serde_json::to_string(&output?)?);
         }
         FnCommand::Test { target, client } => {
             let api = ApiClient::from_options(&client)?

@@ -10,6 +10,7 @@ mod ingredients;
 mod roi;
 mod stats;
 mod telemetry;
+mod traces;
 mod up;
 
 use clap::Parser;
@@ -27,7 +28,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     // The command runs on a spawned task, not the main thread: replies then avoid a cross-thread
-    // wake-up on every hop (see dependency notes).
+    // wake-up on every hop (measured in BENCHMARKS.md).
     let result = runtime.block_on(async { tokio::spawn(cli::run(cli)).await });
     let code = match result {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,

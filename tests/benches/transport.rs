@@ -68,7 +68,7 @@ const CODEC_ITERATIONS: u32 = 200_000;
 /// The 1.3x target of the issue: KLF p50 against the floor's p50.
 const TARGET_RATIO: f64 = 1.3;
 
-/// The transport's QUIC settings (`quic_transport_config` in `actors/src/mesh/transport.rs`, which
+/// The transport's QUIC settings (`quic_transport_config` in `actors/mesh/src/transport.rs`, which
 /// is private): replicated so that the floors run under the same flow-control and keep-alive rules.
 /// A no-op actor: answers every request with the frame it got, either inline or from a spawned
 /// task (as the transport's `deliver` does).

@@ -198,7 +198,7 @@ fn klf_demo_runs_to_completion() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("mesh formed"), "{stdout}");
-    // The Chef built the seed's example from the three base classes, deployed it with 2 replicas,
+    // The Chef built the product model's example from the three base classes, deployed it with 2 replicas,
     // and node2 got ranked opportunities for the bundled data.
     assert!(
         stdout.contains("BaseDataProcessor")

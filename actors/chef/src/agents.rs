@@ -1,5 +1,5 @@
-//! The Chef's agents: one ractor actor per seed role, each implementing the seed's `AIAgent`
-//! interface (interpret, generate, validate, test, communicate) for its own role and refusing the
+//! The Chef's agents: one ractor actor per role of the product model (docs/product.md),
+//! each implementing its `AIAgent` interface (interpret, generate, validate, test, communicate) for its own role and refusing the
 //! others. The pipeline talks to them only through [`AgentMessage`]s, so an agent on another node
 //! is reached the same way, in a KLF `Agent` frame.
 
@@ -27,6 +27,10 @@ pub struct RunContext {
     pub bounds: Bounds,
     /// Where a streaming model exchange reports progress (agents on the pipeline's own node).
     pub progress: Option<klf_model::ProgressSink>,
+    /// The W3C `traceparent` of the stage's span: the agent's model exchanges are its children.
+    pub trace_parent: Option<String>,
+    /// The name of the node the agent runs on (recorded on its spans).
+    pub node: String,
 }
 
 /// How the deployment manager deploys (the `Deploy` message's settings).
@@ -41,8 +45,9 @@ pub struct DeployPlan {
     pub perf: PerfOptions,
 }
 
-/// The seed's `AIAgent` interface. An agent implements the operations of its role; the default
-/// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
+/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations
+/// of its role; the default bodies refuse, naming the agent, so a misrouted message is an error
+/// rather than a silent no-op.
 pub trait AIAgent: Send + Sync + 'static {
     fn id(&self) -> String;
     fn name(&self) -> &'static str {

@@ -1,4 +1,4 @@
-//! The Chef (design §13): agents that turn a plain-language request into a validated, tested,
+//! The Chef (docs/chef.md): agents that turn a plain-language request into a validated, tested,
 //! deployed function.
 
 pub mod agents;

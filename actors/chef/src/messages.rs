@@ -1,4 +1,5 @@
-//! What the Chef's agents say to each other: the seed's `AIAgent` vocabulary as typed messages.
+//! What the Chef's agents say to each other: the `AIAgent` vocabulary of the
+//! product model (docs/product.md) as typed messages.
 //!
 //! Every message is plain serde data so that it can travel inside a KLF `Agent` frame (JSON body)
 //! when the agents of one run live on different nodes.
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 use klf_node_core::validator::PerfMode;
 
-/// The seed's agent roles, plus the Monitor.
+/// The product model's agent roles (docs/product.md), plus the Monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentType {

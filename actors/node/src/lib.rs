@@ -7,6 +7,7 @@
 pub mod data_dir;
 mod frames;
 mod ops;
+pub use ops::GatheredSpans;
 pub mod secrets;
 pub mod validator;
 
@@ -432,6 +433,7 @@ impl Node {
         let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
         let ops = ops::NodeOps {
             me: settings.node_id.clone(),
+            me_name: settings.name.clone(),
             router: router.clone(),
             registry: registry.clone(),
             membership: membership.clone(),

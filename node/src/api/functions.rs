@@ -568,6 +568,7 @@ fn invoke_status(kind: InvokeErrorKind) -> StatusCode {
             headers(
                 ("x-klf-served-by" = String, description = "`name@version` that served the call"),
                 ("x-klf-node" = String, description = "Id of the node that ran it"),
+                ("x-klf-trace-id" = String, description = "The call's trace id (`klf trace ID`): the caller's `traceparent`, else a new trace; also on error answers"),
             )),
         (status = 400, description = "`bad_input` (not JSON), `bad_request` (bad range or query string), `call_depth_exceeded`", body = ErrorBody),
         (status = 404, description = "`unknown_function`, `no_matching_version`, `not_deployed`", body = ErrorBody),
@@ -607,27 +608,46 @@ pub async fn invoke(
     let mut request = InvokeRequest::new(&name, input, timeout);
     request.range = range;
     request.caller = caller.principal().to_string();
-    // A client's W3C trace context: the call's spans join the client's trace.
-    request.trace_parent = headers
+    // A client's W3C trace context: the call's spans join the client's trace. Without one the
+    // call starts a trace here, so that its id can be handed back (`klf fn invoke --trace`).
+    let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 256)
-        .map(str::to_string);
-    match node.invoke(request).await {
-        Ok(outcome) => Ok((
+        .map(str::to_string)
+        .unwrap_or_else(new_trace_parent);
+    let trace_id = trace_id_of(&trace_parent);
+    request.trace_parent = Some(trace_parent);
+    let mut response = match node.invoke(request).await {
+        Ok(outcome) => (
             [
                 ("x-klf-served-by", outcome.served_by),
                 ("x-klf-node", outcome.node),
             ],
             Json(outcome.output),
         )
-            .into_response()),
-        Err(e) => Err(ApiError::new(
-            invoke_status(e.kind),
-            e.kind.as_str(),
-            e.message,
-        )),
+            .into_response(),
+        Err(e) => ApiError::new(invoke_status(e.kind), e.kind.as_str(), e.message).into_response(),
+    };
+    if let Some(id) = trace_id.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("x-klf-trace-id", id);
     }
+    Ok(response)
+}
+
+/// A W3C `traceparent` for a call that arrived without one: a new random trace.
+fn new_trace_parent() -> String {
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// The trace id of a well-formed `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id_of(trace_parent: &str) -> Option<String> {
+    let mut parts = trace_parent.split('-');
+    let (_, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then(|| id.to_ascii_lowercase())
 }
 
 /// Run a deployed function's own tests (`BaseFunction.test()`, from its `static tests`) in a

@@ -658,3 +658,36 @@ pub struct IngredientListQuery {
     /// Only this kind: `model`, `data-flow`, `api`, `security`, `testing`, `recipe`.
     pub kind: Option<String>,
 }
+
+/// `GET /v1/traces` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TracesQuery {
+    /// Only traces with a span about this function.
+    pub function: Option<String>,
+    /// Only traces with a failed span.
+    #[serde(default)]
+    pub errors: bool,
+    /// At most this many traces, newest first (default 20, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/traces`: recent traces gathered from every alive member.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceList {
+    #[schema(value_type = Vec<schemas::TraceSummary>)]
+    pub traces: Vec<klf_actors::router::trace_ring::TraceSummary>,
+    /// Members that did not answer in time (their spans are missing).
+    pub missing: Vec<String>,
+}
+
+/// `GET /v1/traces/{trace_id}`: one trace's spans from every alive member, as a waterfall.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceView {
+    pub trace_id: String,
+    /// Depth-first, children under their parents in start order.
+    #[schema(value_type = Vec<schemas::WaterfallRow>)]
+    pub rows: Vec<klf_actors::router::trace_ring::WaterfallRow>,
+    /// Members that did not answer in time (their spans are missing).
+    pub missing: Vec<String>,
+}

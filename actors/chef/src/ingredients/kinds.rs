@@ -576,7 +576,7 @@ pub struct TestingTemplate {
 // ---------------------------------------------------------------------------------------------
 // Recipes
 
-/// The five groups of the 20 base classes (design §11).
+/// The five groups of the 20 base classes (docs/product.md, docs/base-library.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Group {
@@ -734,7 +734,7 @@ pub struct Recipe {
     /// output is not known (examples at other parameter values, accepted edge cases).
     pub output_properties: Option<Value>,
     pub examples: Vec<RecipeExample>,
-    /// Declared hours a person would need to write this function by hand (ROI, design §14).
+    /// Declared hours a person would need to write this function by hand (ROI, docs/roi.md).
     #[serde(default)]
     pub baseline_hours: f64,
     /// The template folder, relative to the recipe file.

@@ -1,4 +1,4 @@
-//! Ingredients (design §12): reusable data, not code, that recipes combine into function packages.
+//! Ingredients (docs/ingredients.md): reusable data, not code, that recipes combine into function packages.
 //!
 //! Six kinds, one TOML file per ingredient, each with a strict schema:
 //!

@@ -1,4 +1,4 @@
-//! ROI arithmetic (design §14), over plain inputs so that it can be checked by hand.
+//! ROI arithmetic (docs/roi.md), over plain inputs so that it can be checked by hand.
 //!
 //! Cost lines (USD):
 //! - `development`: pipeline wall time of every run × hourly rate;

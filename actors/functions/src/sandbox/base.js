@@ -1,4 +1,4 @@
-// klf:base — what every KLF function imports (design §10, §11).
+// klf:base — what every KLF function imports (docs/base-library.md).
 //
 // Evaluated once per instance, before the function's own module, in a context without eval. It
 // takes the host's native functions off the global object (so only this module holds them), and
