@@ -49,6 +49,10 @@ pub struct ChefArgs {
     /// NAME whatever the request suggests (implies --deploy's checks; deploy it with --deploy).
     #[arg(long, value_name = "NAME")]
     pub update: Option<String>,
+    /// The validator's performance test before the deploy: `fail` refuses a function over its
+    /// latency budget or `[limits]`, `warn` deploys it with warnings, `off` skips the test.
+    #[arg(long, value_enum, default_value_t = crate::functions::PerfArg::Fail)]
+    pub perf: crate::functions::PerfArg,
     #[command(flatten)]
     pub client: ClientOptions,
 }
@@ -87,6 +91,7 @@ pub async fn run(args: ChefArgs) -> anyhow::Result<()> {
         token_budget: args.token_budget,
         max_tokens,
         update: args.update.clone(),
+        perf: Some(args.perf.into()),
     };
     let api = api.with_timeout(args.deadline + std::time::Duration::from_secs(30));
     let live = !args.client.json;

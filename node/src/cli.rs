@@ -57,6 +57,8 @@ pub enum Command {
     /// Secrets functions read with `ctx.secret`, stored on every node.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// A trace's waterfall across the mesh (TRACE_ID), or the most recent traces (--recent).
+    Trace(crate::traces::TraceArgs),
     /// Show the mesh's members and their state.
     Members {
         #[command(flatten)]
@@ -115,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fn(command) => crate::functions::run(command).await,
         Command::Ingredients(command) => crate::ingredients::run(command).await,
         Command::Roi(args) => crate::roi::run(args).await,
+        Command::Trace(args) => crate::traces::run(args).await,
         Command::Chef(args) => crate::chef::run(args).await,
         Command::Secret(SecretCommand::Set {
             name,

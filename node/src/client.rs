@@ -86,18 +86,54 @@ impl ApiClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let response = request
+        self.send_traced(request).await.0
+    }
+
+    /// Sends `request` and reads its JSON answer; also returns the answer's `x-klf-trace-id`,
+    /// which an invoke carries on success and on failure alike.
+    async fn send_traced<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (anyhow::Result<T>, Option<String>) {
+        let response = match request
             .timeout(self.timeout)
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the node's API at {}", self.base))?;
+            .with_context(|| format!("cannot reach the node's API at {}", self.base))
+        {
+            Ok(response) => response,
+            Err(e) => return (Err(e), None),
+        };
+        let trace_id = response
+            .headers()
+            .get("x-klf-trace-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let status = response.status();
-        let body = response.bytes().await?;
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => return (Err(e.into()), trace_id),
+        };
         if !status.is_success() {
-            bail!("{status}: {}", error_message(&body));
+            return (
+                Err(anyhow::anyhow!("{status}: {}", error_message(&body))),
+                trace_id,
+            );
         }
-        serde_json::from_slice(&body).context("the node's API answered with unexpected JSON")
+        let answer =
+            serde_json::from_slice(&body).context("the node's API answered with unexpected JSON");
+        (answer, trace_id)
+    }
+
+    /// POSTs `body`; the answer and its trace id (see [`Self::send_traced`]).
+    pub async fn post_json_traced<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> (anyhow::Result<T>, Option<String>) {
+        self.send_traced(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::types::{
-    DeployRequest, Deployed, FunctionInfo, FunctionSummary, PackageBody, ReleaseView, Removed,
-    TestCaseResult,
+    AuditEntry, DeployRequest, Deployed, FunctionInfo, FunctionSummary, PackageBody, PerfModeBody,
+    PerfSettings, PerfView, ReleaseView, Removed, TestCaseResult, YankRequest, YankView,
 };
 use crate::client::{ApiClient, ClientOptions};
 
@@ -24,6 +24,16 @@ pub enum FnCommand {
         /// How many instances the mesh keeps running.
         #[arg(long, default_value_t = 1)]
         replicas: u32,
+        /// The validator's performance test: `fail` refuses a deploy over budget, `warn` reports
+        /// it, `off` skips the test.
+        #[arg(long, value_enum, default_value_t = PerfArg::Fail)]
+        perf: PerfArg,
+        /// Timed runs of each example in the performance test.
+        #[arg(long, default_value_t = 50)]
+        perf_runs: u32,
+        /// The p99 latency one call may take, in milliseconds (besides `[limits] timeout_ms`).
+        #[arg(long)]
+        latency_budget_ms: Option<u64>,
         #[command(flatten)]
         client: ClientOptions,
     },
@@ -58,6 +68,9 @@ pub enum FnCommand {
         /// How long to wait, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// Print the call's trace id on stderr (`trace ID`), for `klf trace ID`.
+        #[arg(long)]
+        trace: bool,
         #[command(flatten)]
         client: ClientOptions,
     },
@@ -80,6 +93,22 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Yank NAME@VERSION on every node: resolving a dependency skips it from now on (what runs it
+    /// keeps running; `klf fn audit` names those functions).
+    Yank {
+        /// NAME@VERSION, an exact published version.
+        target: String,
+        /// Why, shown by `klf fn info`, `klf fn audit` and in refused deploys.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Deployed functions whose calls to a dependency still reach a yanked version.
+    Audit {
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Serve VERSION (a published version) of NAME until the next deploy.
     Rollback {
         name: String,
@@ -87,6 +116,24 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientOptions,
     },
+}
+
+/// `--perf`: what an over-budget performance test does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerfArg {
+    Fail,
+    Warn,
+    Off,
+}
+
+impl From<PerfArg> for PerfModeBody {
+    fn from(arg: PerfArg) -> Self {
+        match arg {
+            PerfArg::Fail => Self::Fail,
+            PerfArg::Warn => Self::Warn,
+            PerfArg::Off => Self::Off,
+        }
+    }
 }
 
 /// Runs one `klf fn` command.
@@ -101,6 +148,9 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Deploy {
             dir,
             replicas,
+            perf,
+            perf_runs,
+            latency_budget_ms,
             client,
         } => {
             // Validate locally first: errors then name the real files.
@@ -124,8 +174,15 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             let request = DeployRequest {
                 package: package_body,
                 replicas,
+                perf: PerfSettings {
+                    perf: Some(perf.into()),
+                    perf_runs: Some(perf_runs),
+                    latency_budget_ms,
+                },
             };
-            let api = ApiClient::from_options(&client)?;
+            // The performance test runs every example `perf_runs` times before the answer.
+            let api = ApiClient::from_options(&client)?
+                .with_timeout(std::time::Duration::from_secs(10 * 60));
             let deployed: Deployed = api
                 .post_json("/v1/functions", &request)
                 .await
@@ -137,6 +194,12 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
                     "deployed {} with {replicas} replica(s); artifact {} ({} bytes)",
                     deployed.release.id, deployed.release.artifact, deployed.release.artifact_len
                 );
+                if let Some(perf) = &deployed.perf {
+                    println!("  performance    {}", perf_line(perf));
+                }
+                for warning in &deployed.warnings {
+                    println!("  {warning}");
+                }
             }
         }
         FnCommand::Ls { kind, client } => {
@@ -201,6 +264,7 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             input,
             input_file,
             timeout_ms,
+            trace,
             client,
         } => {
             let text = match (input, input_file) {
@@ -214,16 +278,18 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             let api = ApiClient::from_options(&client)?.with_timeout(
                 std::time::Duration::from_millis(timeout_ms) + std::time::Duration::from_secs(5),
             );
-            let output: Value = api
-                .post_json(
-                    &format!(
-                        "/v1/functions/{}/invoke?timeout_ms={timeout_ms}",
-                        urlencode(&target)
-                    ),
-                    &input,
-                )
-                .await?;
-            println!("{}", serde_json::to_string(&output)?);
+            let path = format!(
+                "/v1/functions/{}/invoke?timeout_ms={timeout_ms}",
+                urlencode(&target)
+            );
+            let (output, trace_id) = api.post_json_traced::<Value>(&path, &input).await;
+            if trace {
+                match trace_id {
+                    Some(id) => eprintln!("trace {id}"),
+                    None => eprintln!("trace: the node sent no trace id"),
+                }
+            }
+            println!("{}", serde_json::to_string(&output?)?);
         }
         FnCommand::Test { target, client } => {
             let api = ApiClient::from_options(&client)?
@@ -242,6 +308,56 @@ pub async fn run(command: FnCommand) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 anyhow::bail!("{failed} test(s) of {target} failed");
+            }
+        }
+        FnCommand::Yank {
+            target,
+            reason,
+            client,
+        } => {
+            let Some((name, version)) = target.split_once('@') else {
+                anyhow::bail!("give the version to yank as NAME@VERSION, such as {target}@1.0.0");
+            };
+            let api = ApiClient::from_options(&client)?;
+            let yank: YankView = api
+                .post_json(
+                    &format!(
+                        "/v1/functions/{}/versions/{}/yank",
+                        urlencode(name),
+                        urlencode(version)
+                    ),
+                    &YankRequest { reason },
+                )
+                .await
+                .with_context(|| format!("yanking {target}"))?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&yank)?);
+            } else {
+                println!("yanked {}: {}", yank.id, yank.reason);
+            }
+        }
+        FnCommand::Audit { client } => {
+            let api = ApiClient::from_options(&client)?;
+            let entries: Vec<AuditEntry> = api.get_json("/v1/audit/dependencies").await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("no deployed function reaches a yanked version");
+            } else {
+                for e in entries {
+                    println!(
+                        "{} -> {} (needs {} {}): yanked: {}; {}",
+                        e.function,
+                        e.resolves_to,
+                        e.dependency,
+                        e.range,
+                        e.reason,
+                        match &e.replacement {
+                            Some(r) => format!("a new deploy resolves to {r}"),
+                            None => "no other version matches".into(),
+                        }
+                    );
+                }
             }
         }
         FnCommand::Rm { target, client } => {
@@ -281,6 +397,46 @@ fn print_info(info: &FunctionInfo) {
     for (label, value) in lines {
         println!("  {label:14} {value}");
     }
+    if let Some(perf) = &info.perf {
+        println!("  {:14} {}", "performance", perf_line(perf));
+        for over in &perf.over_budget {
+            println!("  {:14} over budget: {over}", "");
+        }
+    }
+    if let Some(yank) = &info.yanked {
+        println!("  {:14} {} (by {})", "YANKED", yank.reason, yank.by);
+    }
+    for (version, yank) in &info.yanked_versions {
+        if Some(yank.id.as_str()) != info.yanked.as_ref().map(|y| y.id.as_str()) {
+            println!("  {:14} {version}: {}", "yanked", yank.reason);
+        }
+    }
+}
+
+/// The performance figures on one line.
+fn perf_line(perf: &PerfView) -> String {
+    let load: Vec<String> = perf
+        .load
+        .iter()
+        .map(|s| format!("{}: {:.0}", s.in_flight, s.calls_per_sec))
+        .collect();
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms over {} run(s){}; peak heap {:.1} MiB; largest output {} B; \
+         calls/s by calls in flight {}",
+        perf.p50_ms,
+        perf.p99_ms,
+        perf.runs,
+        perf.latency_budget_ms
+            .map(|b| format!(" (budget {b} ms)"))
+            .unwrap_or_default(),
+        perf.peak_memory_bytes as f64 / f64::from(1 << 20),
+        perf.max_output_bytes,
+        if load.is_empty() {
+            "-".to_string()
+        } else {
+            load.join(", ")
+        }
+    )
 }
 
 /// A field as `compact` shows JSON: strings bare, the rest as JSON text.

@@ -10,6 +10,7 @@ mod ingredients;
 mod roi;
 mod stats;
 mod telemetry;
+mod traces;
 mod up;
 
 use clap::Parser;

@@ -17,6 +17,7 @@ use tracing::info;
 use crate::api::BodyLimits;
 
 use crate::telemetry::LogFormat;
+use klf_actors::router::trace_ring::DEFAULT_CAPACITY as DEFAULT_TRACE_BUFFER;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -49,6 +50,11 @@ pub struct UpArgs {
     /// Chef requests) have their own fixed limit of 16 MiB, the largest KLF frame.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_INPUT_BYTES, value_parser = parse_max_input)]
     pub max_input: usize,
+    /// Spans of recent calls this node keeps for `klf trace` (about 390 bytes each: the default
+    /// 4096 take about 1.6 MiB). 0 keeps none, and calls then build no spans unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_TRACE_BUFFER, env = "KLF_TRACE_BUFFER")]
+    pub trace_buffer: usize,
     /// An address block functions may reach with ctx.http although it is loopback, private,
     /// link-local, multicast or cloud metadata (repeatable; for example 10.0.0.0/8 for private
     /// APIs, 127.0.0.1/32 for local test servers). Only the operator can open these: a manifest
@@ -85,7 +91,7 @@ fn saved_addr(saved: Option<&String>, default: &str) -> anyhow::Result<SocketAdd
 }
 
 pub async fn run(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    crate::telemetry::init(log_format)?;
+    crate::telemetry::init(log_format, args.trace_buffer)?;
     let dir = DataDir::new(&args.data);
     let saved = dir
         .is_initialized()

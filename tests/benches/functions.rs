@@ -18,6 +18,8 @@
 //!   JavaScript instance (100 trivial functions started on one node).
 //!
 //! - cross-node native no-op: node0 invokes a native (Rust) built-in whose instance is on node1;
+//!   and the same with the call spans kept in the span ring, as `klf up` does by default
+//!   (`--trace-buffer`), so the ring's cost per call is read off the same run;
 //! - the host side of that call in-process (node1's router serving an `Invoke`, no network): the
 //!   host's own work.
 
@@ -51,8 +53,41 @@ enum Path {
     Invoke {
         from: usize,
     },
+    /// An invoke while the mesh's call spans are built and kept in the span ring (`klf trace`).
+    Traced {
+        from: usize,
+    },
     /// node1's router serving a peer's `Invoke` in-process (no network): the host's own cost.
     Serve,
+}
+
+/// Whether the call spans are built now: only while a `Path::Traced` call runs.
+static SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps the mesh's call spans in the span ring while [`SPANS`] is set, as `klf up` does always.
+fn install_span_ring() -> anyhow::Result<()> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let ring =
+        klf_actors::router::trace_ring::install(klf_actors::router::trace_ring::DEFAULT_CAPACITY);
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(klf_actors::router::trace_ring::SharedRing(ring))
+        .build();
+    // Decided per span (not cached per callsite), so the other paths build no spans.
+    let filter = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() == klf_actors::router::trace::TARGET
+            && SPANS.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_filter(filter);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    Ok(())
+}
+
+fn spans(on: bool) {
+    SPANS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// node0's direct transport path.
@@ -73,7 +108,7 @@ struct Layout {
 /// The node a path's caller sits on: calls "from node1" run on node1's runtime.
 fn caller_node(path: Path) -> usize {
     match path {
-        Path::Invoke { from } => from,
+        Path::Invoke { from } | Path::Traced { from } => from,
         Path::Serve => 1,
         Path::Raw | Path::Floor | Path::Direct => 0,
     }
@@ -82,6 +117,20 @@ fn caller_node(path: Path) -> usize {
 /// One call of `path`, timed on the runtime of the node that makes it (the bench's own task runs
 /// on node0; a call from node1 is handed to node1's runtime, outside the timed part).
 async fn timed(
+    mesh: &Arc<InProcessMesh>,
+    path: Path,
+    function: &'static str,
+) -> anyhow::Result<Duration> {
+    if matches!(path, Path::Traced { .. }) {
+        spans(true);
+        let took = timed_untraced(mesh, path, function).await;
+        spans(false);
+        return took;
+    }
+    timed_untraced(mesh, path, function).await
+}
+
+async fn timed_untraced(
     mesh: &Arc<InProcessMesh>,
     path: Path,
     function: &'static str,
@@ -162,7 +211,7 @@ async fn once(mesh: &InProcessMesh, path: Path, function: &str) -> anyhow::Resul
             anyhow::ensure!(reply.outcome.is_ok(), "serve failed: {:?}", reply.outcome);
             Ok(())
         }
-        Path::Invoke { from } => {
+        Path::Invoke { from } | Path::Traced { from } => {
             let request = InvokeRequest::new(function, json!({"n": 1}), Duration::from_secs(5));
             mesh.nodes[from]
                 .invoke(request)
@@ -211,6 +260,7 @@ async fn loaded(
 ) -> anyhow::Result<f64> {
     let layout = RUNTIMES.get().context("no runtimes")?;
     let runtime = &layout.nodes[caller_node(path)];
+    spans(matches!(path, Path::Traced { .. }));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..IN_FLIGHT {
@@ -228,7 +278,9 @@ async fn loaded(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok((IN_FLIGHT * PER_TASK) as f64 / started.elapsed().as_secs_f64())
+    let rate = (IN_FLIGHT * PER_TASK) as f64 / started.elapsed().as_secs_f64();
+    spans(false);
+    Ok(rate)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -413,6 +465,11 @@ async fn run() -> anyhow::Result<()> {
             Path::Serve,
             native,
         ),
+        (
+            "cross-node native no-op invoke, call spans in the ring",
+            Path::Traced { from: 0 },
+            native,
+        ),
     ];
     // `KLF_BENCH_ONLY=native` (label substrings, `|`-separated) runs just the matching paths,
     // interleaved, and skips the rest: for profiling a path with `perf` or `strace -c`.
@@ -467,6 +524,12 @@ async fn run() -> anyhow::Result<()> {
         p50[4] / p50[0],
         micros(&alone[0], 0.5),
         p50[5]
+    );
+    println!(
+        "call spans in the ring: native invoke {:.2}x without them (+{:.1} µs at p50); traced native / raw quinn floor {:.2}x",
+        p50[7] / p50[3],
+        p50[7] - p50[3],
+        p50[7] / p50[0]
     );
     raw_server.close().await;
     raw_endpoint.close(0u32.into(), b"bench done");
@@ -570,6 +633,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    install_span_ring()?;
     let runtime = |name: &str, workers: usize| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)

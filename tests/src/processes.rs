@@ -88,6 +88,8 @@ pub struct NodeProcess {
     pub api: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// More `klf up` flags, on every start.
+    extra_args: Vec<String>,
 }
 
 impl NodeProcess {
@@ -109,6 +111,7 @@ impl NodeProcess {
         if let Some(token) = join {
             cmd.args(["--join", token]);
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn()?);
         Ok(())
     }
@@ -269,12 +272,19 @@ impl ProcessMesh {
             api: free_tcp_addr(),
             child: None,
             log: self.dir.path().join(format!("{name}.log")),
+            extra_args: Vec::new(),
         }
     }
 
     /// `klf init` + `klf up` of the first node.
     pub fn init(&mut self, name: &str) -> anyhow::Result<usize> {
+        self.init_with(name, &[])
+    }
+
+    /// `klf init` + `klf up EXTRA…` of the first node (the extra flags stay on restarts).
+    pub fn init_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<usize> {
         let mut node = self.new_node(name);
+        node.extra_args = extra.iter().map(|a| a.to_string()).collect();
         let out = klf(&[
             "init",
             "--data",

@@ -429,3 +429,140 @@ async fn fresh_writes_a_new_function_even_when_a_recipe_fits_and_needs_a_model()
     assert!(refused.to_string().contains("--fresh"), "{refused}");
     mesh.shutdown().await;
 }
+
+/// Keeps the spans of this test binary's Chef runs (the mesh's trace target only).
+#[derive(Clone, Debug, Default)]
+struct KeptSpans(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for KeptSpans {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.extend(batch);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_one_trace_of_stages_and_genai_model_exchanges_without_prompt_text() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let kept = KeptSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    // Global: the agents run on every worker thread. Other tests of this binary add spans of
+    // their own runs; the asserts below pick this run's by its id.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("chef-test"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(klf_actors::router::trace::TARGET, tracing::Level::INFO),
+        );
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+        .expect("the only test of this binary that sets a subscriber");
+
+    let server = ModelServer::start(vec![
+        recipe_none(),
+        requirement(),
+        written_tests(),
+        code("input.x * 3"),
+    ])
+    .await
+    .expect("server");
+    let (mesh, chef) = mesh_with_chef(&server).await;
+    let (run, _) = run(&chef, REQUEST, &options()).await;
+    deployed(&run);
+
+    let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    let spans = kept.0.lock().map(|k| k.clone()).unwrap_or_default();
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.name == "chef.run" && attribute(s, "chef.run_id").as_deref() == Some(&run.run_id)
+        })
+        .expect("the run's span");
+    let trace = root.span_context.trace_id();
+    assert_eq!(attribute(root, "chef.outcome").as_deref(), Some("deployed"));
+    assert_eq!(attribute(root, "function").as_deref(), Some("triple"));
+    assert_eq!(
+        attribute(root, "gen_ai.usage.output_tokens"),
+        Some(run.tokens_out.to_string())
+    );
+    let ours: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .collect();
+    let stages: Vec<String> = ours
+        .iter()
+        .filter(|s| s.name == "chef.stage")
+        .filter(|s| s.parent_span_id == root.span_context.span_id())
+        .filter_map(|s| attribute(s, "chef.stage"))
+        .collect();
+    for stage in [
+        "interpret",
+        "write tests",
+        "generate",
+        "validate",
+        "test",
+        "deploy",
+    ] {
+        assert!(stages.iter().any(|s| s == stage), "{stage} in {stages:?}");
+    }
+    // Each model exchange is a `chat` span under its stage, by the GenAI conventions.
+    let chats: Vec<_> = ours.iter().filter(|s| s.name == "chat").collect();
+    assert_eq!(chats.len(), 4, "recipe choice, requirement, tests, code");
+    let stage_ids: Vec<_> = ours
+        .iter()
+        .filter(|s| s.name == "chef.stage")
+        .map(|s| s.span_context.span_id())
+        .collect();
+    for chat in &chats {
+        assert!(
+            stage_ids.contains(&chat.parent_span_id),
+            "a chat under a stage"
+        );
+        assert_eq!(
+            attribute(chat, "gen_ai.operation.name").as_deref(),
+            Some("chat")
+        );
+        assert_eq!(
+            attribute(chat, "gen_ai.request.model").as_deref(),
+            Some("test-model")
+        );
+        assert!(
+            attribute(chat, "gen_ai.usage.input_tokens").is_some(),
+            "{chat:?}"
+        );
+        assert!(
+            attribute(chat, "gen_ai.usage.output_tokens").is_some(),
+            "{chat:?}"
+        );
+        assert!(
+            attribute(chat, "gen_ai.response.finish_reasons").is_some(),
+            "{chat:?}"
+        );
+    }
+    // No prompt or answer text on any span of the run.
+    for span in &ours {
+        for kv in &span.attributes {
+            let value = kv.value.to_string();
+            assert!(
+                !value.contains("Triple a number") && !value.contains("tripled"),
+                "{} carries text: {} = {value}",
+                span.name,
+                kv.key
+            );
+        }
+    }
+    mesh.shutdown().await;
+}

@@ -214,7 +214,14 @@ async fn answers_that_stay_unusable_fail_naming_the_last_problem() {
         .interpret(REQUEST.into(), library(), Vec::new(), RunContext::default())
         .await
         .unwrap_err();
-    assert!(matches!(error, ProviderError::Unusable(_)), "{error}");
+    assert!(
+        matches!(error.cause(), ProviderError::Unusable(_)),
+        "{error}"
+    );
+    assert!(
+        error.usage().output_tokens > 0,
+        "the answers' tokens stay spent: {error:?}"
+    );
     assert!(
         error
             .to_string()
@@ -404,7 +411,14 @@ async fn a_repair_may_not_touch_the_embedded_tests() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, ProviderError::Unusable(_)), "{error}");
+    assert!(
+        matches!(error.cause(), ProviderError::Unusable(_)),
+        "{error}"
+    );
+    assert!(
+        error.usage().output_tokens > 0,
+        "the answers' tokens stay spent: {error:?}"
+    );
     assert!(
         error
             .to_string()

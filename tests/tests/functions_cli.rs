@@ -138,7 +138,11 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     );
     let changed = mesh.dir.path().join("changed");
     copy_dir(&PathBuf::from(example("series-cleaner")), &changed);
-    std::fs::write(changed.join("main.js"), "export default class X {}").expect("write");
+    std::fs::write(
+        changed.join("main.js"),
+        "import { BaseFunction } from \"klf:base\";\nexport default class X extends BaseFunction { execute(i) { return i; } }\n",
+    )
+    .expect("write");
     let (ok, _, stderr) = klf_run(&["fn", "deploy", &changed.to_string_lossy(), "--data", &d1]);
     assert!(
         !ok && stderr.contains("already published with different content"),

@@ -15,6 +15,7 @@ use super::messages::{
 use super::providers::{Interpretation, Provider};
 use crate::kitchen::Kitchen;
 use futures_util::future::BoxFuture;
+use klf_node_core::validator::PerfOptions;
 
 /// How long a deployment may take to answer its first call.
 const DEPLOY_READY: Duration = Duration::from_secs(15);
@@ -26,10 +27,27 @@ pub struct RunContext {
     pub bounds: Bounds,
     /// Where a streaming model exchange reports progress (agents on the pipeline's own node).
     pub progress: Option<klf_model::ProgressSink>,
+    /// The W3C `traceparent` of the stage's span: the agent's model exchanges are its children.
+    pub trace_parent: Option<String>,
+    /// The name of the node the agent runs on (recorded on its spans).
+    pub node: String,
 }
 
-/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations of its role; the default
-/// bodies refuse, naming the agent, so a misrouted message is an error rather than a silent no-op.
+/// How the deployment manager deploys (the `Deploy` message's settings).
+#[derive(Debug, Clone, Default)]
+pub struct DeployPlan {
+    pub replicas: u32,
+    /// An input known to succeed, to check the deployment answers.
+    pub probe: Option<serde_json::Value>,
+    pub create_secrets: bool,
+    pub canary: bool,
+    /// The validator's performance test.
+    pub perf: PerfOptions,
+}
+
+/// The product model's `AIAgent` interface (docs/product.md). An agent implements the operations
+/// of its role; the default bodies refuse, naming the agent, so a misrouted message is an error
+/// rather than a silent no-op.
 pub trait AIAgent: Send + Sync + 'static {
     fn id(&self) -> String;
     fn name(&self) -> &'static str {
@@ -54,14 +72,7 @@ pub trait AIAgent: Send + Sync + 'static {
     fn test(&self, _cx: RunContext, _message: AgentMessage) -> BoxFuture<'static, AgentResponse> {
         self.refuse("test")
     }
-    fn deploy(
-        &self,
-        _code: GeneratedCode,
-        _replicas: u32,
-        _probe: Option<serde_json::Value>,
-        _create_secrets: bool,
-        _canary: bool,
-    ) -> BoxFuture<'static, AgentResponse> {
+    fn deploy(&self, _code: GeneratedCode, _plan: DeployPlan) -> BoxFuture<'static, AgentResponse> {
         self.refuse("deploy")
     }
     fn watch(&self, _function: String, _version: String) -> BoxFuture<'static, AgentResponse> {
@@ -90,7 +101,22 @@ pub trait AIAgent: Send + Sync + 'static {
                 probe,
                 create_secrets,
                 canary,
-            } => self.deploy(*code, replicas, probe, create_secrets, canary),
+                perf,
+                latency_budget_ms,
+            } => self.deploy(
+                *code,
+                DeployPlan {
+                    replicas,
+                    probe,
+                    create_secrets,
+                    canary,
+                    perf: PerfOptions {
+                        mode: perf,
+                        latency_budget_ms,
+                        ..PerfOptions::default()
+                    },
+                },
+            ),
             AgentMessage::Watch { function, version } => self.watch(function, version),
         }
     }
@@ -269,14 +295,14 @@ impl AIAgent for Deployer {
     fn agent_type(&self) -> AgentType {
         AgentType::DeploymentManager
     }
-    fn deploy(
-        &self,
-        code: GeneratedCode,
-        replicas: u32,
-        probe: Option<serde_json::Value>,
-        create_secrets: bool,
-        canary: bool,
-    ) -> BoxFuture<'static, AgentResponse> {
+    fn deploy(&self, code: GeneratedCode, plan: DeployPlan) -> BoxFuture<'static, AgentResponse> {
+        let DeployPlan {
+            replicas,
+            probe,
+            create_secrets,
+            canary,
+            perf,
+        } = plan;
         let kitchen = self.0.kitchen.clone();
         let node = kitchen.node().clone();
         Box::pin(async move {
@@ -297,6 +323,15 @@ impl AIAgent for Deployer {
             {
                 return failed(reason);
             }
+            // The validator every deploy path runs (static analysis, dependencies with yanked
+            // versions skipped, the examples against the real dependencies, the performance test).
+            let validated = match node.validate_package(&package, perf).await {
+                Ok(validated) => validated,
+                Err(error) => return failed(format!("the validator refused it: {error}")),
+            };
+            for warning in &validated.warnings {
+                tracing::warn!(function = %package.manifest.id(), %warning, "validator warning");
+            }
             let probe = probe.or_else(|| package.examples.first().map(|e| e.input.clone()));
             let published = if canary {
                 node.publish_canary(package, "chef").await
@@ -307,6 +342,11 @@ impl AIAgent for Deployer {
                 Ok(release) => release,
                 Err(error) => return failed(format!("publishing failed: {error}")),
             };
+            if let Some(record) = validated.perf
+                && let Err(error) = node.record_perf(record).await
+            {
+                tracing::warn!(%error, "the performance figures were not stored");
+            }
             // Deployed means answering (the function's own errors included; see
             // `Node::wait_serving`).
             let name = release.manifest.name.clone();

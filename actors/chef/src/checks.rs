@@ -27,7 +27,7 @@ use klf_functions::sandbox::{
     self, CallMeta, Host, Instance, LogLevel, MemoryKv, SandboxError, ScheduleInfo, ScheduleRequest,
 };
 use klf_model::ModelRequest;
-use klf_registry::{Catalog, Release};
+use klf_registry::{Catalog, DependencyError, Release};
 use klf_router::instances::{function_code, sandbox_limits};
 
 /// The package the code describes, loaded as `klf fn deploy` would.
@@ -42,22 +42,6 @@ pub fn package_of(code: &GeneratedCode) -> Result<Package, String> {
     }
     .package()
     .map_err(|e| e.to_string())
-}
-
-/// A release record for code that is not published yet: what a host needs to serve it.
-fn unpublished_release(package: &Package, kv_namespace: &str) -> Release {
-    let mut manifest = package.manifest.clone();
-    manifest.name = kv_namespace.to_string();
-    Release {
-        manifest,
-        artifact: [0; 32],
-        artifact_len: 0,
-        signature: Vec::new(),
-        signer: String::new(),
-        signer_cert: Vec::new(),
-        owner: "chef".into(),
-        created_unix_ms: 0,
-    }
 }
 
 fn problem(check: &str, message: impl Into<String>) -> Problem {
@@ -223,19 +207,30 @@ pub async fn validate(code: &GeneratedCode, catalog: &Catalog) -> ValidationResu
     let mut dependencies_ok = true;
     for (name, range) in &package.manifest.dependencies {
         let deployed = catalog.deployment(name).is_some_and(|d| d.enabled);
-        let matching = catalog
-            .versions(name)
-            .iter()
-            .any(|r| range.matches(&r.manifest.version));
-        if !deployed || !matching {
-            dependencies_ok = false;
-            result.problems.push(problem(
-                "dependencies",
-                format!(
-                    "depends on {name} {range}, which is not {} in the mesh; deploy it first",
-                    if matching { "deployed" } else { "published" }
-                ),
-            ));
+        // The same resolution a deploy makes: yanked versions are skipped, and a range only
+        // yanked versions match is refused with their reasons.
+        match catalog.resolve_dependency(name, range, &package.manifest.id()) {
+            Ok(_) if deployed => {}
+            Ok(_) | Err(DependencyError::Missing { .. }) => {
+                dependencies_ok = false;
+                let matching = catalog
+                    .versions(name)
+                    .iter()
+                    .any(|r| range.matches(&r.manifest.version));
+                result.problems.push(problem(
+                    "dependencies",
+                    format!(
+                        "depends on {name} {range}, which is not {} in the mesh; deploy it first",
+                        if matching { "deployed" } else { "published" }
+                    ),
+                ));
+            }
+            Err(error) => {
+                dependencies_ok = false;
+                result
+                    .problems
+                    .push(problem("dependencies", error.to_string()));
+            }
         }
     }
     result.checks.push(("dependencies".into(), dependencies_ok));
@@ -457,7 +452,7 @@ pub async fn run_tests(
         }
     };
     let namespace = format!("{}--chef-test", package.manifest.name);
-    let release = unpublished_release(&package, &namespace);
+    let release = Release::unpublished(&package.manifest, &namespace, "chef");
     let host = Arc::new(TestHost {
         inner: node_host(&release),
         secrets: code.fixtures.clone(),
@@ -570,4 +565,111 @@ pub async fn run_tests(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use klf_functions::package::Manifest;
+    use klf_registry::Yank;
+    use klf_registry::catalog::{Deployment, Record, Versioned, deployment_key, yank_key};
+
+    fn stamp(time: u64) -> uhlc::Timestamp {
+        uhlc::Timestamp::new(uhlc::NTP64(time), uhlc::ID::try_from(1u8).unwrap())
+    }
+
+    fn code(dependencies: &str) -> GeneratedCode {
+        GeneratedCode {
+            function: "app".into(),
+            version: "1.0.0".into(),
+            recipe: "test".into(),
+            files: BTreeMap::from([
+                (
+                    "klf.toml".into(),
+                    format!(
+                        "name = \"app\"\nversion = \"1.0.0\"\ntype = \"t\"\n\
+                         capabilities = [\"call\"]\n[dependencies]\n{dependencies}"
+                    ),
+                ),
+                (
+                    "main.js".into(),
+                    "import { BaseFunction } from \"klf:base\";\n\
+                     export default class App extends BaseFunction {\n\
+                     async execute(input) { return await this.ctx.call(\"lib\", input); }\n}\n"
+                        .into(),
+                ),
+            ]),
+            round: 0,
+            fixtures: BTreeMap::new(),
+        }
+    }
+
+    /// `lib@1.0.0` published and deployed, and yanked when `reason` is given.
+    fn catalog(reason: Option<&str>) -> Catalog {
+        let manifest = Manifest::parse(
+            "name = \"lib\"\nversion = \"1.0.0\"\ntype = \"t\"\n",
+            "klf.toml",
+        )
+        .unwrap();
+        let version = manifest.version.clone();
+        let mut catalog = Catalog::default();
+        let release = Release::unpublished(&manifest, "lib", "admin");
+        catalog.merge(
+            release.key(),
+            Versioned {
+                stamp: stamp(1),
+                record: Record::Release(Arc::new(release)),
+            },
+        );
+        catalog.merge(
+            deployment_key("lib"),
+            Versioned {
+                stamp: stamp(2),
+                record: Record::Deployment(Deployment {
+                    name: "lib".into(),
+                    replicas: 1,
+                    enabled: true,
+                    version: None,
+                }),
+            },
+        );
+        if let Some(reason) = reason {
+            catalog.merge(
+                yank_key("lib", &version),
+                Versioned {
+                    stamp: stamp(3),
+                    record: Record::Yank(Yank {
+                        name: "lib".into(),
+                        version,
+                        reason: reason.into(),
+                        by: "admin".into(),
+                        yanked_unix_ms: 0,
+                    }),
+                },
+            );
+        }
+        catalog
+    }
+
+    #[tokio::test]
+    async fn the_chef_validator_refuses_a_dependency_whose_only_match_is_yanked() {
+        let ok = validate(&code("lib = \"^1\""), &catalog(None)).await;
+        assert!(ok.ok, "{:?}", ok.problems);
+        let refused = validate(&code("lib = \"^1\""), &catalog(Some("wrong sums"))).await;
+        assert!(!refused.ok);
+        assert_eq!(refused.problems.len(), 1, "{:?}", refused.problems);
+        assert_eq!(refused.problems[0].check, "dependencies");
+        assert_eq!(
+            refused.problems[0].message,
+            "app@1.0.0 needs lib ^1, but every matching version is yanked: 1.0.0 (wrong sums)"
+        );
+        let missing = validate(&code("ghost = \"^1\""), &catalog(None)).await;
+        assert!(
+            missing.problems[0]
+                .message
+                .contains("which is not published in the mesh"),
+            "{:?}",
+            missing.problems
+        );
+    }
 }

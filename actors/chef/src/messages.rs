@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use klf_node_core::validator::PerfMode;
+
 /// The product model's agent roles (docs/product.md), plus the Monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -324,6 +326,12 @@ pub enum AgentMessage {
         /// Deploy it as a canary of the version served now (`--update`).
         #[serde(default)]
         canary: bool,
+        /// What the validator's performance test does over budget.
+        #[serde(default)]
+        perf: PerfMode,
+        /// The requirement's latency budget, which the performance test holds the p99 to.
+        #[serde(default)]
+        latency_budget_ms: Option<u64>,
     },
     Watch {
         function: String,

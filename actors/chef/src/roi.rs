@@ -86,6 +86,9 @@ impl Kitchen {
                     usage: usage.get(n).cloned().unwrap_or_default(),
                     value_per_call: served.map_or(0.0, |m| m.value_per_call),
                     memory_mb: served.map_or(0, |m| m.limits.memory_mb),
+                    calls_per_sec: served
+                        .and_then(|m| catalog.perf(&m.name, &m.version))
+                        .and_then(|p| p.figures.calls_per_sec()),
                     artifacts: versions
                         .iter()
                         .map(|r| StoredArtifact {

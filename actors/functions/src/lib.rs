@@ -5,4 +5,5 @@ pub mod analysis;
 pub mod http;
 pub mod native;
 pub mod package;
+pub mod perf;
 pub mod sandbox;

@@ -121,6 +121,10 @@ pub trait ModelProvider: Send + Sync + 'static {
     }
     /// What `klf` shows about the provider (never the key).
     fn describe(&self) -> String;
+    /// The model requests name (`gen_ai.request.model` on exchange spans).
+    fn model_name(&self) -> String {
+        self.describe()
+    }
 }
 
 /// How to reach an OpenAI-compatible endpoint.

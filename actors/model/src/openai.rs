@@ -286,6 +286,10 @@ impl ModelProvider for OpenAiCompatible {
     fn describe(&self) -> String {
         format!("{} at {}", self.config.model, self.config.base_url)
     }
+
+    fn model_name(&self) -> String {
+        self.config.model.clone()
+    }
 }
 
 /// Reads a server-sent-events answer (`data: {chunk}` lines, then `data: [DONE]`), telling

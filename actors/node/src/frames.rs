@@ -147,6 +147,10 @@ impl FrameHandler for NodeFrames {
             Frame::Agent(message) if message.kind == klf_router::stats::STATS_KIND => Box::pin(
                 std::future::ready(super::ops::answer_stats(&self.router, &message)),
             ),
+            // Recent spans for a peer's `klf trace`.
+            Frame::Agent(message) if message.kind == klf_router::trace_ring::TRACES_KIND => {
+                Box::pin(std::future::ready(super::ops::answer_traces(&message)))
+            }
             Frame::Agent(message) => match self.agents.get() {
                 Some(endpoint) => {
                     let answer = endpoint.handle(peer, message);

@@ -7,7 +7,9 @@
 pub mod data_dir;
 mod frames;
 mod ops;
+pub use ops::GatheredSpans;
 pub mod secrets;
+pub mod validator;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -22,6 +24,7 @@ pub use data_dir::{DataDir, NodeSettings};
 
 use self::frames::NodeFrames;
 use futures_util::future::BoxFuture;
+use klf_functions::analysis::{self, Analysis};
 use klf_functions::native::is_native;
 use klf_functions::package::Package;
 use klf_functions::sandbox::{SandboxError, check};
@@ -82,6 +85,18 @@ pub enum NodeError {
     Registry(RegistryError),
     #[error("the function's code is refused: {0}")]
     InvalidCode(SandboxError),
+    /// Static analysis found errors: each with its rule and location.
+    #[error(
+        "the function's code is refused by static analysis: {}",
+        errors.iter().map(|f| format!("{file}:{f}")).collect::<Vec<_>>().join("; ")
+    )]
+    StaticAnalysis {
+        file: String,
+        errors: Vec<klf_functions::analysis::Finding>,
+    },
+    /// The performance test measured more than the budget allows.
+    #[error("{id} is over its performance budget: {}", over.join("; "))]
+    OverBudget { id: String, over: Vec<String> },
     #[error(
         "{} is in use by another klf process (pid {holder}); stop it, or give this node its own --data directory",
         path.display()
@@ -232,18 +247,29 @@ pub async fn join_mesh(
     Ok(settings)
 }
 
-/// Nothing is published that does not compile: syntax errors (with line and column) and forbidden
-/// imports are refused before the catalog or any peer sees the package.
-async fn refuse_bad_code(package: &Package) -> Result<(), NodeError> {
+/// Nothing is published that static analysis refuses or that does not compile: every deploy path
+/// (`klf fn deploy`, the API, the Chef) comes through here, so the same rules hold for all of them.
+/// Errors (rule, line and column) refuse the package before the catalog or any peer sees it; the
+/// analysis is returned so that callers can report its warnings.
+pub async fn check_code(package: &Package) -> Result<Analysis, NodeError> {
     if is_native(&package.manifest.entry) {
-        return Ok(());
+        return Ok(Analysis::default());
+    }
+    let report = analysis::analyze(&package.manifest.entry, &package.source);
+    let errors: Vec<_> = report.errors().cloned().collect();
+    if !errors.is_empty() {
+        return Err(NodeError::StaticAnalysis {
+            file: package.manifest.entry.clone(),
+            errors,
+        });
     }
     check(
         &function_code(&package.manifest, &package.source),
         sandbox_limits(&package.manifest),
     )
     .await
-    .map_err(NodeError::InvalidCode)
+    .map_err(NodeError::InvalidCode)?;
+    Ok(report)
 }
 
 /// A running node.
@@ -420,6 +446,7 @@ impl Node {
         let agents: Arc<OnceLock<Arc<dyn AgentEndpoint>>> = Arc::default();
         let ops = ops::NodeOps {
             me: settings.node_id.clone(),
+            me_name: settings.name.clone(),
             router: router.clone(),
             registry: registry.clone(),
             membership: membership.clone(),
@@ -612,7 +639,7 @@ impl Node {
         replicas: u32,
         owner: &str,
     ) -> Result<Release, NodeError> {
-        refuse_bad_code(&package).await?;
+        check_code(&package).await?;
         let owner = owner.to_string();
         self.ask_registry(|reply| RegistryMsg::Publish {
             package: Box::new(package),
@@ -632,7 +659,7 @@ impl Node {
         package: Package,
         owner: &str,
     ) -> Result<Release, NodeError> {
-        refuse_bad_code(&package).await?;
+        check_code(&package).await?;
         let owner = owner.to_string();
         self.ask_registry(|reply| RegistryMsg::PublishCanary {
             package: Box::new(package),
@@ -733,6 +760,26 @@ impl Node {
         self.ask_registry(|reply| RegistryMsg::Unregister {
             name,
             version,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::Registry)
+    }
+
+    /// Yanks `name@version` on every node: dependency resolution skips it from now on.
+    pub async fn yank(
+        &self,
+        name: &str,
+        version: semver::Version,
+        reason: &str,
+        by: &str,
+    ) -> Result<klf_registry::Yank, NodeError> {
+        let (name, reason, by) = (name.to_string(), reason.to_string(), by.to_string());
+        self.ask_registry(|reply| RegistryMsg::Yank {
+            name,
+            version,
+            reason,
+            by,
             reply,
         })
         .await?

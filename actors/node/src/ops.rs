@@ -7,13 +7,14 @@ use std::time::Duration;
 use klf_proto::{AgentMessage, ErrorCode, Frame};
 use ractor::ActorRef;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Node, NodeError};
 use klf_mesh::membership::alive_members;
 use klf_mesh::{MemberId, MembershipMsg, PeerAddr, TransportMsg};
 use klf_registry::{Deployment, RegistryMsg};
 use klf_router::stats::{self, STATS_KIND, StatsSnapshot};
+use klf_router::trace_ring::{self, RecordedSpan, TRACES_KIND, TraceQuery, TraceSummary};
 use klf_router::{FunctionStats, Router};
 
 /// How long one peer may take to send its stats.
@@ -23,6 +24,8 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(super) struct NodeOps {
     pub me: String,
+    /// This node's name, for the spans it recorded.
+    pub me_name: String,
     pub router: Router,
     pub registry: ActorRef<RegistryMsg>,
     pub membership: ActorRef<MembershipMsg>,
@@ -102,6 +105,31 @@ pub(crate) fn agent_answer(request: &AgentMessage, body: &impl serde::Serialize)
     }
 }
 
+/// The answer to a peer's `Frame::Agent` of kind `klf.traces`: the spans of this process's ring
+/// that answer the query (none when the node keeps no spans).
+pub(super) fn answer_traces(request: &AgentMessage) -> Frame {
+    let query: TraceQuery = match serde_json::from_slice(&request.body) {
+        Ok(query) => query,
+        Err(e) => {
+            return Frame::error(
+                ErrorCode::Malformed,
+                format!("a trace query must be JSON {{trace_id?, function?, errors, limit}}: {e}"),
+            );
+        }
+    };
+    let spans = trace_ring::ring().map_or_else(Vec::new, |ring| ring.query(&query));
+    agent_answer(request, &spans)
+}
+
+/// What a trace query gathered: the spans, and the members that did not answer.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct GatheredSpans {
+    /// Merged (each span once), oldest first, `node` given as the member's name where known.
+    pub spans: Vec<RecordedSpan>,
+    /// Names of the members asked that did not answer in time.
+    pub missing: Vec<String>,
+}
+
 /// Asks one peer for its stats; `None` (logged) when it does not answer in time or garbles.
 async fn peer_stats(
     transport: ActorRef<TransportMsg>,
@@ -143,6 +171,62 @@ impl NodeOps {
         stats::merge(snapshots)
     }
 
+    /// Asks every alive member (and this node) for the spans answering `query`, merged.
+    async fn gather_spans(&self, query: &TraceQuery) -> GatheredSpans {
+        let peers = self.alive_peers().await;
+        let mut names: std::collections::HashMap<String, String> = peers
+            .iter()
+            .map(|p| (p.node_id.clone(), p.name.clone()))
+            .collect();
+        let body = match serde_json::to_vec(query) {
+            Ok(body) => body,
+            Err(error) => {
+                warn!(%error, "a trace query does not encode; only this node's spans are shown");
+                return GatheredSpans {
+                    spans: trace_ring::ring().map_or_else(Vec::new, |ring| ring.query(query)),
+                    missing: Vec::new(),
+                };
+            }
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in peers {
+            let transport = self.transport.clone();
+            let body = body.clone();
+            asks.spawn(async move {
+                let answer: Result<Vec<RecordedSpan>, String> =
+                    ask_peer(&transport, &peer, TRACES_KIND, body, STATS_TIMEOUT).await;
+                (peer.name, answer)
+            });
+        }
+        let mut answers = vec![trace_ring::ring().map_or_else(Vec::new, |ring| ring.query(query))];
+        let mut missing = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok((_, Ok(spans))) => answers.push(spans),
+                Ok((name, Err(error))) => {
+                    debug!(node = %name, %error, "no spans from a peer");
+                    missing.push(name);
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(me) = self.me_name() {
+            names.insert(self.me.clone(), me);
+        }
+        let mut spans = trace_ring::merge(answers);
+        for span in &mut spans {
+            if let Some(name) = names.get(&span.node) {
+                span.node = name.clone();
+            }
+        }
+        missing.sort();
+        GatheredSpans { spans, missing }
+    }
+
+    fn me_name(&self) -> Option<String> {
+        Some(self.me_name.clone()).filter(|n| !n.is_empty())
+    }
+
     async fn rollback(
         &self,
         name: &str,
@@ -182,6 +266,26 @@ impl Node {
     /// do not answer within 2 s are left out.
     pub async fn mesh_function_stats(&self) -> Vec<FunctionStats> {
         self.ops.mesh_function_stats().await
+    }
+
+    /// Every span of trace `trace_id` that an alive member still keeps (including this node),
+    /// merged.
+    pub async fn trace(&self, trace_id: &str) -> GatheredSpans {
+        let query = TraceQuery {
+            trace_id: Some(trace_id.to_ascii_lowercase()),
+            ..TraceQuery::default()
+        };
+        self.ops.gather_spans(&query).await
+    }
+
+    /// The most recent traces the members keep, newest first (the query's filters and limit),
+    /// and the members that did not answer.
+    pub async fn recent_traces(&self, query: &TraceQuery) -> (Vec<TraceSummary>, Vec<String>) {
+        let gathered = self.ops.gather_spans(query).await;
+        (
+            trace_ring::summarize(&gathered.spans, query.limit.max(1)),
+            gathered.missing,
+        )
     }
 
     /// Pins the deployment of `name` to the published `version` (replicated, last writer wins):

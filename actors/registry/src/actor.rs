@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::artifact::{self, ArtifactError, Signer};
 use super::catalog::{
-    Canary, Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
-    canary_key, deployment_key,
+    Canary, Catalog, DependencyError, Deployment, PerfRecord, PublishConflict, Record, Release,
+    Versioned, Yank, canary_key, deployment_key, perf_key, yank_key,
 };
 use klf_functions::package::Package;
 use klf_mesh::membership::alive_members;
@@ -113,6 +113,20 @@ pub enum RegistryMsg {
         name: String,
         version: semver::Version,
         reply: RpcReplyPort<Result<Deployment, RegistryError>>,
+    },
+    /// Yank a published `version` of `name`: dependency resolution skips it from now on, on
+    /// every node (the record replicates like any other).
+    Yank {
+        name: String,
+        version: semver::Version,
+        reason: String,
+        by: String,
+        reply: RpcReplyPort<Result<Yank, RegistryError>>,
+    },
+    /// Store the validator's performance figures of a published release beside it.
+    RecordPerf {
+        record: Box<PerfRecord>,
+        reply: RpcReplyPort<Result<(), RegistryError>>,
     },
     /// The highest live release of `name` matching `range`.
     Get {
@@ -364,6 +378,31 @@ impl Actor for Registry {
                 reply,
             } => {
                 let result = state.unregister(&name, version.as_ref()).await;
+                if result.is_ok() {
+                    let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
+                }
+                let _ = reply.send(result);
+            }
+            RegistryMsg::Yank {
+                name,
+                version,
+                reason,
+                by,
+                reply,
+            } => {
+                let result = state.yank(&name, version, reason, by).await;
+                if result.is_ok() {
+                    let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
+                }
+                let _ = reply.send(result);
+            }
+            RegistryMsg::RecordPerf { record, reply } => {
+                let key = perf_key(&record.name, &record.version);
+                let versioned = Versioned {
+                    stamp: state.stamp(),
+                    record: Record::Perf(*record),
+                };
+                let result = state.commit(vec![(key, versioned)]).await;
                 if result.is_ok() {
                     let _ = myself.cast(RegistryMsg::AntiEntropy { all: true });
                 }
@@ -659,6 +698,46 @@ impl RegistryState {
         .await?;
         info!(%name, version = ?deployment.version, "pinned");
         Ok(deployment)
+    }
+
+    async fn yank(
+        &mut self,
+        name: &str,
+        version: semver::Version,
+        reason: String,
+        by: String,
+    ) -> Result<Yank, RegistryError> {
+        let versions = self.catalog.versions(name);
+        if versions.is_empty() {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        if !versions.iter().any(|r| r.manifest.version == version) {
+            return Err(RegistryError::VersionNotPublished {
+                name: name.to_string(),
+                published: versions
+                    .iter()
+                    .map(|r| r.manifest.version.to_string())
+                    .collect(),
+                version,
+            });
+        }
+        let yank = Yank {
+            name: name.to_string(),
+            version,
+            reason,
+            by,
+            yanked_unix_ms: klf_proto::unix_ms(),
+        };
+        self.commit(vec![(
+            yank_key(name, &yank.version),
+            Versioned {
+                stamp: self.stamp(),
+                record: Record::Yank(yank.clone()),
+            },
+        )])
+        .await?;
+        info!(%name, version = %yank.version, reason = %yank.reason, "yanked");
+        Ok(yank)
     }
 
     async fn unregister(

@@ -8,7 +8,13 @@
 //! - `release/NAME@VERSION` — a published version: manifest, artifact hash, signature. Immutable:
 //!   publishing other content under the same key is refused where it is attempted ([`Catalog::check_publish`]).
 //! - `deployment/NAME` — desired replicas and whether it is enabled.
-//! - either may become a tombstone when removed.
+//! - `canary/NAME` — a version on trial beside the served one.
+//! - `yank/NAME@VERSION` — a published version that dependency resolution must no longer pick
+//!   (`klf fn yank`), with the reason. The release stays published and keeps serving what already
+//!   runs it; a tombstone under the key lifts the yank.
+//! - `perf/NAME@VERSION` — what the validator's performance test measured for a release, stored
+//!   beside it (`klf fn info` shows it; the ROI's scalability metric reads it).
+//! - any of them may become a tombstone when removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -17,6 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use klf_functions::package::Manifest;
+use klf_functions::perf::{PerfBudget, PerfFigures};
 
 /// A published function version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +46,24 @@ pub struct Release {
 impl Release {
     pub fn key(&self) -> String {
         release_key(&self.manifest.name, &self.manifest.version)
+    }
+
+    /// A release record for code that is not published yet: what a host needs to serve a
+    /// throwaway instance of it (validation, held tests). Its name is `kv_namespace`, so its
+    /// key-value writes stay out of the function's own namespace.
+    pub fn unpublished(manifest: &Manifest, kv_namespace: &str, owner: &str) -> Self {
+        let mut manifest = manifest.clone();
+        manifest.name = kv_namespace.to_string();
+        Self {
+            manifest,
+            artifact: [0; 32],
+            artifact_len: 0,
+            signature: Vec::new(),
+            signer: String::new(),
+            signer_cert: Vec::new(),
+            owner: owner.to_string(),
+            created_unix_ms: 0,
+        }
     }
 }
 
@@ -83,6 +108,34 @@ pub enum Record {
     Deployment(Deployment),
     Tombstone,
     Canary(Canary),
+    Yank(Yank),
+    Perf(PerfRecord),
+}
+
+/// The validator's performance figures for one release, and the budget they were held to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerfRecord {
+    pub name: String,
+    pub version: semver::Version,
+    pub figures: PerfFigures,
+    pub budget: PerfBudget,
+    /// What the budget found (empty when within it); kept when the deploy only warned.
+    pub over_budget: Vec<String>,
+    /// The node that measured.
+    pub node: String,
+    pub measured_unix_ms: u64,
+}
+
+/// A yanked release: resolving a dependency skips it, and `klf fn audit` names the deployed
+/// functions whose calls still reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Yank {
+    pub name: String,
+    pub version: semver::Version,
+    pub reason: String,
+    /// The API principal that yanked it.
+    pub by: String,
+    pub yanked_unix_ms: u64,
 }
 
 /// A version on trial beside the one the deployment serves: one node serves it (the router says
@@ -154,6 +207,14 @@ pub fn canary_key(name: &str) -> String {
     format!("canary/{name}")
 }
 
+pub fn yank_key(name: &str, version: &semver::Version) -> String {
+    format!("yank/{name}@{version}")
+}
+
+pub fn perf_key(name: &str, version: &semver::Version) -> String {
+    format!("perf/{name}@{version}")
+}
+
 /// Why a dependency graph cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DependencyError {
@@ -163,8 +224,35 @@ pub enum DependencyError {
         range: String,
         required_by: String,
     },
+    #[error(
+        "{required_by} needs {name} {range}, but every matching version is yanked: {}",
+        yanked.iter().map(|(v, reason)| format!("{v} ({reason})")).collect::<Vec<_>>().join(", ")
+    )]
+    Yanked {
+        name: String,
+        range: String,
+        required_by: String,
+        /// Each matching version and the reason it was yanked, highest first.
+        yanked: Vec<(String, String)>,
+    },
     #[error("dependency cycle: {}", path.join(" -> "))]
     Cycle { path: Vec<String> },
+}
+
+/// A deployed function whose calls to a dependency reach a yanked release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFinding {
+    /// The deployed function, `name@version` (the served one).
+    pub function: String,
+    pub dependency: String,
+    /// The range its manifest declares.
+    pub range: String,
+    /// The yanked release its calls reach, `name@version`.
+    pub resolves_to: String,
+    /// Why it was yanked.
+    pub reason: String,
+    /// The release a new deploy would resolve to instead, when one exists.
+    pub replacement: Option<String>,
 }
 
 /// Publishing refused.
@@ -294,6 +382,121 @@ impl Catalog {
             .find(|r| range.matches(&r.manifest.version))
     }
 
+    /// The yank of `name@version`, if it is yanked.
+    pub fn yank(&self, name: &str, version: &semver::Version) -> Option<&Yank> {
+        match self
+            .entries
+            .get(&yank_key(name, version))
+            .map(|v| &v.record)
+        {
+            Some(Record::Yank(y)) => Some(y),
+            _ => None,
+        }
+    }
+
+    /// The performance figures measured for `name@version`, if any.
+    pub fn perf(&self, name: &str, version: &semver::Version) -> Option<&PerfRecord> {
+        match self
+            .entries
+            .get(&perf_key(name, version))
+            .map(|v| &v.record)
+        {
+            Some(Record::Perf(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Every live yank.
+    pub fn yanks(&self) -> impl Iterator<Item = &Yank> {
+        self.entries.values().filter_map(|v| match &v.record {
+            Record::Yank(y) => Some(y),
+            _ => None,
+        })
+    }
+
+    /// What a dependency `name` `range` of `required_by` resolves to: the highest live version
+    /// that matches and is not yanked. When only yanked versions match, the error names them with
+    /// their reasons.
+    pub fn resolve_dependency(
+        &self,
+        name: &str,
+        range: &semver::VersionReq,
+        required_by: &str,
+    ) -> Result<&Release, DependencyError> {
+        let matching: Vec<&Release> = self
+            .versions(name)
+            .into_iter()
+            .filter(|r| range.matches(&r.manifest.version))
+            .collect();
+        if let Some(release) = matching
+            .iter()
+            .find(|r| self.yank(name, &r.manifest.version).is_none())
+        {
+            return Ok(release);
+        }
+        if matching.is_empty() {
+            return Err(DependencyError::Missing {
+                name: name.to_string(),
+                range: range.to_string(),
+                required_by: required_by.to_string(),
+            });
+        }
+        Err(DependencyError::Yanked {
+            name: name.to_string(),
+            range: range.to_string(),
+            required_by: required_by.to_string(),
+            yanked: matching
+                .iter()
+                .map(|r| {
+                    let reason = self
+                        .yank(name, &r.manifest.version)
+                        .map(|y| y.reason.clone())
+                        .unwrap_or_default();
+                    (r.manifest.version.to_string(), reason)
+                })
+                .collect(),
+        })
+    }
+
+    /// The release a call of `name` within `range` reaches today (the served one when it
+    /// matches, as the router picks it; else the highest matching live version).
+    pub fn called(&self, name: &str, range: &semver::VersionReq) -> Option<&Release> {
+        self.served(name)
+            .map(Arc::as_ref)
+            .filter(|r| range.matches(&r.manifest.version))
+            .or_else(|| self.resolve(name, range))
+    }
+
+    /// Deployed functions whose served release depends on a yanked version: each dependency
+    /// whose calls reach a yanked release today, by function name.
+    pub fn audit(&self) -> Vec<AuditFinding> {
+        let mut findings = Vec::new();
+        for deployment in self.deployments() {
+            let Some(release) = self.served(&deployment.name) else {
+                continue;
+            };
+            for (name, range) in &release.manifest.dependencies {
+                let Some(called) = self.called(name, range) else {
+                    continue;
+                };
+                if let Some(yank) = self.yank(name, &called.manifest.version) {
+                    findings.push(AuditFinding {
+                        function: release.manifest.id(),
+                        dependency: name.clone(),
+                        range: range.to_string(),
+                        resolves_to: called.manifest.id(),
+                        reason: yank.reason.clone(),
+                        replacement: self
+                            .resolve_dependency(name, range, &release.manifest.id())
+                            .ok()
+                            .map(|r| r.manifest.id()),
+                    });
+                }
+            }
+        }
+        findings
+    }
+
     /// The deployment record of `name`, if it is deployed.
     pub fn deployment(&self, name: &str) -> Option<&Deployment> {
         match self.entries.get(&deployment_key(name)).map(|v| &v.record) {
@@ -367,16 +570,14 @@ impl Catalog {
         errors: &mut Vec<DependencyError>,
     ) {
         for (name, range) in &manifest.dependencies {
-            let Some(release) = self.resolve(name, range) else {
-                let error = DependencyError::Missing {
-                    name: name.clone(),
-                    range: range.to_string(),
-                    required_by: manifest.id(),
-                };
-                if !errors.contains(&error) {
-                    errors.push(error);
+            let release = match self.resolve_dependency(name, range, &manifest.id()) {
+                Ok(release) => release,
+                Err(error) => {
+                    if !errors.contains(&error) {
+                        errors.push(error);
+                    }
+                    continue;
                 }
-                continue;
             };
             let id = release.manifest.id();
             if let Some(start) = path
@@ -467,6 +668,35 @@ pub(crate) mod tests {
                 version: Some(semver::Version::new(1, 2, 3)),
             }),
             Record::Tombstone,
+            Record::Yank(yank_of("a", "1.0.0", "broken")),
+            Record::Perf(PerfRecord {
+                name: "a".into(),
+                version: semver::Version::new(1, 0, 0),
+                figures: PerfFigures {
+                    runs: 50,
+                    examples: 1,
+                    p50_us: 120,
+                    p99_us: 900,
+                    peak_memory_bytes: 1 << 20,
+                    max_output_bytes: 40,
+                    load: vec![klf_functions::perf::LoadStep {
+                        in_flight: 8,
+                        calls: 16,
+                        calls_per_sec: 812.5,
+                    }],
+                    failures: vec![("x".into(), "timeout".into())],
+                    elapsed_ms: 70,
+                },
+                budget: PerfBudget {
+                    latency_ms: Some(5),
+                    timeout_ms: 1000,
+                    memory_bytes: 32 << 20,
+                    max_output_bytes: 1 << 20,
+                },
+                over_budget: vec!["p99".into()],
+                node: "n1".into(),
+                measured_unix_ms: 1,
+            }),
         ] {
             let v = Versioned {
                 stamp: stamp(5, 2),
@@ -538,6 +768,106 @@ pub(crate) mod tests {
                     == "dependency cycle: a@1.0.0 -> b@1.2.0 -> c@1.1.0 -> a@1.0.0"),
             "{errors:?}"
         );
+    }
+
+    fn yank_of(name: &str, version: &str, reason: &str) -> Yank {
+        Yank {
+            name: name.into(),
+            version: semver::Version::parse(version).unwrap(),
+            reason: reason.into(),
+            by: "admin".into(),
+            yanked_unix_ms: 0,
+        }
+    }
+
+    fn yank(catalog: &mut Catalog, name: &str, version: &str, reason: &str, time: u64) {
+        let y = yank_of(name, version, reason);
+        catalog.merge(
+            yank_key(name, &y.version),
+            Versioned {
+                stamp: stamp(time, 1),
+                record: Record::Yank(y),
+            },
+        );
+    }
+
+    fn deploy(catalog: &mut Catalog, name: &str, time: u64) {
+        catalog.merge(
+            deployment_key(name),
+            Versioned {
+                stamp: stamp(time, 1),
+                record: Record::Deployment(Deployment {
+                    name: name.into(),
+                    replicas: 1,
+                    enabled: true,
+                    version: None,
+                }),
+            },
+        );
+    }
+
+    #[test]
+    fn resolving_a_dependency_skips_yanked_versions_and_names_the_reason_when_none_is_left() {
+        let mut c = Catalog::default();
+        publish(&mut c, release("lib", "1.0.0", &[], 1), 1);
+        publish(&mut c, release("lib", "1.1.0", &[], 2), 2);
+        yank(&mut c, "lib", "1.1.0", "leaks keys", 3);
+        let app = manifest("app", "1.0.0", &[("lib", "^1")]);
+        let order: Vec<String> = c
+            .resolve_dependencies(&app)
+            .unwrap()
+            .iter()
+            .map(|r| r.manifest.id())
+            .collect();
+        assert_eq!(order, ["lib@1.0.0"]);
+        // Yanking is not unpublishing: plain resolution (what serves calls) still sees it.
+        let any = semver::VersionReq::STAR;
+        assert_eq!(c.resolve("lib", &any).unwrap().manifest.id(), "lib@1.1.0");
+
+        yank(&mut c, "lib", "1.0.0", "wrong sums", 4);
+        let errors = c.resolve_dependencies(&app).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "app@1.0.0 needs lib ^1, but every matching version is yanked: \
+             1.1.0 (leaks keys), 1.0.0 (wrong sums)"
+        );
+        // A tombstone lifts a yank.
+        c.merge(
+            yank_key("lib", &semver::Version::new(1, 0, 0)),
+            Versioned {
+                stamp: stamp(5, 1),
+                record: Record::Tombstone,
+            },
+        );
+        assert!(c.resolve_dependencies(&app).is_ok());
+        assert_eq!(c.yanks().count(), 1);
+    }
+
+    #[test]
+    fn the_audit_names_deployed_functions_whose_calls_reach_a_yanked_version() {
+        let mut c = Catalog::default();
+        publish(&mut c, release("lib", "1.0.0", &[], 1), 1);
+        publish(&mut c, release("app", "1.0.0", &[("lib", "^1")], 1), 2);
+        publish(&mut c, release("other", "1.0.0", &[("lib", "^2")], 1), 3);
+        deploy(&mut c, "lib", 4);
+        deploy(&mut c, "app", 5);
+        deploy(&mut c, "other", 6);
+        assert!(c.audit().is_empty());
+        yank(&mut c, "lib", "1.0.0", "wrong sums", 7);
+        assert_eq!(
+            c.audit(),
+            [AuditFinding {
+                function: "app@1.0.0".into(),
+                dependency: "lib".into(),
+                range: "^1".into(),
+                resolves_to: "lib@1.0.0".into(),
+                reason: "wrong sums".into(),
+                replacement: None,
+            }]
+        );
+        // A fixed version serves (the highest), so calls no longer reach the yanked one.
+        publish(&mut c, release("lib", "1.0.1", &[], 2), 8);
+        assert!(c.audit().is_empty());
     }
 
     #[test]

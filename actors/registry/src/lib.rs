@@ -6,5 +6,6 @@ pub mod catalog;
 
 pub use actor::{Registry, RegistryArgs, RegistryError, RegistryMsg};
 pub use catalog::{
-    Canary, Catalog, DependencyError, Deployment, PublishConflict, Record, Release, Versioned,
+    AuditFinding, Canary, Catalog, DependencyError, Deployment, PerfRecord, PublishConflict,
+    Record, Release, Versioned, Yank,
 };

@@ -24,6 +24,7 @@ pub mod placer;
 pub mod stats;
 pub mod test_run;
 pub mod trace;
+pub mod trace_ring;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -312,6 +313,7 @@ impl Router {
             target: trace::TARGET,
             "klf.invoke",
             otel.kind = "client",
+            klf.node = %self.inner.me,
             function = %request.function,
             call_depth = request.call_depth,
             node = tracing::field::Empty,
@@ -332,6 +334,7 @@ impl Router {
             target: trace::TARGET,
             "klf.serve",
             otel.kind = "server",
+            klf.node = %self.inner.me,
             function = %invoke.function,
             call_depth = invoke.call_depth,
             error.kind = tracing::field::Empty,

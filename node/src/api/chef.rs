@@ -134,6 +134,7 @@ pub async fn run(
         fresh: body.fresh,
         create_secrets: body.create_secrets,
         update: body.update,
+        perf: body.perf.map(Into::into).unwrap_or_default(),
     };
     let (events, mut receive) = tokio::sync::mpsc::unbounded_channel::<StageEvent>();
     let (lines, out) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -128,6 +128,7 @@ fn example(name: &str, replicas: u32) -> DeployRequest {
             output_schema: package.output_schema.clone(),
         },
         replicas,
+        perf: Default::default(),
     }
 }
 
@@ -369,8 +370,27 @@ async fn an_input_over_the_limit_gets_413_in_the_error_shape_and_the_node_keeps_
     assert_eq!(status, 200);
 }
 
+/// Records the call spans of this test binary in the process's span ring, as `klf up` does.
+fn install_span_ring() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let Ok(Some(provider)) = crate::telemetry::call_span_provider(1024) else {
+        panic!("a ring of 1024 spans gives a provider");
+    };
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("klf-test"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(klf_actors::router::trace::TARGET, tracing::Level::INFO),
+        );
+    // Only this test sets one; another binary's run of it would find it set already.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_the_openapi_document_says() {
+    install_span_ring();
     let served = Served::start().await;
     let base = served.serve(BodyLimits::default()).await;
     let contract = Contract::new();
@@ -501,6 +521,41 @@ async fn every_route_answers_as_the_openapi_document_says() {
         400
     );
     check!(GET, "/v1/stats", "/v1/stats", None, 200);
+
+    // Traces: the invoke above was recorded in this process's span ring (installed below, before
+    // the node started), under the id its answer named.
+    let traced = served
+        .http
+        .post(format!("{base}/v1/functions/hello/invoke"))
+        .bearer_auth(&served.token)
+        .json(&json!({"name": "trace"}))
+        .send()
+        .await
+        .expect("invoke");
+    let trace_id = traced
+        .headers()
+        .get("x-klf-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("an invoke answer names its trace");
+    let trace = "/v1/traces/{trace_id}";
+    check!(GET, trace, format!("/v1/traces/{trace_id}"), None, 200);
+    check!(GET, trace, "/v1/traces/not-a-trace", None, 400);
+    check!(
+        GET,
+        trace,
+        format!("/v1/traces/{}", "0f".repeat(16)),
+        None,
+        404
+    );
+    check!(
+        GET,
+        "/v1/traces",
+        "/v1/traces?limit=5&function=hello",
+        None,
+        200
+    );
+    check!(GET, "/v1/traces", "/v1/traces?errors=maybe", None, 400);
     check!(
         GET,
         "/v1/stats",
@@ -528,6 +583,52 @@ async fn every_route_answers_as_the_openapi_document_says() {
     check!(POST, rollback, "/v1/functions/hello/rollback", to_v1, 200);
     let to_v9 = Some(json_bytes(&json!({"version": "9.0.0"})));
     check!(POST, rollback, "/v1/functions/hello/rollback", to_v9, 404);
+    // A yank: moving-average still reaches the yanked series-cleaner, and the audit says so.
+    let yank = "/v1/functions/{name}/versions/{version}/yank";
+    let why = Some(json_bytes(&json!({"reason": "drops negative numbers"})));
+    let yanked = check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/1.0.0/yank",
+        why.clone(),
+        200
+    );
+    assert_eq!(parse(&yanked)["id"], "series-cleaner@1.0.0");
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/9.0.0/yank",
+        why.clone(),
+        404
+    );
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/one/yank",
+        why,
+        400
+    );
+    let blank = Some(json_bytes(&json!({"reason": " "})));
+    check!(
+        POST,
+        yank,
+        "/v1/functions/series-cleaner/versions/1.0.0/yank",
+        blank,
+        400
+    );
+    let audit = check!(
+        GET,
+        "/v1/audit/dependencies",
+        "/v1/audit/dependencies",
+        None,
+        200
+    );
+    assert_eq!(
+        parse(&audit)[0]["function"],
+        "moving-average@1.2.0",
+        "{}",
+        parse(&audit)
+    );
     let remove = "/v1/functions/{target}";
     check!(DELETE, remove, "/v1/functions/hello@2.0.0", None, 200);
     check!(DELETE, remove, "/v1/functions/hello@two", None, 400);

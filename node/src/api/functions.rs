@@ -9,6 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use klf_actors::functions::package::{Manifest, Package};
+use klf_actors::functions::perf::DEFAULT_RUNS;
+use klf_actors::node::validator::{MAX_PERF_RUNS, PerfMode, PerfOptions};
 use klf_actors::node::{Node, NodeError};
 use klf_actors::registry::{Catalog, RegistryError, RegistryMsg, Release};
 use klf_actors::router::test_run::TestRun;
@@ -17,8 +19,9 @@ use serde_json::Value;
 
 use super::schemas;
 use super::types::{
-    DeployRequest, Deployed, ErrorBody, FunctionInfo, FunctionListQuery, FunctionSummary,
-    InvokeQuery, PackageBody, ReleaseView, Removed, Validation,
+    AuditEntry, DeployRequest, Deployed, ErrorBody, FunctionInfo, FunctionListQuery,
+    FunctionSummary, InvokeQuery, PackageBody, PerfSettings, PerfView, ReleaseView, Removed,
+    ValidateRequest, Validation, YankRequest, YankView,
 };
 use super::{ApiError, ApiJson, ApiQuery, BodyLimits, Caller, InputBody};
 
@@ -96,6 +99,12 @@ pub fn node_error(e: NodeError) -> ApiError {
         NodeError::InvalidCode(_) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_code", message)
         }
+        NodeError::StaticAnalysis { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "static_analysis", message)
+        }
+        NodeError::OverBudget { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "over_budget", message)
+        }
         NodeError::Registry(RegistryError::NotFound(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
         }
@@ -135,10 +144,10 @@ pub async fn list(
     security(("bearer" = ["deployer"])),
     responses(
         (status = 201, description = "Published and deployed", body = Deployed),
-        (status = 400, description = "`invalid_package` (names the file and field), `invalid_code`, `bad_request` (replicas out of 1..64, malformed body)", body = ErrorBody),
+        (status = 400, description = "`invalid_package` (names the file and field), `static_analysis` (each error with its rule, line and column), `invalid_code`, `bad_request` (replicas out of 1..64, malformed body)", body = ErrorBody),
         (status = 409, description = "`conflict`: that version is already published with other content", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "`unresolved_dependencies` (names the missing ranges and cycles), or `bad_request`: the body lacks a field", body = ErrorBody),
+        (status = 422, description = "`unresolved_dependencies` (names the missing ranges, cycles, and ranges only yanked versions match, with the reason), `over_budget` (names the measured p99, memory or output against the budget), or `bad_request`: the body lacks a field", body = ErrorBody),
         (status = 502, description = "`artifact_unavailable`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
     ),
@@ -157,18 +166,50 @@ pub async fn deploy(
         ));
     }
     let replicas = body.replicas;
+    let options = perf_options(&body.perf)?;
     let package = body.package.into_package()?;
+    // The validator first (publishing checks the code and dependencies again, as every deploy
+    // path does), then the release, then its performance figures beside it.
+    let validated = node
+        .validate_package(&package, options)
+        .await
+        .map_err(node_error)?;
     let release = node
         .publish(package, replicas, caller.principal())
         .await
         .map_err(node_error)?;
+    let perf = validated.perf.as_ref().map(PerfView::from);
+    if let Some(record) = validated.perf
+        && let Err(error) = node.record_perf(record).await
+    {
+        tracing::warn!(%error, id = %release.manifest.id(), "the performance figures were not stored");
+    }
     Ok((
         StatusCode::CREATED,
         Json(Deployed {
             release: ReleaseView::from(&release),
             replicas,
+            warnings: validated.warnings,
+            perf,
         }),
     ))
+}
+
+/// The validator's performance options from a request.
+fn perf_options(settings: &PerfSettings) -> Result<PerfOptions, ApiError> {
+    let runs = settings.perf_runs.unwrap_or(DEFAULT_RUNS);
+    if runs == 0 || runs > MAX_PERF_RUNS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("perf_runs must be between 1 and {MAX_PERF_RUNS}"),
+        ));
+    }
+    Ok(PerfOptions {
+        mode: settings.perf.map_or(PerfMode::Fail, PerfMode::from),
+        runs,
+        latency_budget_ms: settings.latency_budget_ms,
+    })
 }
 
 /// Validate a package and resolve its dependencies without publishing it.
@@ -177,28 +218,38 @@ pub async fn deploy(
     path = "/v1/functions/validate",
     operation_id = "validate_function",
     tag = "functions",
-    request_body = PackageBody,
+    request_body = ValidateRequest,
     security(("bearer" = ["reader"])),
     responses(
-        (status = 200, description = "The package is valid and its dependencies resolve", body = Validation),
-        (status = 400, description = "`invalid_package` (names the file and field), `bad_request` (malformed body)", body = ErrorBody),
+        (status = 200, description = "The package is valid, its dependencies resolve and its examples run within budget", body = Validation),
+        (status = 400, description = "`invalid_package` (names the file and field), `static_analysis` (each error with its rule, line and column), `invalid_code`, `bad_request` (malformed body)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "`unresolved_dependencies`, or `bad_request`: the body lacks a field", body = ErrorBody),
+        (status = 422, description = "`unresolved_dependencies` (missing, cyclic, or only yanked versions), `over_budget` (names the measured p99, memory or output against the budget), or `bad_request`: the body lacks a field", body = ErrorBody),
         (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
     ),
 )]
 pub async fn validate(
     State(node): State<Arc<Node>>,
     caller: Caller,
-    ApiJson(body): ApiJson<PackageBody>,
+    ApiJson(body): ApiJson<ValidateRequest>,
 ) -> Result<Json<Validation>, ApiError> {
     caller.require("reader")?;
-    let package = body.into_package()?;
-    let resolved = resolve(&node, package.manifest.clone()).await?;
+    let options = perf_options(&body.perf)?;
+    let package = body.package.into_package()?;
+    let validated = node
+        .validate_package(&package, options)
+        .await
+        .map_err(node_error)?;
     Ok(Json(Validation {
         valid: true,
         id: package.manifest.id(),
-        dependencies: resolved.iter().map(|r| r.manifest.id()).collect(),
+        dependencies: validated
+            .dependencies
+            .iter()
+            .map(|r| r.manifest.id())
+            .collect(),
+        warnings: validated.warnings,
+        perf: validated.perf.as_ref().map(PerfView::from),
     }))
 }
 
@@ -276,7 +327,105 @@ pub async fn info(
         input_schema,
         output_schema,
         artifact_error,
+        yanked: catalog
+            .yank(&name, &release.manifest.version)
+            .map(YankView::from),
+        perf: catalog
+            .perf(&name, &release.manifest.version)
+            .map(PerfView::from),
+        yanked_versions: catalog
+            .yanks()
+            .filter(|y| y.name == name)
+            .map(|y| (y.version.to_string(), YankView::from(y)))
+            .collect(),
     }))
+}
+
+/// The longest yank reason accepted.
+const MAX_YANK_REASON: usize = 500;
+
+/// Yank a published version: dependency resolution skips it on every node from now on (it keeps
+/// serving what already runs it); `klf fn audit` names the deployed functions still reaching it.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{name}/versions/{version}/yank",
+    operation_id = "yank_function_version",
+    tag = "functions",
+    params(
+        ("name" = String, Path, description = "The function's NAME"),
+        ("version" = String, Path, description = "An exact published version, such as 1.2.0"),
+    ),
+    request_body = YankRequest,
+    security(("bearer" = ["deployer"])),
+    responses(
+        (status = 200, description = "The yank, as every node will hold it", body = YankView),
+        (status = 400, description = "`bad_request`: not a version, an empty or over-long reason, or a malformed body", body = ErrorBody),
+        (status = 404, description = "`not_found`, `version_not_published`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`bad_request`: the body lacks `reason`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry does not answer", body = ErrorBody),
+    ),
+)]
+pub async fn yank(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    ApiJson(body): ApiJson<YankRequest>,
+) -> Result<Json<YankView>, ApiError> {
+    caller.require("deployer")?;
+    let version = semver::Version::parse(&version).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{version:?} is not a version like 1.2.0: {e}"),
+        )
+    })?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_YANK_REASON {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the reason must be 1 to {MAX_YANK_REASON} characters"),
+        ));
+    }
+    let yank = node
+        .yank(&name, version, reason, caller.principal())
+        .await
+        .map_err(|e| match e {
+            NodeError::Registry(RegistryError::VersionNotPublished { .. }) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "version_not_published",
+                e.to_string(),
+            ),
+            other => node_error(other),
+        })?;
+    Ok(Json(YankView::from(&yank)))
+}
+
+/// Deployed functions whose calls to a dependency reach a yanked release (the version each
+/// serves, and what a new deploy would resolve to instead).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/dependencies",
+    operation_id = "audit_dependencies",
+    tag = "functions",
+    security(("bearer" = ["reader"])),
+    responses(
+        (status = 200, description = "One entry per function and yanked dependency; empty when none", body = Vec<AuditEntry>),
+    ),
+)]
+pub async fn audit(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    caller.require("reader")?;
+    Ok(Json(
+        node.catalog()
+            .audit()
+            .into_iter()
+            .map(AuditEntry::from)
+            .collect(),
+    ))
 }
 
 /// The release `NAME[@RANGE]` resolves to, with the catalog it was read from.
@@ -419,6 +568,7 @@ fn invoke_status(kind: InvokeErrorKind) -> StatusCode {
             headers(
                 ("x-klf-served-by" = String, description = "`name@version` that served the call"),
                 ("x-klf-node" = String, description = "Id of the node that ran it"),
+                ("x-klf-trace-id" = String, description = "The call's trace id (`klf trace ID`): the caller's `traceparent`, else a new trace; also on error answers"),
             )),
         (status = 400, description = "`bad_input` (not JSON), `bad_request` (bad range or query string), `call_depth_exceeded`", body = ErrorBody),
         (status = 404, description = "`unknown_function`, `no_matching_version`, `not_deployed`", body = ErrorBody),
@@ -458,27 +608,46 @@ pub async fn invoke(
     let mut request = InvokeRequest::new(&name, input, timeout);
     request.range = range;
     request.caller = caller.principal().to_string();
-    // A client's W3C trace context: the call's spans join the client's trace.
-    request.trace_parent = headers
+    // A client's W3C trace context: the call's spans join the client's trace. Without one the
+    // call starts a trace here, so that its id can be handed back (`klf fn invoke --trace`).
+    let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 256)
-        .map(str::to_string);
-    match node.invoke(request).await {
-        Ok(outcome) => Ok((
+        .map(str::to_string)
+        .unwrap_or_else(new_trace_parent);
+    let trace_id = trace_id_of(&trace_parent);
+    request.trace_parent = Some(trace_parent);
+    let mut response = match node.invoke(request).await {
+        Ok(outcome) => (
             [
                 ("x-klf-served-by", outcome.served_by),
                 ("x-klf-node", outcome.node),
             ],
             Json(outcome.output),
         )
-            .into_response()),
-        Err(e) => Err(ApiError::new(
-            invoke_status(e.kind),
-            e.kind.as_str(),
-            e.message,
-        )),
+            .into_response(),
+        Err(e) => ApiError::new(invoke_status(e.kind), e.kind.as_str(), e.message).into_response(),
+    };
+    if let Some(id) = trace_id.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("x-klf-trace-id", id);
     }
+    Ok(response)
+}
+
+/// A W3C `traceparent` for a call that arrived without one: a new random trace.
+fn new_trace_parent() -> String {
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// The trace id of a well-formed `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id_of(trace_parent: &str) -> Option<String> {
+    let mut parts = trace_parent.split('-');
+    let (_, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then(|| id.to_ascii_lowercase())
 }
 
 /// Run a deployed function's own tests (`BaseFunction.test()`, from its `static tests`) in a

@@ -13,6 +13,7 @@ pub mod roi;
 pub mod schemas;
 pub mod secrets;
 pub mod stats;
+pub mod traces;
 pub mod types;
 
 #[cfg(test)]
@@ -291,6 +292,8 @@ fn routes(limits: BodyLimits) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(functions::validate))
         .routes(routes!(functions::info, functions::remove))
         .routes(routes!(functions::dependencies))
+        .routes(routes!(functions::yank))
+        .routes(routes!(functions::audit))
         .routes((schemas, paths, invoke))
         .routes(routes!(functions::test))
         .routes(routes!(stats::rollback))
@@ -300,6 +303,8 @@ fn routes(limits: BodyLimits) -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(ingredients::render_recipe))
         .routes(routes!(chef::run))
         .routes(routes!(secrets::set))
+        .routes(routes!(traces::recent))
+        .routes(routes!(traces::trace))
         .routes(routes!(roi::mesh))
         .routes(routes!(roi::function))
         // Outside the invoke route's own limit, so that one wins there.

@@ -38,6 +38,7 @@ const BEARER: &str = "bearer";
         (name = "chef", description = "Requests turned into deployed functions"),
         (name = "roi", description = "Cost, value and ROI"),
         (name = "secrets", description = "Secrets functions read with ctx.secret, set on every node"),
+        (name = "traces", description = "Recent spans every node keeps, gathered mesh-wide (klf trace)"),
     ),
 )]
 struct ApiDoc;
@@ -205,6 +206,6 @@ mod tests {
                 assert!(op["operationId"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(operations, 24, "every route is described");
+        assert_eq!(operations, 28, "every route is described");
     }
 }

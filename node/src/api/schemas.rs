@@ -435,3 +435,48 @@ pub struct StageReport {
     pub detail: String,
     pub node: String,
 }
+
+/// One ended span (`klf_actors::router::trace_ring::RecordedSpan`).
+#[derive(ToSchema)]
+pub struct RecordedSpan {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    /// `klf.invoke` (the caller's side of a call) or `klf.serve` (where it ran).
+    pub name: String,
+    /// The node that recorded it (its name when it is a member, else its id).
+    pub node: String,
+    pub function: Option<String>,
+    pub start_unix_us: u64,
+    pub duration_us: u64,
+    /// The error kind when the span failed.
+    pub error: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One recent trace (`klf_actors::router::trace_ring::TraceSummary`).
+#[derive(ToSchema)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// Name of its earliest span.
+    pub root: String,
+    pub function: Option<String>,
+    pub start_unix_us: u64,
+    pub duration_us: u64,
+    pub spans: usize,
+    /// Ids of the nodes that recorded its spans.
+    pub nodes: Vec<String>,
+    pub errors: usize,
+}
+
+/// A row of a waterfall (`klf_actors::router::trace_ring::WaterfallRow`).
+#[derive(ToSchema)]
+pub struct WaterfallRow {
+    /// 0 for a span whose parent no member recorded.
+    pub depth: usize,
+    /// Microseconds from the trace's first start.
+    pub offset_us: u64,
+    pub span: RecordedSpan,
+}

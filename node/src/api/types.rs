@@ -134,6 +134,112 @@ pub struct DeployRequest {
     #[serde(default = "one")]
     #[schema(default = 1, minimum = 1, maximum = 64)]
     pub replicas: u32,
+    #[serde(flatten)]
+    pub perf: PerfSettings,
+}
+
+/// The body of `POST /v1/functions/validate`: a package and how to run its performance test.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ValidateRequest {
+    #[serde(flatten)]
+    pub package: PackageBody,
+    #[serde(flatten)]
+    pub perf: PerfSettings,
+}
+
+/// How the validator's performance test runs: the package's examples, `perf_runs` times each,
+/// then a load step at 1, 8 and 32 calls in flight.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PerfSettings {
+    /// `fail` (default): over budget refuses; `warn`: reported as warnings; `off`: not run.
+    #[serde(default)]
+    pub perf: Option<PerfModeBody>,
+    /// Timed runs of each example (default 50, at most 1000).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub perf_runs: Option<u32>,
+    /// The p99 one call may take, in milliseconds (besides `[limits] timeout_ms`).
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+/// What an over-budget performance test does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PerfModeBody {
+    Fail,
+    Warn,
+    Off,
+}
+
+impl From<PerfModeBody> for klf_actors::node::validator::PerfMode {
+    fn from(mode: PerfModeBody) -> Self {
+        match mode {
+            PerfModeBody::Fail => Self::Fail,
+            PerfModeBody::Warn => Self::Warn,
+            PerfModeBody::Off => Self::Off,
+        }
+    }
+}
+
+/// What the performance test measured for a release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PerfView {
+    /// Timed calls (examples × runs).
+    pub runs: u32,
+    pub examples: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub peak_memory_bytes: u64,
+    pub max_output_bytes: u64,
+    /// Calls/s at 1, 8 and 32 calls in flight.
+    pub load: Vec<LoadStepView>,
+    /// The best of the load steps: the ROI's scalability metric.
+    pub calls_per_sec: Option<f64>,
+    /// The latency budget held to, if any.
+    pub latency_budget_ms: Option<u64>,
+    /// What was over budget (a deploy with `perf: warn` keeps it).
+    pub over_budget: Vec<String>,
+    /// How long the test took, in milliseconds.
+    pub elapsed_ms: u64,
+    /// The node that measured.
+    pub node: String,
+}
+
+/// Throughput at one load step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoadStepView {
+    pub in_flight: u32,
+    pub calls: u32,
+    pub calls_per_sec: f64,
+}
+
+impl From<&klf_actors::registry::PerfRecord> for PerfView {
+    fn from(r: &klf_actors::registry::PerfRecord) -> Self {
+        let f = &r.figures;
+        Self {
+            runs: f.runs,
+            examples: f.examples,
+            p50_ms: f.p50_us as f64 / 1000.0,
+            p99_ms: f.p99_us as f64 / 1000.0,
+            peak_memory_bytes: f.peak_memory_bytes,
+            max_output_bytes: f.max_output_bytes,
+            load: f
+                .load
+                .iter()
+                .map(|s| LoadStepView {
+                    in_flight: s.in_flight,
+                    calls: s.calls,
+                    calls_per_sec: s.calls_per_sec,
+                })
+                .collect(),
+            calls_per_sec: f.calls_per_sec(),
+            latency_budget_ms: r.budget.latency_ms,
+            over_budget: r.over_budget.clone(),
+            elapsed_ms: f.elapsed_ms,
+            node: r.node.clone(),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -205,6 +311,14 @@ pub struct Deployed {
     #[serde(flatten)]
     pub release: ReleaseView,
     pub replicas: u32,
+    /// The static analysis' warnings (`FILE:LINE:COLUMN: warning[RULE]: …`) and, with
+    /// `perf: warn`, what the performance test found over budget; errors refuse the deploy
+    /// instead.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The performance test's figures (null without examples or with `perf: off`).
+    #[serde(default)]
+    pub perf: Option<PerfView>,
 }
 
 /// One function in a listing.
@@ -248,6 +362,75 @@ pub struct FunctionInfo {
     /// Why the artifact could not be read here (then examples and schemas are missing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_error: Option<String>,
+    /// Set when this version is yanked: dependency resolution skips it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<YankView>,
+    /// What the validator's performance test measured for this version, if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<PerfView>,
+    /// Yanked versions of this function, by version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub yanked_versions: BTreeMap<String, YankView>,
+}
+
+/// The body of `POST /v1/functions/{name}/versions/{version}/yank`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct YankRequest {
+    /// Why: shown by `klf fn info` and `klf fn audit`, and in the refusal of a deploy that needs
+    /// only yanked versions (1 to 500 characters).
+    pub reason: String,
+}
+
+/// A yanked release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct YankView {
+    /// `name@version`.
+    pub id: String,
+    pub reason: String,
+    /// The principal that yanked it.
+    pub by: String,
+    pub yanked_unix_ms: u64,
+}
+
+impl From<&klf_actors::registry::Yank> for YankView {
+    fn from(y: &klf_actors::registry::Yank) -> Self {
+        Self {
+            id: format!("{}@{}", y.name, y.version),
+            reason: y.reason.clone(),
+            by: y.by.clone(),
+            yanked_unix_ms: y.yanked_unix_ms,
+        }
+    }
+}
+
+/// `GET /v1/audit/dependencies`: one deployed function whose calls to a dependency reach a
+/// yanked release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// The deployed function, `name@version` (the version it serves).
+    pub function: String,
+    pub dependency: String,
+    /// The range its manifest declares.
+    pub range: String,
+    /// The yanked release its calls reach, `name@version`.
+    pub resolves_to: String,
+    /// Why it was yanked.
+    pub reason: String,
+    /// What a new deploy would resolve to instead, if any version is left.
+    pub replacement: Option<String>,
+}
+
+impl From<klf_actors::registry::AuditFinding> for AuditEntry {
+    fn from(f: klf_actors::registry::AuditFinding) -> Self {
+        Self {
+            function: f.function,
+            dependency: f.dependency,
+            range: f.range,
+            resolves_to: f.resolves_to,
+            reason: f.reason,
+            replacement: f.replacement,
+        }
+    }
 }
 
 /// `POST /v1/functions/validate` answer.
@@ -259,6 +442,14 @@ pub struct Validation {
     pub id: String,
     /// `name@version` of every release it resolves to, dependencies first.
     pub dependencies: Vec<String>,
+    /// The static analysis' warnings (`FILE:LINE:COLUMN: warning[RULE]: …`) and, with
+    /// `perf: warn`, what the performance test found over budget; errors refuse the package
+    /// instead.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The performance test's figures (null without examples or with `perf: off`).
+    #[serde(default)]
+    pub perf: Option<PerfView>,
 }
 
 /// `DELETE /v1/functions/{target}` answer.
@@ -395,6 +586,9 @@ pub struct ChefRequest {
     /// Build the next minor version of this deployed function from its current package.
     #[serde(default)]
     pub update: Option<String>,
+    /// What the validator's performance test does over budget (default `fail`).
+    #[serde(default)]
+    pub perf: Option<PerfModeBody>,
 }
 
 /// `PUT /v1/secrets/{name}`: the secret's value (text, as `ctx.secret` returns it).
@@ -463,4 +657,37 @@ pub struct StatsQuery {
 pub struct IngredientListQuery {
     /// Only this kind: `model`, `data-flow`, `api`, `security`, `testing`, `recipe`.
     pub kind: Option<String>,
+}
+
+/// `GET /v1/traces` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TracesQuery {
+    /// Only traces with a span about this function.
+    pub function: Option<String>,
+    /// Only traces with a failed span.
+    #[serde(default)]
+    pub errors: bool,
+    /// At most this many traces, newest first (default 20, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/traces`: recent traces gathered from every alive member.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceList {
+    #[schema(value_type = Vec<schemas::TraceSummary>)]
+    pub traces: Vec<klf_actors::router::trace_ring::TraceSummary>,
+    /// Members that did not answer in time (their spans are missing).
+    pub missing: Vec<String>,
+}
+
+/// `GET /v1/traces/{trace_id}`: one trace's spans from every alive member, as a waterfall.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TraceView {
+    pub trace_id: String,
+    /// Depth-first, children under their parents in start order.
+    #[schema(value_type = Vec<schemas::WaterfallRow>)]
+    pub rows: Vec<klf_actors::router::trace_ring::WaterfallRow>,
+    /// Members that did not answer in time (their spans are missing).
+    pub missing: Vec<String>,
 }

@@ -99,6 +99,10 @@ pub struct FunctionInputs {
     pub memory_mb: u64,
     /// Its published versions.
     pub artifacts: Vec<StoredArtifact>,
+    /// Calls/s one instance of the version served sustained in the validator's load step (the
+    /// best of 1, 8 and 32 calls in flight); `None` when the test did not run.
+    #[serde(default)]
+    pub calls_per_sec: Option<f64>,
 }
 
 /// The inputs of one ROI: a function's, or every function's and the runs that built nothing.
@@ -650,6 +654,30 @@ pub fn roi(function: Option<String>, inputs: &RoiInputs, rates: &Rates) -> Roi {
                 "no calls yet".into()
             },
         },
+        {
+            let measured: Vec<f64> = inputs
+                .functions
+                .iter()
+                .filter_map(|f| f.calls_per_sec)
+                .collect();
+            Metric {
+                key: "calls_per_sec".into(),
+                label: "scalability".into(),
+                value: (!measured.is_empty()).then(|| measured.iter().sum()),
+                unit: "calls/s".into(),
+                basis: Basis::Measured,
+                note: match measured.len() {
+                    0 => "no performance test recorded".into(),
+                    1 => "one instance under the validator's load step (best of 1, 8, 32 in \
+                          flight)"
+                        .into(),
+                    n => format!(
+                        "one instance of each of {n} function(s) under the validator's load \
+                         step, added up"
+                    ),
+                },
+            }
+        },
         Metric {
             key: "p99_ms".into(),
             label: "latency p99".into(),
@@ -870,6 +898,7 @@ mod tests {
                     bytes: 1 << 30,
                     since_unix_ms: 0,
                 }],
+                calls_per_sec: None,
             }],
             unattributed_runs: vec![],
             now_unix_ms: 15 * day_ms,
@@ -913,6 +942,13 @@ mod tests {
         assert_eq!(metric("test_pass_rate"), Some(0.75));
         assert_eq!(metric("error_rate"), Some(0.1));
         assert_eq!(metric("p99_ms"), Some(2.5));
+        assert_eq!(metric("calls_per_sec"), None);
+        let mut measured = one_function();
+        measured.functions[0].calls_per_sec = Some(1250.0);
+        let measured = super::roi(Some("fx".into()), &measured, &rates());
+        let scalability = measured.quality.iter().find(|m| m.key == "calls_per_sec");
+        assert_eq!(scalability.and_then(|m| m.value), Some(1250.0));
+        assert_eq!(scalability.map(|m| m.unit.as_str()), Some("calls/s"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::messages::{
     AgentMessage, AgentResponse, AgentType, Attempt, CaseResult, GeneratedCode, Problem,
     TechnicalRequirement, TestCase, TestResult, ValidationResult,
 };
+use klf_node_core::validator::PerfMode;
 
 use super::{ChefRun, RunOutcome, StageEvent, StageReport};
 
@@ -85,6 +86,8 @@ pub struct Plan {
     pub update: Option<String>,
     /// Generate random keys for secrets the function needs that no node holds.
     pub create_secrets: bool,
+    /// What the validator's performance test does over budget.
+    pub perf: PerfMode,
 }
 
 /// One run of the pipeline, between stages.
@@ -205,6 +208,11 @@ impl Cooking {
                         .map(|t| t.input.clone()),
                     create_secrets: self.plan.create_secrets,
                     canary: self.plan.update.is_some(),
+                    perf: self.plan.perf,
+                    latency_budget_ms: self
+                        .requirement
+                        .as_ref()
+                        .and_then(|r| r.limits.latency_budget_ms),
                 },
             ),
             (
@@ -743,6 +751,7 @@ mod tests {
                 token_budget,
                 create_secrets: false,
                 update: None,
+                perf: PerfMode::Fail,
             },
             Arc::new(Library::shipped()),
         )

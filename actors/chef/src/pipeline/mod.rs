@@ -26,6 +26,8 @@ use crate::kitchen::Kitchen;
 use futures_util::future::BoxFuture;
 use klf_mesh::MemberState;
 use klf_node_core::AgentEndpoint;
+use klf_node_core::validator::PerfMode;
+use klf_router::trace::TARGET as TRACE_TARGET;
 use klf_security::PeerIdentity;
 pub use machine::{Cooking, MAX_REPAIRS, Next, Plan, Stage};
 
@@ -81,6 +83,10 @@ pub struct ChefOptions {
     /// deploy it as a canary the Monitor promotes or rolls back.
     #[serde(default)]
     pub update: Option<String>,
+    /// What the validator's performance test does when the function is over its budget
+    /// (`--perf warn` deploys it anyway, with warnings).
+    #[serde(default)]
+    pub perf: PerfMode,
 }
 
 /// How long a run may take unless `--deadline` says otherwise.
@@ -99,6 +105,7 @@ impl Default for ChefOptions {
             fresh: false,
             create_secrets: false,
             update: None,
+            perf: PerfMode::Fail,
         }
     }
 }
@@ -210,6 +217,8 @@ pub type AfterRun = Box<dyn Fn(&ChefRun) + Send + Sync>;
 /// Answers Chef messages from peers with this node's agents.
 struct Endpoint {
     agents: BTreeMap<String, Arc<Agents>>,
+    /// This node's name, for the agents' spans.
+    node: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -218,6 +227,9 @@ struct Envelope {
     /// The run's bounds, so an agent on another node keeps them.
     #[serde(default)]
     bounds: Bounds,
+    /// The stage span's `traceparent`: the agent's exchanges join the run's trace.
+    #[serde(default)]
+    trace_parent: Option<String>,
     message: AgentMessage,
 }
 
@@ -265,6 +277,7 @@ impl AgentEndpoint for Endpoint {
         message: klf_proto::AgentMessage,
     ) -> BoxFuture<'static, Result<klf_proto::AgentMessage, String>> {
         let agents = self.agents.clone();
+        let node = self.node.clone();
         Box::pin(async move {
             if message.kind != FRAME_KIND {
                 return Err(format!("unknown agent message kind {:?}", message.kind));
@@ -280,6 +293,8 @@ impl AgentEndpoint for Endpoint {
                 run_id: message.run_id.clone(),
                 bounds: envelope.bounds,
                 progress: None,
+                trace_parent: envelope.trace_parent,
+                node,
             };
             let response = ask_actor(set, role, cx, envelope.message).await;
             Ok(klf_proto::AgentMessage {
@@ -314,6 +329,7 @@ impl Chef {
         }
         kitchen.node().set_agent_endpoint(Arc::new(Endpoint {
             agents: agents.clone(),
+            node: kitchen.node().settings().name.clone(),
         }));
         Ok(Arc::new(Self {
             kitchen,
@@ -385,6 +401,7 @@ impl Chef {
                 let body = match serde_json::to_vec(&Envelope {
                     provider: provider.to_string(),
                     bounds: cx.bounds.clone(),
+                    trace_parent: cx.trace_parent.clone(),
                     message,
                 }) {
                     Ok(body) => body,
@@ -447,11 +464,28 @@ impl Chef {
             // Only tells runs of the same second apart: zeros if the OS has no randomness.
             hex::encode(klf_security::random_bytes::<3>().unwrap_or_default())
         );
+        // The run as a trace (`klf trace`, OTLP): this span, one per stage, one per model exchange.
+        let traced = info_span!(
+            target: TRACE_TARGET,
+            "chef.run",
+            klf.node = %self.kitchen.node().settings().name,
+            chef.run_id = %run_id,
+            chef.provider = %options.provider,
+            chef.outcome = tracing::field::Empty,
+            function = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            chef.repairs = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let span = info_span!("chef_run", run_id = %run_id, provider = %options.provider);
         let run = self
-            .run_inner(run_id, request, options, progress)
+            .run_inner(run_id, request, options, progress, &traced)
             .instrument(span)
+            .instrument(traced.clone())
             .await?;
+        record_outcome(&traced, &run);
         self.record(&run);
         if let Some(hook) = self.after_run.get() {
             hook(&run);
@@ -546,7 +580,9 @@ impl Chef {
         request: &str,
         options: &ChefOptions,
         progress: Option<UnboundedSender<StageEvent>>,
+        traced: &tracing::Span,
     ) -> Result<ChefRun, ChefError> {
+        let here = self.kitchen.node().settings().name.clone();
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + options.deadline();
         let run = ChefRun {
@@ -573,6 +609,7 @@ impl Chef {
             token_budget: options.token_budget,
             create_secrets: options.create_secrets,
             update: options.update.clone(),
+            perf: options.perf,
         };
         let mut cooking = Cooking::new(run, plan, self.kitchen.ingredients().clone());
         let emit = |event: StageEvent| {
@@ -642,16 +679,40 @@ impl Chef {
                     if let Ok(mut asking) = asking.lock() {
                         asking.clone_from(&stage);
                     }
+                    let stage_span = info_span!(
+                        target: TRACE_TARGET,
+                        parent: traced,
+                        "chef.stage",
+                        klf.node = %here,
+                        chef.stage = %stage,
+                        chef.agent = role.as_str(),
+                        chef.agent_node = tracing::field::Empty,
+                        error.kind = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                    );
                     let cx = RunContext {
                         run_id: run_id.clone(),
                         bounds: bounds.clone(),
                         progress: streamed.clone(),
+                        trace_parent: (!stage_span.is_disabled())
+                            .then(|| klf_router::trace::onward(&stage_span, None))
+                            .flatten(),
+                        node: here.clone(),
                     };
-                    let asked = self.ask(cx, &options.provider, role, message, &options.placement);
+                    let asked = self
+                        .ask(cx, &options.provider, role, message, &options.placement)
+                        .instrument(stage_span.clone());
                     match tokio::time::timeout_at(deadline, asked).await {
                         Ok((response, node)) => {
                             let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-                            emit(cooking.answer(&stage, response, ms, &node));
+                            let event = cooking.answer(&stage, response, ms, &node);
+                            stage_span.record("chef.agent_node", node.as_str());
+                            if event.status == "failed" {
+                                stage_span
+                                    .record("error.kind", "stage_failed")
+                                    .record("otel.status_code", "ERROR");
+                            }
+                            emit(event);
                         }
                         Err(_) => {
                             let reason = format!(
@@ -660,6 +721,9 @@ impl Chef {
                                 options.deadline()
                             );
                             warn!(%stage, "chef run deadline passed");
+                            stage_span
+                                .record("error.kind", "deadline")
+                                .record("otel.status_code", "ERROR");
                             emit(StageEvent {
                                 stage: stage.clone(),
                                 status: "failed".into(),
@@ -777,4 +841,25 @@ fn chrono_like_stamp() -> String {
         now.minute(),
         now.second()
     )
+}
+
+/// Marks the run's span with how the run ended.
+fn record_outcome(span: &tracing::Span, run: &ChefRun) {
+    let (outcome, function) = match &run.outcome {
+        RunOutcome::Deployed { function, .. } => ("deployed", Some(function)),
+        RunOutcome::Built { function, .. } => ("built", Some(function)),
+        RunOutcome::NoMatch(_) => ("no-match", None),
+        RunOutcome::Failed { .. } => ("failed", None),
+    };
+    span.record("chef.outcome", outcome)
+        .record("gen_ai.usage.input_tokens", run.tokens_in)
+        .record("gen_ai.usage.output_tokens", run.tokens_out)
+        .record("chef.repairs", run.repairs);
+    if let Some(function) = function {
+        span.record("function", function.as_str());
+    }
+    if outcome == "failed" {
+        span.record("error.kind", "chef_failed")
+            .record("otel.status_code", "ERROR");
+    }
 }

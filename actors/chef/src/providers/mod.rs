@@ -60,6 +60,14 @@ impl ProviderError {
         }
     }
 
+    /// What went wrong, without the tokens it cost.
+    pub fn cause(&self) -> &ProviderError {
+        match self {
+            Self::Spent { error, .. } => error.cause(),
+            error => error,
+        }
+    }
+
     /// This error with `usage` spent (kept as it is when nothing was).
     pub fn spent(self, usage: Usage) -> Self {
         if usage == Usage::default() {

@@ -17,8 +17,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use klf_router::trace::TARGET as TRACE_TARGET;
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::freeform::{self, RequirementAnswer};
 use super::{
@@ -167,15 +168,54 @@ impl Conversation {
                 schema: Some(schema.clone()),
             };
             let timeout = EXCHANGE_TIMEOUT.min(left);
-            let reply = match &cx.progress {
-                Some(progress) => {
-                    model
-                        .complete_streaming(request, timeout, progress.clone())
-                        .await
+            // One span per exchange, named and attributed by the OpenTelemetry GenAI
+            // conventions; no prompt or answer text.
+            let span = tracing::info_span!(
+                target: TRACE_TARGET,
+                "chat",
+                klf.node = %cx.node,
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = "openai",
+                gen_ai.request.model = %model.model_name(),
+                gen_ai.request.max_tokens = max_tokens,
+                gen_ai.request.temperature = 0.0,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.response.finish_reasons = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                chef.stage = stage,
+                chef.attempt = attempt,
+                error.kind = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            klf_router::trace::adopt(&span, cx.trace_parent.as_deref());
+            let exchange = async {
+                match &cx.progress {
+                    Some(progress) => {
+                        model
+                            .complete_streaming(request, timeout, progress.clone())
+                            .await
+                    }
+                    None => model.complete(request, timeout).await,
                 }
-                None => model.complete(request, timeout).await,
+            };
+            let reply = exchange.instrument(span.clone()).await;
+            match &reply {
+                Ok(reply) => {
+                    span.record("gen_ai.response.model", reply.model.as_str())
+                        .record("gen_ai.usage.input_tokens", reply.usage.input_tokens)
+                        .record("gen_ai.usage.output_tokens", reply.usage.output_tokens);
+                    if let Some(reason) = &reply.finish_reason {
+                        span.record("gen_ai.response.finish_reasons", reason.as_str());
+                    }
+                }
+                Err(_) => {
+                    span.record("error.kind", "model_error")
+                        .record("otel.status_code", "ERROR");
+                }
             }
-            .map_err(|e| {
+            drop(span);
+            let reply = reply.map_err(|e| {
                 let error = if cx.bounds.remaining().is_zero() {
                     ProviderError::Model(format!(
                         "the run's deadline passed during the {stage} exchange ({e}); give it \

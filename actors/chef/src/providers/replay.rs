@@ -325,6 +325,10 @@ impl<P: ModelProvider> ModelProvider for Recording<P> {
     fn describe(&self) -> String {
         format!("{} (recording)", self.inner.describe())
     }
+
+    fn model_name(&self) -> String {
+        self.inner.model_name()
+    }
 }
 
 #[cfg(test)]
