@@ -132,6 +132,14 @@ async fn run(chef: &Chef, request: &str, options: &ChefOptions) -> (ChefRun, Vec
 }
 
 async fn invoke(mesh: &InProcessMesh, node: usize, input: Value) -> Value {
+    // A deploy returns once its hosts serve it; another node learns of it by replication.
+    assert!(
+        klf_tests::wait_until(Duration::from_secs(5), || async {
+            mesh.nodes[node].catalog().served("triple").is_some()
+        })
+        .await,
+        "node{node} never learned of triple"
+    );
     mesh.nodes[node]
         .invoke(InvokeRequest::new("triple", input, Duration::from_secs(5)))
         .await

@@ -143,26 +143,24 @@ fn a_call_across_nodes_is_one_trace_that_klf_trace_gathers_from_every_member() {
         "--recent",
         "--function",
         "series-cleaner",
+        "--limit",
+        "1000",
         "--json",
         "--data",
         &d2,
     ]);
+    // Our calls, and the deploy's own (the validator runs moving-average's examples against the
+    // deployed series-cleaner), but not the failed call to `ghost`.
     let listed = by_function["traces"].as_array().expect("traces");
-    assert_eq!(
-        listed.len(),
-        2,
-        "both calls, not the failed one: {by_function}"
+    assert!(
+        listed.iter().all(|t| t["trace_id"] != failed.as_str()),
+        "{by_function}"
     );
     assert!(
         listed.iter().any(|t| t["trace_id"] == trace_id.as_str()),
         "{by_function}"
     );
-    assert!(
-        listed
-            .iter()
-            .all(|t| t["function"] == "moving-average" && t["errors"] == 0),
-        "{by_function}"
-    );
+    assert!(listed.iter().all(|t| t["errors"] == 0), "{by_function}");
 
     // Refusals: not a trace id, and a trace nobody keeps.
     let (ok, _, stderr) = klf_run(&["trace", "not-hex", "--data", &d1]);
