@@ -30,11 +30,20 @@ pub fn write_package(
         .unwrap_or_else(|e| panic!("package {name}: {e}"))
 }
 
+/// The folder of one of the repository's `examples/` packages.
+pub fn example_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// The same folder as text, for `klf fn deploy` arguments.
+pub fn example_arg(name: &str) -> String {
+    example_dir(name).to_string_lossy().into_owned()
+}
+
 /// A package from one of the repository's `examples/` folders.
 pub fn example_package(name: &str) -> klf_actors::functions::package::Package {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name);
-    klf_actors::functions::package::Package::load(&dir)
+    klf_actors::functions::package::Package::load(&example_dir(name))
         .unwrap_or_else(|e| panic!("example {name}: {e}"))
 }

@@ -1,18 +1,10 @@
 //! `klf fn deploy | ls | info | deps | rm` against real `klf` processes, with the example packages.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use klf_tests::example_arg;
 use klf_tests::processes::{ProcessMesh, klf_json, klf_run};
 use serde_json::Value;
-
-fn example(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 #[test]
 fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
@@ -24,7 +16,13 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let d2 = mesh.nodes[1].data.to_string_lossy().into_owned();
 
     // A dependency that is not published yet is named.
-    let (ok, _, stderr) = klf_run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&[
+        "fn",
+        "deploy",
+        &example_arg("moving-average"),
+        "--data",
+        &d1,
+    ]);
     assert!(
         !ok && stderr.contains("needs series-cleaner ^1"),
         "{stderr}"
@@ -33,7 +31,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     let deployed = klf_json(&[
         "fn",
         "deploy",
-        &example("series-cleaner"),
+        &example_arg("series-cleaner"),
         "--replicas",
         "2",
         "--data",
@@ -42,8 +40,13 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
     ]);
     assert_eq!(deployed["id"], "series-cleaner@1.0.0");
     assert_eq!(deployed["replicas"], 2);
-    let (ok, stdout, stderr) =
-        klf_run(&["fn", "deploy", &example("moving-average"), "--data", &d1]);
+    let (ok, stdout, stderr) = klf_run(&[
+        "fn",
+        "deploy",
+        &example_arg("moving-average"),
+        "--data",
+        &d1,
+    ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("deployed moving-average@1.2.0"), "{stdout}");
 
@@ -137,7 +140,7 @@ fn functions_deploy_replicate_and_are_inspected_and_removed_through_the_cli() {
         "{stderr}"
     );
     let changed = mesh.dir.path().join("changed");
-    copy_dir(&PathBuf::from(example("series-cleaner")), &changed);
+    copy_dir(&klf_tests::example_dir("series-cleaner"), &changed);
     std::fs::write(
         changed.join("main.js"),
         "import { BaseFunction } from \"klf:base\";\nexport default class X extends BaseFunction { execute(i) { return i; } }\n",

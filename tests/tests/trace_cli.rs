@@ -2,19 +2,11 @@
 //! two nodes recorded in their rings; `klf fn invoke --trace` names it, `klf trace ID` gathers it
 //! over KLF into a waterfall, and `klf trace --recent` lists and filters recent traces.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use klf_tests::example_arg;
 use klf_tests::processes::{ProcessMesh, klf_bin, klf_json, klf_run};
-
-fn example(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// `klf fn invoke --trace`: the output and the trace id it printed on stderr.
 fn invoke_traced(target: &str, input: &str, data: &str) -> (bool, String, Option<String>) {
@@ -48,7 +40,7 @@ fn a_call_across_nodes_is_one_trace_that_klf_trace_gathers_from_every_member() {
     // `moving-average` runs on n1 only and calls `series-cleaner`, which runs on n2 only: pinned by
     // one replica each and the rendezvous ranking, so try both placements until they differ.
     for name in ["series-cleaner", "moving-average"] {
-        let (ok, _, stderr) = klf_run(&["fn", "deploy", &example(name), "--data", &d1]);
+        let (ok, _, stderr) = klf_run(&["fn", "deploy", &example_arg(name), "--data", &d1]);
         assert!(ok, "{stderr}");
     }
     let input = r#"{"xs":[1,2,3,4,5,6],"window":2}"#;
@@ -174,7 +166,7 @@ fn a_node_started_with_no_trace_buffer_keeps_no_spans_and_says_so() {
     let mut mesh = ProcessMesh::new().expect("tmp");
     mesh.init_with("n1", &["--trace-buffer", "0"]).expect("n1");
     let d1 = mesh.nodes[0].data.to_string_lossy().into_owned();
-    let (ok, _, stderr) = klf_run(&["fn", "deploy", &example("hello"), "--data", &d1]);
+    let (ok, _, stderr) = klf_run(&["fn", "deploy", &example_arg("hello"), "--data", &d1]);
     assert!(ok, "{stderr}");
     let mut trace = None;
     assert!(mesh.wait(Duration::from_secs(20), |_| {

@@ -2,17 +2,12 @@
 //! dependencies, replication, `klf fn info`, `klf fn audit`) and static analysis on
 //! `klf fn deploy`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use klf_tests::example_dir;
 use klf_tests::processes::{ProcessMesh, klf_json, klf_run};
 use serde_json::Value;
-
-fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -29,7 +24,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A copy of example `name` under `dir` with `from` replaced by `to` in `file`.
 fn changed(dir: &Path, name: &str, file: &str, from: &str, to: &str) -> String {
     let copy = dir.join(format!("{name}-{}", blake3_like(to)));
-    copy_dir(&example(name), &copy);
+    copy_dir(&example_dir(name), &copy);
     let path = copy.join(file);
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(text.contains(from), "{file} of {name} lacks {from:?}");
@@ -53,8 +48,8 @@ fn a_yank_replicates_shows_in_info_refuses_new_dependents_and_is_audited() {
     mesh.join("n2", &token).expect("n2");
     let d1 = mesh.nodes[0].data.to_string_lossy().into_owned();
     let d2 = mesh.nodes[1].data.to_string_lossy().into_owned();
-    let cleaner = example("series-cleaner").to_string_lossy().into_owned();
-    let average = example("moving-average").to_string_lossy().into_owned();
+    let cleaner = example_dir("series-cleaner").to_string_lossy().into_owned();
+    let average = example_dir("moving-average").to_string_lossy().into_owned();
 
     let calls_of = |name: &str| -> u64 {
         let stats = klf_json(&["fn", "stats", name, "--json", "--data", &d1]);
