@@ -433,6 +433,14 @@ async fn a_function_needing_a_secret_the_mesh_lacks_is_not_published_unless_aske
             assert_eq!(mode.ok(), Some(0o600));
         }
     }
+    // A deploy returns once its hosts serve it; node1 learns of it by replication.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            mesh.nodes[1].catalog().deployment(&function).is_some()
+        })
+        .await,
+        "{function} never reached node1"
+    );
     let answer = mesh.nodes[1]
         .invoke(InvokeRequest::new(
             &function,
