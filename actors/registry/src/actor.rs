@@ -660,25 +660,36 @@ impl RegistryState {
         Ok(canary)
     }
 
-    async fn pin(
-        &mut self,
+    /// Refuses a `version` of `name` that is not published, naming the published ones (what pin
+    /// and yank both act on).
+    fn require_published(
+        &self,
         name: &str,
-        version: semver::Version,
-    ) -> Result<Deployment, RegistryError> {
+        version: &semver::Version,
+    ) -> Result<(), RegistryError> {
         let versions = self.catalog.versions(name);
         if versions.is_empty() {
             return Err(RegistryError::NotFound(name.to_string()));
         }
-        if !versions.iter().any(|r| r.manifest.version == version) {
+        if !versions.iter().any(|r| &r.manifest.version == version) {
             return Err(RegistryError::VersionNotPublished {
                 name: name.to_string(),
                 published: versions
                     .iter()
                     .map(|r| r.manifest.version.to_string())
                     .collect(),
-                version,
+                version: version.clone(),
             });
         }
+        Ok(())
+    }
+
+    async fn pin(
+        &mut self,
+        name: &str,
+        version: semver::Version,
+    ) -> Result<Deployment, RegistryError> {
+        self.require_published(name, &version)?;
         let current = self
             .catalog
             .deployment(name)
@@ -707,20 +718,7 @@ impl RegistryState {
         reason: String,
         by: String,
     ) -> Result<Yank, RegistryError> {
-        let versions = self.catalog.versions(name);
-        if versions.is_empty() {
-            return Err(RegistryError::NotFound(name.to_string()));
-        }
-        if !versions.iter().any(|r| r.manifest.version == version) {
-            return Err(RegistryError::VersionNotPublished {
-                name: name.to_string(),
-                published: versions
-                    .iter()
-                    .map(|r| r.manifest.version.to_string())
-                    .collect(),
-                version,
-            });
-        }
+        self.require_published(name, &version)?;
         let yank = Yank {
             name: name.to_string(),
             version,
