@@ -82,6 +82,14 @@ fn code(expression: &str) -> Scripted {
     )
 }
 
+/// The exchanges of a model-written run: no recipe, the requirement, the tests, then one code
+/// answer per round (the first, then each repair).
+fn script(code_rounds: &[&str]) -> Vec<Scripted> {
+    let mut script = vec![recipe_none(), requirement(), written_tests()];
+    script.extend(code_rounds.iter().map(|expression| code(expression)));
+    script
+}
+
 fn provider(server: &ModelServer) -> Arc<dyn Provider> {
     let client = OpenAiCompatible::new(ModelConfig {
         base_url: server.base_url(),
@@ -174,14 +182,9 @@ fn deployed(run: &ChefRun) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_no_recipe_fits_is_written_by_the_model_deployed_and_answers_elsewhere() {
-    let server = ModelServer::start(vec![
-        recipe_none(),
-        requirement(),
-        written_tests(),
-        code("input.x * 3"),
-    ])
-    .await
-    .expect("server");
+    let server = ModelServer::start(script(&["input.x * 3"]))
+        .await
+        .expect("server");
     let (mesh, chef) = mesh_with_chef(&server).await;
     let (run, events) = run(&chef, REQUEST, &options()).await;
     deployed(&run);
@@ -255,15 +258,9 @@ async fn a_request_no_recipe_fits_is_written_by_the_model_deployed_and_answers_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_that_fails_a_held_test_is_repaired_and_never_sees_an_expected_output() {
-    let server = ModelServer::start(vec![
-        recipe_none(),
-        requirement(),
-        written_tests(),
-        code("input.x * 2"),
-        code("input.x * 3"),
-    ])
-    .await
-    .expect("server");
+    let server = ModelServer::start(script(&["input.x * 2", "input.x * 3"]))
+        .await
+        .expect("server");
     let (mesh, chef) = mesh_with_chef(&server).await;
     let (run, _) = run(&chef, REQUEST, &options()).await;
     deployed(&run);
@@ -298,15 +295,9 @@ async fn code_that_fails_a_held_test_is_repaired_and_never_sees_an_expected_outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_using_eval_is_refused_by_static_analysis_and_repaired() {
-    let server = ModelServer::start(vec![
-        recipe_none(),
-        requirement(),
-        written_tests(),
-        code("eval(\"input.x * 3\")"),
-        code("input.x * 3"),
-    ])
-    .await
-    .expect("server");
+    let server = ModelServer::start(script(&["eval(\"input.x * 3\")", "input.x * 3"]))
+        .await
+        .expect("server");
     let (mesh, chef) = mesh_with_chef(&server).await;
     let (run, _) = run(&chef, REQUEST, &options()).await;
     deployed(&run);
@@ -389,19 +380,13 @@ async fn a_run_past_its_deadline_ends_failed_naming_the_stage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_model_is_waited_out() {
-    let server = ModelServer::start(vec![
-        Scripted::Raw {
-            status: 429,
-            body: "slow down".into(),
-            retry_after: Some(0),
-        },
-        recipe_none(),
-        requirement(),
-        written_tests(),
-        code("input.x * 3"),
-    ])
-    .await
-    .expect("server");
+    let mut exchanges = vec![Scripted::Raw {
+        status: 429,
+        body: "slow down".into(),
+        retry_after: Some(0),
+    }];
+    exchanges.extend(script(&["input.x * 3"]));
+    let server = ModelServer::start(exchanges).await.expect("server");
     let (mesh, chef) = mesh_with_chef(&server).await;
     let (run, _) = run(&chef, REQUEST, &options()).await;
     deployed(&run);
@@ -474,14 +459,9 @@ async fn a_run_is_one_trace_of_stages_and_genai_model_exchanges_without_prompt_t
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
         .expect("the only test of this binary that sets a subscriber");
 
-    let server = ModelServer::start(vec![
-        recipe_none(),
-        requirement(),
-        written_tests(),
-        code("input.x * 3"),
-    ])
-    .await
-    .expect("server");
+    let server = ModelServer::start(script(&["input.x * 3"]))
+        .await
+        .expect("server");
     let (mesh, chef) = mesh_with_chef(&server).await;
     let (run, _) = run(&chef, REQUEST, &options()).await;
     deployed(&run);
