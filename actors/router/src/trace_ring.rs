@@ -219,34 +219,16 @@ pub fn select<'a>(
         .collect()
 }
 
-impl SpanProcessor for SpanRing {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        self.push(RecordedSpan::from_data(span));
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
 /// A shareable handle, so the same ring can be the tracer provider's processor and the node's
 /// source of answers.
 #[derive(Debug, Clone)]
 pub struct SharedRing(pub Arc<SpanRing>);
 
 impl SpanProcessor for SharedRing {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
-        self.0.on_start(span, cx);
-    }
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        self.0.on_end(span);
+        self.0.push(RecordedSpan::from_data(span));
     }
 
     fn force_flush(&self) -> OTelSdkResult {
